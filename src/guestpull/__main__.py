@@ -1,0 +1,3 @@
+from guestpull.cli import main
+
+main()

@@ -1,0 +1,256 @@
+"""The exception hierarchy: every failure a user can meet has a class and a category.
+
+The CLI maps a category to an exit code and a one-line message; ``--json`` gives
+:meth:`GuestpullError.to_dict`.  Messages never contain credentials: code that builds an
+error from something holding a secret passes only the parts that are safe to show.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class Category(enum.StrEnum):
+    """What kind of failure this is; each has its own exit code."""
+
+    USAGE = "usage"
+    CONFIG = "config"
+    NETWORK = "network"
+    TLS = "tls"
+    AUTH = "auth"
+    HTTP_STATUS = "http-status"
+    NOT_FOUND = "not-found"
+    BLOCKED = "blocked"
+    PLATFORM = "platform"
+    DIGEST = "digest"
+    UNSUPPORTED = "unsupported"
+    POLICY = "policy"
+    UNPACK = "unpack"
+    NO_SPACE = "no-space"
+    TIMEOUT = "timeout"
+    EXISTS = "exists"
+    INTERNAL = "internal"
+
+
+EXIT_CODES: dict[Category, int] = {
+    Category.USAGE: 2,
+    Category.CONFIG: 3,
+    Category.NETWORK: 4,
+    Category.TLS: 5,
+    Category.AUTH: 6,
+    Category.HTTP_STATUS: 7,
+    Category.NOT_FOUND: 8,
+    Category.BLOCKED: 9,
+    Category.PLATFORM: 10,
+    Category.DIGEST: 11,
+    Category.UNSUPPORTED: 12,
+    Category.POLICY: 13,
+    Category.UNPACK: 14,
+    Category.NO_SPACE: 15,
+    Category.TIMEOUT: 16,
+    Category.EXISTS: 17,
+    Category.INTERNAL: 70,
+}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in the user's input a problem sits.  Every part is optional."""
+
+    file: str | None = None
+    field: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        parts: list[str] = []
+        if self.file:
+            where = self.file
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.column is not None:
+                    where += f":{self.column}"
+            parts.append(where)
+        elif self.line is not None:
+            parts.append(f"line {self.line}" + (f", column {self.column}" if self.column else ""))
+        if self.field:
+            parts.append(self.field)
+        return ": ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class GuestpullError(Exception):
+    """Base of every error guestpull raises on purpose."""
+
+    category: ClassVar[Category] = Category.INTERNAL
+
+    def __init__(
+        self, message: str, *, location: Location | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.location = location
+        self.hint = hint
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.category]
+
+    def __str__(self) -> str:
+        text = f"{self.location}: {self.message}" if self.location and str(self.location) else self.message
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"category": str(self.category), "message": self.message}
+        if self.location:
+            out["location"] = self.location.to_dict()
+        if self.hint:
+            out["hint"] = self.hint
+        return out
+
+
+class UsageError(GuestpullError):
+    category = Category.USAGE
+
+
+class ConfigError(GuestpullError):
+    """A configuration or Init-Data document is malformed or inconsistent."""
+
+    category = Category.CONFIG
+
+
+class InvalidReferenceError(ConfigError):
+    """An image reference does not follow the grammar."""
+
+
+class NetworkError(GuestpullError):
+    category = Category.NETWORK
+
+
+class TLSError(GuestpullError):
+    category = Category.TLS
+
+
+class AuthError(GuestpullError):
+    category = Category.AUTH
+
+
+class HTTPStatusError(GuestpullError):
+    category = Category.HTTP_STATUS
+
+    def __init__(self, message: str, *, status: int, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status = status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "status": self.status}
+
+
+class NotFoundError(GuestpullError):
+    category = Category.NOT_FOUND
+
+
+class BlockedError(GuestpullError):
+    category = Category.BLOCKED
+
+
+class PlatformError(GuestpullError):
+    category = Category.PLATFORM
+
+
+class DigestError(GuestpullError):
+    category = Category.DIGEST
+
+
+class UnsupportedError(GuestpullError):
+    """A media type, manifest schema or feature guestpull does not handle."""
+
+    category = Category.UNSUPPORTED
+
+
+class PolicyError(GuestpullError):
+    category = Category.POLICY
+
+
+class UnpackError(GuestpullError):
+    category = Category.UNPACK
+
+
+class NoSpaceError(GuestpullError):
+    category = Category.NO_SPACE
+
+
+class PullTimeoutError(GuestpullError):
+    category = Category.TIMEOUT
+
+
+class ExistsError(GuestpullError):
+    """A target (bundle, output file) exists and ``--force`` was not given."""
+
+    category = Category.EXISTS
+
+
+@dataclass
+class Attempt:
+    """One pull candidate tried, and why it failed."""
+
+    reference: str
+    scheme: str
+    kind: str
+    error: GuestpullError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "scheme": self.scheme,
+            "kind": self.kind,
+            "error": self.error.to_dict(),
+        }
+
+
+class AllCandidatesFailed(GuestpullError):
+    """Every pull candidate failed; the category is that of the last attempt's cause."""
+
+    def __init__(self, image: str, attempts: list[Attempt]) -> None:
+        lines = "\n".join(
+            f"  - {a.reference} ({a.scheme}, {a.kind}): [{a.error.category}] {a.error}"
+            for a in attempts
+        )
+        super().__init__(f"failed to pull {image} from every candidate:\n{lines}")
+        self.image = image
+        self.attempts = attempts
+
+    @property
+    def category(self) -> Category:  # type: ignore[override]
+        return self.attempts[-1].error.category if self.attempts else Category.INTERNAL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "attempts": [a.to_dict() for a in self.attempts]}
+
+
+@dataclass
+class Finding:
+    """A lint result: an error (the guest will refuse it) or a warning (it may fail upstream)."""
+
+    severity: str  # "error" | "warning" | "info"
+    code: str
+    message: str
+    location: Location = field(default_factory=Location)
+
+    def __str__(self) -> str:
+        where = str(self.location)
+        return f"{self.severity}: {where + ': ' if where else ''}{self.message} [{self.code}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "location": self.location.to_dict(),
+        }
