@@ -1,0 +1,493 @@
+"""Configuration models: ``cdh.toml``, ``aa.toml`` and registries.conf (coco-behaviour.md §2, §3).
+
+Unknown keys are ignored, as upstream does; :func:`unknown_keys` lists them so the linter can
+report them.  Every parse function takes the text and a ``source`` label (a file name, or e.g.
+``initdata.toml: data."cdh.toml"``) and raises :class:`ConfigError` whose location names the
+source, the dotted field path and, where known, the line and column.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from guestpull.errors import ConfigError, GuestpullError, Location
+from guestpull.reference import DOMAIN_RE
+from guestpull.resources import check_resource_uri
+
+DEFAULT_CDH_SOCKET = "unix:///run/confidential-containers/cdh.sock"
+DEFAULT_AA_SOCKET = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
+DEFAULT_WORK_DIR = Path("/run/kata-containers/image")
+KBS_CREDENTIALS_DIR = PurePosixPath("/run/confidential-containers/cdh/kbs")
+KNOWN_KBC_NAMES = ("cc_kbc", "offline_fs_kbc")
+AUTH_URI_ENV = "CDH_DEFAULT_IMAGE_AUTHENTICATED_REGISTRY_CREDENTIALS"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Model(BaseModel):
+    # validate_by_name lets Python code use field names; TOML input is validated by alias only
+    # (see validate_model), so a misspelt ``unqualified_search_registries`` is ignored,
+    # as upstream.
+    model_config = ConfigDict(extra="ignore", validate_by_name=True, validate_by_alias=True)
+
+
+# --- registries.conf (§3.1, §3.2) ---------------------------------------------------------
+
+
+class Mirror(_Model):
+    location: str
+    insecure: bool = False
+
+
+class RegistryRule(_Model):
+    """One ``[[registry]]`` table.  After validation an empty ``prefix`` is the ``location``."""
+
+    prefix: str = ""
+    location: str = ""
+    insecure: bool = False
+    blocked: bool = False
+    mirror: list[Mirror] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _validate_and_tidy(self) -> RegistryRule:
+        # Same checks and messages as image-rs validate_and_tidy.
+        if not self.prefix:
+            if not self.location:
+                raise ValueError("illegal Registry Config: both location and prefix are empty")
+            self.prefix = self.location
+        if self.prefix.startswith("*.") and not self.location:
+            raise ValueError(
+                "illegal Registry Config: location is unset and prefix is with wildcard"
+            )
+        for mirror in self.mirror:
+            if not mirror.location:
+                raise ValueError("illegal Registry Config: mirror location is empty")
+        return self
+
+
+class RegistriesConfig(_Model):
+    unqualified_search_registries: list[str] = Field(
+        default_factory=lambda: ["docker.io"], alias="unqualified-search-registries"
+    )
+    registry: list[RegistryRule] = Field(default_factory=list)
+
+
+# --- cdh.toml [image] (§2.3) ----------------------------------------------------------------
+
+
+class ImagePullProxy(_Model):
+    https_proxy: str | None = None
+    http_proxy: str | None = None
+    no_proxy: str | None = None
+
+
+class ClientCertificate(_Model):
+    """guestpull extension ``[[image.client_certificates]]``: an mTLS identity for a registry.
+
+    Both are resource URIs (path, ``file://``, ``kbs:///``): a private key must not sit in
+    Init-Data, which the host can read.
+    """
+
+    registry: str
+    cert_uri: str
+    key_uri: str
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_is_host_port(cls, value: str) -> str:
+        if not DOMAIN_RE.match(value):
+            raise ValueError(
+                f"expected a registry host[:port] such as 'registry.local:5000', got {value!r}"
+            )
+        return value
+
+    @field_validator("cert_uri", "key_uri")
+    @classmethod
+    def _is_resource_uri(cls, value: str) -> str:
+        if "-----BEGIN" in value:
+            raise ValueError(
+                "expected a resource URI (path, file:// or kbs:///...), not PEM content: "
+                "Init-Data is visible to the host, so keys are fetched by URI"
+            )
+        try:
+            check_resource_uri(value)
+        except GuestpullError as err:
+            raise ValueError(err.message) from None
+        return value
+
+
+class ImageConfig(_Model):
+    work_dir: Path = DEFAULT_WORK_DIR
+    max_concurrent_layer_downloads_per_image: int = Field(3, ge=1)
+    image_security_policy_uri: str | None = None
+    image_security_policy: str | None = None
+    sigstore_config_uri: str | None = None
+    sigstore_config: str | None = None
+    authenticated_registry_credentials_uri: str | None = None
+    registry_configuration_uri: str | None = None
+    registry_config: RegistriesConfig | None = None
+    image_pull_proxy: ImagePullProxy | None = None
+    extra_root_certificates: list[str] = Field(default_factory=list)
+    client_certificates: list[ClientCertificate] = Field(default_factory=list)
+
+    @field_validator("client_certificates")
+    @classmethod
+    def _one_identity_per_registry(cls, value: list[ClientCertificate]) -> list[ClientCertificate]:
+        seen: set[str] = set()
+        for cert in value:
+            if cert.registry in seen:
+                raise ValueError(f"two client certificates for registry {cert.registry!r}")
+            seen.add(cert.registry)
+        return value
+
+    def registries(self, resolver: ResourceGetter) -> RegistriesConfig | None:
+        """The registry rules in force: inline ``registry_config`` wins over the URI."""
+        if self.registry_config is not None:
+            return self.registry_config
+        if not self.registry_configuration_uri:
+            return None
+        uri = self.registry_configuration_uri
+        return parse_registries_config(_decode(resolver.get(uri), uri), uri)
+
+    @classmethod
+    def from_kernel_cmdline(cls, cmdline: str) -> ImageConfig:
+        """The upstream fallback when ``[image]`` is absent (§2.3): a few ``agent.*`` keys."""
+        params: dict[str, str] = {}
+        for word in cmdline.split():
+            key, _, value = word.partition("=")
+            params[key] = value  # a later duplicate wins, as upstream
+        proxy = {
+            name: params[f"agent.{name}"]
+            for name in ("https_proxy", "http_proxy", "no_proxy")
+            if f"agent.{name}" in params
+        }
+        fields: dict[str, Any] = {}
+        if proxy:
+            fields["image_pull_proxy"] = ImagePullProxy(**proxy)
+        if "agent.image_registry_auth" in params:
+            fields["authenticated_registry_credentials_uri"] = params["agent.image_registry_auth"]
+        if params.get("agent.enable_signature_verification") == "true" and (
+            "agent.image_policy_file" in params
+        ):
+            fields["image_security_policy_uri"] = params["agent.image_policy_file"]
+        return cls(**fields)
+
+    def with_environment(self, environ: Mapping[str, str]) -> ImageConfig:
+        """Apply the CDH's env override of the auth file URI (§2.1), as the CDH does on load."""
+        uri = environ.get(AUTH_URI_ENV)
+        if uri is None:
+            return self
+        return self.model_copy(update={"authenticated_registry_credentials_uri": uri})
+
+
+class ResourceGetter(Protocol):
+    def get(self, uri: str) -> bytes: ...
+
+
+# --- cdh.toml top level (§2.2) --------------------------------------------------------------
+
+
+class AaSocketConfig(_Model):
+    aa_socket: str = DEFAULT_AA_SOCKET
+
+
+class KbcConfig(_Model):
+    name: str
+    url: str = ""
+    kbs_cert: str | None = None
+
+
+class KbsCredential(_Model):
+    """A ``[[credentials]]`` entry: a KBS resource written to ``path`` at CDH start."""
+
+    resource_uri: str
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _under_kbs_dir(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not path.is_relative_to(KBS_CREDENTIALS_DIR) or ".." in path.parts:
+            raise ValueError(f"path must be under {KBS_CREDENTIALS_DIR}, got {value!r}")
+        return value
+
+
+class LogConfig(_Model):
+    level: str = "info"
+
+
+class CdhConfig(_Model):
+    socket: str = DEFAULT_CDH_SOCKET
+    aa: AaSocketConfig = Field(default_factory=AaSocketConfig)
+    kbc: KbcConfig
+    credentials: list[KbsCredential] = Field(default_factory=list)
+    skip_sealed_secret_verification: bool = False
+    log: LogConfig = Field(default_factory=LogConfig)
+    # Absent [image] means upstream's kernel-cmdline fallback (ImageConfig.from_kernel_cmdline).
+    image: ImageConfig | None = None
+
+    def image_config(self, cmdline: str = "") -> ImageConfig:
+        return self.image if self.image is not None else ImageConfig.from_kernel_cmdline(cmdline)
+
+
+# --- aa.toml (§2.4) -------------------------------------------------------------------------
+
+
+class KbsTokenConfig(_Model):
+    url: str
+    cert: str | None = None
+    tee_key_algorithm: Literal["ECDH-ES+A256KW-P256", "ECDH-ES+A256KW-P521", "RSA-OAEP-256"] = (
+        "ECDH-ES+A256KW-P256"
+    )
+
+
+class CocoAsTokenConfig(_Model):
+    url: str
+
+
+class TokenConfigs(_Model):
+    kbs: KbsTokenConfig | None = None
+    coco_as: CocoAsTokenConfig | None = None
+
+
+class EventlogConfig(_Model):
+    init_pcr: int = 17
+    enable_eventlog: bool = False
+
+
+class AaConfig(_Model):
+    token_configs: TokenConfigs = Field(default_factory=TokenConfigs)
+    eventlog_config: EventlogConfig = Field(default_factory=EventlogConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+def parse_cdh_config(text: str, source: str, *, line_offset: int = 0) -> CdhConfig:
+    """Parse ``cdh.toml`` text; ``line_offset`` shifts reported lines (text embedded elsewhere)."""
+    return _parse(text, source, CdhConfig, line_offset)
+
+
+def load_cdh_config(path: Path | str) -> CdhConfig:
+    path = Path(path)
+    return parse_cdh_config(_read_text(path), str(path))
+
+
+def parse_aa_config(text: str, source: str, *, line_offset: int = 0) -> AaConfig:
+    return _parse(text, source, AaConfig, line_offset)
+
+
+def parse_registries_config(text: str, source: str, *, line_offset: int = 0) -> RegistriesConfig:
+    return _parse(text, source, RegistriesConfig, line_offset)
+
+
+def parse_toml(text: str, source: str, *, line_offset: int = 0) -> dict[str, Any]:
+    """tomllib.loads with a ConfigError naming the source, line and column."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        message, line, column = _split_toml_message(str(err))
+        raise ConfigError(
+            f"invalid TOML: {message}",
+            location=Location(
+                file=source, line=None if line is None else line + line_offset, column=column
+            ),
+        ) from None
+
+
+def unknown_keys(raw: Mapping[str, Any], model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of keys in ``raw`` that ``model`` does not know (and so ignores)."""
+    fields = {(info.alias or name): info for name, info in model.model_fields.items()}
+    found: list[str] = []
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        info = fields.get(key)
+        if info is None:
+            found.append(path)
+            continue
+        sub = _model_in(info.annotation)
+        if sub is None:
+            continue
+        if isinstance(value, Mapping):
+            found += unknown_keys(value, sub, path)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    found += unknown_keys(item, sub, f"{path}[{index}]")
+    return found
+
+
+def _parse(text: str, source: str, model: type[M], line_offset: int) -> M:
+    raw = parse_toml(text, source, line_offset=line_offset)
+    return validate_model(raw, model, source, text=text, line_offset=line_offset)
+
+
+def validate_model(
+    raw: Mapping[str, Any],
+    model: type[M],
+    source: str,
+    *,
+    text: str | None = None,
+    line_offset: int = 0,
+) -> M:
+    """Validate already-parsed data; a pydantic error becomes a ConfigError naming the field."""
+    try:
+        # by_name=False: only the TOML spelling of an aliased key counts, as upstream.
+        return model.model_validate(raw, by_alias=True, by_name=False)
+    except ValidationError as err:
+        raise _config_error(err, source, text, line_offset) from None
+
+
+def _config_error(err: ValidationError, source: str, text: str | None, offset: int) -> ConfigError:
+    problems = err.errors(include_url=False)
+    first_loc = problems[0]["loc"]
+    line = _find_line(text, first_loc) if text else None
+    # The first problem's path is in the location; the others name their own.
+    message = _describe(problems[0], with_path=False)
+    others = [_describe(problem, with_path=True) for problem in problems[1:]]
+    if others:
+        message += "; also " + "; ".join(others[:4])
+    if len(others) > 4:
+        message += f"; and {len(others) - 4} more"
+    return ConfigError(
+        message,
+        location=Location(
+            file=source,
+            field=dotted_path(first_loc) or None,
+            line=None if line is None else line + offset,
+        ),
+    )
+
+
+def dotted_path(loc: tuple[int | str, ...]) -> str:
+    """``('image', 'registry_config', 'registry', 0)`` → ``image.registry_config.registry[0]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(problem: Mapping[str, Any], *, with_path: bool) -> str:
+    path = dotted_path(problem["loc"]) if with_path else ""
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if problem["type"] == "missing":
+        message = "required field is missing"
+    shown = _safe_input(problem.get("input"), problem["type"])
+    if shown is not None:
+        message += f" (got {shown})"
+    return f"{path}: {message}" if path else message
+
+
+def _safe_input(value: Any, error_type: str) -> str | None:
+    # Echo only short scalars: a config value may hold PEM or other material not meant for logs.
+    if error_type in ("missing", "value_error"):
+        return None
+    if isinstance(value, bool | int | float):
+        return repr(value)
+    if isinstance(value, str):
+        if "\n" in value or "-----BEGIN" in value or len(value) > 60:
+            return None
+        return repr(value)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a table"
+    return None
+
+
+def _find_line(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """Best effort: the line of the innermost key (or table header) named in ``loc``."""
+    lines = text.splitlines()
+    in_array = _find_line_in_array_table(lines, loc)
+    if in_array is not None:
+        return in_array
+    keys = [part for part in loc if isinstance(part, str)]
+    for depth in range(len(keys), 0, -1):
+        key = keys[depth - 1]
+        header = ".".join(keys[:depth])
+        patterns = [
+            re.compile(rf"^\s*\[\[?\s*{re.escape(header)}\s*\]\]?\s*(#.*)?$"),
+            re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*="),
+        ]
+        for pattern in patterns:
+            hits = [number for number, line in enumerate(lines, 1) if pattern.search(line)]
+            if len(hits) == 1:
+                return hits[0]
+    return None
+
+
+def _find_line_in_array_table(lines: list[str], loc: tuple[int | str, ...]) -> int | None:
+    """For ``a.b[i].key``: the i-th ``[[a.b]]`` header, or ``key`` inside that table."""
+    index_at = next((n for n, part in enumerate(loc) if isinstance(part, int)), None)
+    if not index_at:
+        return None
+    index = loc[index_at]
+    assert isinstance(index, int)
+    header = re.compile(rf"^\s*\[\[\s*{re.escape('.'.join(map(str, loc[:index_at])))}\s*\]\]")
+    starts = [number for number, line in enumerate(lines, 1) if header.search(line)]
+    if index >= len(starts):
+        return None
+    start = starts[index]
+    if index_at + 1 < len(loc) and isinstance(loc[index_at + 1], str):
+        key = re.compile(rf"^\s*[\"']?{re.escape(str(loc[index_at + 1]))}[\"']?\s*=")
+        for number in range(start + 1, len(lines) + 1):
+            if re.match(r"^\s*\[", lines[number - 1]):
+                break
+            if key.search(lines[number - 1]):
+                return number
+    return start
+
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+
+def _split_toml_message(message: str) -> tuple[str, int | None, int | None]:
+    match = _TOML_POSITION.search(message)
+    if not match:
+        return message.replace(" (at end of document)", " at end of document"), None, None
+    return message[: match.start()], int(match.group(1)), int(match.group(2))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``Model``, ``Model | None`` or ``list[Model]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("file not found", location=Location(file=str(path))) from None
+    except OSError as err:
+        where = Location(file=str(path))
+        raise ConfigError(f"cannot read: {err.strerror}", location=where) from None
+    return _decode(data, str(path))
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"not UTF-8 text (bad byte at offset {err.start})", location=Location(file=source)
+        ) from None
