@@ -1,0 +1,408 @@
+"""The Init-Data linter: what an upstream CoCo guest will refuse, or treat differently.
+
+guestpull accepts every document upstream accepts and does the safe thing where upstream has a
+defect (DESIGN.md §2).  The linter tells the user when a document *relies* on guestpull's
+behaviour, or will fail on a real guest: an ``error`` finding means the guest will refuse it, a
+``warning`` that it may fail or behave differently upstream, ``info`` is worth knowing.
+All certificate rules live here; :mod:`guestpull.certs` only reads certificates.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+
+from guestpull import certs
+from guestpull.config import AaConfig, CdhConfig, KNOWN_KBC_NAMES, RegistriesConfig, unknown_keys
+from guestpull.errors import ConfigError, Finding, GuestpullError, Location
+from guestpull.initdata import AA_KEY, CDH_KEY, InitData, data_field, fit_digest
+from guestpull.registries import prefix_match, upstream_prefix_match
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+
+
+@dataclass
+class LintReport:
+    """The findings about one document, and its digest when it parsed."""
+
+    source: str
+    findings: list[Finding] = field(default_factory=list)
+    initdata: InitData | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == ERROR for f in self.findings)
+
+    @property
+    def has_warnings(self) -> bool:
+        return any(f.severity == WARNING for f in self.findings)
+
+    @property
+    def digest(self) -> str | None:
+        """``<algorithm>:<hex>`` of the exact bytes, or None when the document did not parse."""
+        if self.initdata is None:
+            return None
+        return f"{self.initdata.algorithm}:{self.initdata.digest().hex()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "findings": [f.to_dict() for f in self.findings],
+            "digest": self.digest,
+        }
+
+
+def lint(
+    raw: bytes,
+    source: str,
+    *,
+    platform: str | None = None,
+    now: datetime.datetime | None = None,
+) -> LintReport:
+    """Every finding about an Init-Data document (never raises for a bad document)."""
+    report = LintReport(source=source)
+    try:
+        initdata = InitData.parse(raw, source)
+    except ConfigError as err:
+        report.findings.append(_error_finding("invalid-document", err))
+        return report
+    report.initdata = initdata
+    context = _Context(initdata, report.findings, now or datetime.datetime.now(datetime.UTC))
+    _check_platform(context, platform)
+    for key in initdata.unknown_data_keys:
+        context.add(
+            INFO,
+            "unknown-data-key",
+            f"the guest ignores data key {key!r} (it still counts in the digest)",
+            Location(file=source, field=data_field(key), line=initdata.key_line(key)),
+        )
+    aa = _load_config(context, AA_KEY, initdata.aa_config, AaConfig)
+    cdh = _load_config(context, CDH_KEY, initdata.cdh_config, CdhConfig)
+    if cdh is not None:
+        _check_kbc(context, cdh, aa)
+        if cdh.image is not None:
+            _check_certificates(context, cdh.image.extra_root_certificates)
+            if cdh.image.registry_config is not None:
+                _check_registry_rules(context, cdh.image.registry_config)
+            if cdh.image.registry_config is not None and cdh.image.registry_configuration_uri:
+                context.add_in(
+                    INFO,
+                    "registry-config-overrides-uri",
+                    "the inline registry_config takes precedence; registry_configuration_uri"
+                    " is not read",
+                    "image.registry_configuration_uri",
+                )
+    elif initdata.cdh_toml is None:
+        context.add(
+            INFO,
+            "no-cdh-config",
+            "no cdh.toml: the guest's CDH takes its image settings from the kernel command line",
+            Location(file=source, field="data"),
+        )
+    return report
+
+
+@dataclass
+class _Context:
+    initdata: InitData
+    findings: list[Finding]
+    now: datetime.datetime
+
+    def add(self, severity: str, code: str, message: str, location: Location) -> None:
+        self.findings.append(Finding(severity, code, message, location))
+
+    def add_in(
+        self, severity: str, code: str, message: str, inner_field: str,
+        *, key: str = CDH_KEY, inner_line: int | None = None,
+    ) -> None:
+        """A finding about ``inner_field`` of embedded file ``key``."""
+        self.add(severity, code, message, self.location_in(key, inner_field, inner_line))
+
+    def location_in(self, key: str, inner_field: str | None, inner_line: int | None) -> Location:
+        if inner_line is None and inner_field:
+            inner_line = _field_line(self.initdata.data[key], inner_field)
+        line = None if inner_line is None else self.initdata.outer_line(key, inner_line)
+        name = data_field(key) + (f".{inner_field}" if inner_field else "")
+        line = line or self.initdata.key_line(key)
+        return Location(file=self.initdata.source, field=name, line=line)
+
+
+def _error_finding(code: str, err: GuestpullError) -> Finding:
+    message = err.message + (f" (hint: {err.hint})" if err.hint else "")
+    return Finding(ERROR, code, message, err.location or Location())
+
+
+def _check_platform(context: _Context, platform: str | None) -> None:
+    if platform is None:
+        return
+    try:
+        fit_digest(context.initdata.digest(), platform)
+    except ConfigError as err:
+        line = context.initdata.top_key_line("algorithm")
+        where = Location(file=context.initdata.source, field="algorithm", line=line)
+        context.add(ERROR, f"{platform}-algorithm", err.message, where)
+
+
+def _load_config(context: _Context, key: str, parse: Callable[[], Any], model: type) -> Any:
+    """The embedded config as a model; a problem becomes a finding pointing into the outer file."""
+    if key not in context.initdata.data:
+        return None
+    try:
+        config = parse()
+    except ConfigError as err:
+        inner = err.location or Location()
+        location = inner
+        if inner.file == context.initdata.embedded_source(key):
+            location = context.location_in(key, inner.field, inner.line)
+        finding = _error_finding(f"invalid-{key.replace('.', '-')}", err)
+        context.add(ERROR, finding.code, finding.message, location)
+        return None
+    for path in unknown_keys(context.initdata.parse_embedded(key), model):
+        context.add_in(
+            WARNING,
+            "unknown-key",
+            f"unknown key {path!r} in {key}: the guest ignores it",
+            path,
+            key=key,
+        )
+    return config
+
+
+# --- kbc / KBS --------------------------------------------------------------------------------
+
+
+def _check_kbc(context: _Context, cdh: CdhConfig, aa: AaConfig | None) -> None:
+    if cdh.kbc.name not in KNOWN_KBC_NAMES:
+        context.add_in(
+            ERROR,
+            "unknown-kbc",
+            f"unknown kbc name {cdh.kbc.name!r}: the CDH accepts {' or '.join(KNOWN_KBC_NAMES)}",
+            "kbc.name",
+        )
+    if cdh.kbc.name != "cc_kbc":
+        return
+    aa_kbs = aa.token_configs.kbs if aa is not None else None
+    if aa_kbs is None:
+        context.add_in(
+            WARNING,
+            "kbs-url-missing-in-aa",
+            "cc_kbc needs an attestation token: set aa.toml [token_configs.kbs] url too",
+            "kbc.url",
+        )
+    elif aa_kbs.url.rstrip("/") != cdh.kbc.url.rstrip("/"):
+        context.add_in(
+            WARNING,
+            "kbs-url-mismatch",
+            f"kbc.url {cdh.kbc.url!r} differs from aa.toml token_configs.kbs.url"
+            f" {aa_kbs.url!r}: the token is obtained from one KBS and used at the other",
+            "kbc.url",
+        )
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+
+def _check_certificates(context: _Context, pems: list[str]) -> None:
+    seen: dict[str, str] = {}
+    loaded: list[tuple[str, x509.Certificate]] = []
+    for index, pem in enumerate(pems):
+        where = f"image.extra_root_certificates[{index}]"
+        try:
+            found = certs.load_pem_certificates(pem, where)
+        except ConfigError as err:
+            context.add_in(ERROR, "invalid-certificate", err.message, where,
+                           inner_line=_field_line(context.initdata.data[CDH_KEY], where))
+            continue
+        for number, cert in enumerate(found):
+            name = where if len(found) == 1 else f"{where} certificate {number + 1}"
+            loaded.append((name, cert))
+    anchors = [cert for _, cert in loaded]
+    for name, cert in loaded:
+        line = _certificate_line(context.initdata.data[CDH_KEY], cert)
+        for severity, code, message in _certificate_findings(cert, anchors, context.now):
+            context.add_in(severity, code, message, name, inner_line=line)
+        fp = certs.fingerprint(cert)
+        if fp in seen:
+            context.add_in(WARNING, "duplicate-certificate", f"the same certificate as {seen[fp]}",
+                           name, inner_line=line)
+        seen.setdefault(fp, name)
+
+
+def _certificate_findings(
+    cert: x509.Certificate, anchors: list[x509.Certificate], now: datetime.datetime
+) -> Iterator[tuple[str, str, str]]:
+    info = certs.describe(cert)
+    label = f"certificate {info.subject!r}"
+    if info.not_after < now:
+        yield ERROR, "certificate-expired", (
+            f"{label} expired on {info.not_after:%Y-%m-%d %H:%M} UTC"
+        )
+    if info.not_before > now:
+        yield ERROR, "certificate-not-yet-valid", (
+            f"{label} is not valid before {info.not_before:%Y-%m-%d %H:%M} UTC (check the clocks)"
+        )
+    if info.self_signed and info.is_ca and info.sans:
+        # A root CA names no hosts; a CA:true certificate that carries the registry's host
+        # names is a server certificate made with CA:true, which rustls refuses.
+        yield WARNING, "ca-self-signed", (
+            f"{label} is a self-signed CA (CA:true) that names hosts ({', '.join(info.sans)}):"
+            " it looks like the registry's own server certificate, and an upstream guest"
+            " (rustls) rejects a CA:true certificate presented by the server"
+            " (CaUsedAsEndEntity); make the self-signed server certificate CA:false, or sign"
+            " a CA:false server certificate with this CA"
+        )
+    if info.self_signed and not info.is_ca and not info.sans:
+        yield WARNING, "no-subject-alt-name", (
+            f"{label} has no subjectAltName: rustls and Go ignore the common name, so no host"
+            " name can match it"
+        )
+    if not info.self_signed and not info.is_ca:
+        issuer_listed = any(certs.issued_by(cert, other) for other in anchors if other is not cert)
+        if issuer_listed:
+            yield INFO, "leaf-in-trust-list", (
+                f"{label} is a server certificate (CA:false) whose issuer is also listed; only"
+                " the issuer is needed"
+            )
+        else:
+            yield WARNING, "not-a-trust-anchor", (
+                f"{label} is neither a CA nor self-signed, and its issuer {info.issuer!r} is not"
+                " in the list: the guest cannot use it to verify anything; add the CA that"
+                " issued it instead"
+            )
+
+
+def _certificate_line(cdh_text: str, cert: x509.Certificate) -> int | None:
+    # The first base64 line of a PEM written with standard 64-column lines is unique to it.
+    body_line = certs.certificate_pem(cert).splitlines()[1]
+    position = cdh_text.find(body_line)
+    if position < 0:
+        return None
+    return cdh_text.count("\n", 0, position)  # the BEGIN line above it
+
+
+# --- registry rules ---------------------------------------------------------------------------
+
+
+def _check_registry_rules(context: _Context, config: RegistriesConfig) -> None:
+    # The model fills in prefix from location; the raw table says what the user wrote.
+    raw_config = context.initdata.parse_embedded(CDH_KEY)["image"]["registry_config"]
+    raw_rules = [r if isinstance(r, dict) else {} for r in raw_config.get("registry", [])]
+    first_by_prefix: dict[str, int] = {}
+    for index, rule in enumerate(config.registry):
+        where = f"image.registry_config.registry[{index}]"
+        raw = raw_rules[index] if index < len(raw_rules) else {}
+        if rule.prefix in first_by_prefix:
+            context.add_in(
+                WARNING,
+                "duplicate-registry-prefix",
+                f"prefix {rule.prefix!r} is also the prefix of"
+                f" registry[{first_by_prefix[rule.prefix]}]: upstream uses the last of equal"
+                " matches, so only one of them is ever used",
+                where,
+            )
+        first_by_prefix.setdefault(rule.prefix, index)
+        if rule.insecure and not raw.get("location"):
+            context.add_in(
+                WARNING,
+                "insecure-without-location",
+                f"insecure = true on a rule without location (prefix {rule.prefix!r}): upstream"
+                f" guests ignore it and use HTTPS; guestpull uses HTTP. Add location ="
+                f" {rule.prefix!r} to make it work on both",
+                where,
+            )
+    _check_substring_matches(context, config)
+
+
+def _check_substring_matches(context: _Context, config: RegistriesConfig) -> None:
+    names = _registry_names(config)
+    for index, rule in enumerate(config.registry):
+        for name in names:
+            reference = f"{name}/image:latest"
+            if prefix_match(rule.prefix, reference) is not None:
+                continue
+            if upstream_prefix_match(rule.prefix, reference) is not None:
+                context.add_in(
+                    WARNING,
+                    "upstream-substring-match",
+                    f"upstream guests also apply the rule for prefix {rule.prefix!r} to images"
+                    f" from {name!r}, because they match a prefix anywhere in the reference;"
+                    " guestpull matches from the start only",
+                    f"image.registry_config.registry[{index}]",
+                )
+
+
+def _registry_names(config: RegistriesConfig) -> list[str]:
+    names: list[str] = []
+    for rule in config.registry:
+        names += [rule.prefix, rule.location, *(m.location for m in rule.mirror)]
+    names += config.unqualified_search_registries
+    return list(dict.fromkeys(n for n in names if n and not n.startswith("*.")))
+
+
+# --- where a field sits in an embedded TOML file ----------------------------------------------
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+
+
+def _field_line(text: str, dotted: str) -> int | None:
+    """Best-effort line of ``a.b[2].c`` in TOML text (a table header or a key line)."""
+    lines = _path_lines(text)
+    path = re.sub(r" certificate \d+$", "", dotted)
+    while path:
+        if path in lines:
+            return lines[path]
+        path = re.sub(r"(\[\d+\]|\.[^.\[]+|^[^.\[]+)$", "", path)
+    return None
+
+
+def _path_lines(text: str) -> dict[str, int]:
+    """Dotted paths (arrays of tables indexed) → the line where each is first written."""
+    found: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    table = ""
+    in_string = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_string:
+            in_string = (line.count("'''") + line.count('"""')) % 2 == 0
+            continue
+        header = _HEADER.match(line)
+        if header:
+            name = _normalise_key(header.group(2))
+            if header.group(1) == "[[":
+                counts[name] = counts.get(name, 0) + 1
+                # A new array item starts its own nested arrays from index 0.
+                for nested in [k for k in counts if k.startswith(name + ".")]:
+                    del counts[nested]
+            name = _indexed(name, counts)
+            table = name
+            found.setdefault(table, number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            name = _normalise_key(key.group(1))
+            path = f"{table}.{name}" if table else name
+            found.setdefault(path, number)
+            in_string = (line.count("'''") + line.count('"""')) % 2 == 1
+    return found
+
+
+def _indexed(name: str, counts: dict[str, int]) -> str:
+    """``a.registry.mirror`` → ``a.registry[1].mirror[0]``: the current item of each array."""
+    parts = name.split(".")
+    out: list[str] = []
+    for part in parts:
+        out.append(part)
+        prefix = ".".join(p.split("[")[0] for p in out)
+        if prefix in counts:
+            out[-1] = f"{part}[{counts[prefix] - 1}]"
+    return ".".join(out)
+
+
+def _normalise_key(key: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in key.split("."))
