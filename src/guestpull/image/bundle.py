@@ -1,0 +1,372 @@
+"""The OCI bundle: ``DIR/rootfs`` and ``DIR/config.json``, as upstream builds it.
+
+``config.json`` follows image-rs ``bundle.rs`` (oci-spec ``Spec::default()`` with hostname
+``image-rs``, process from Entrypoint+Cmd / Env / WorkingDir, Volumes as tmpfs mounts,
+annotations from Labels and the platform), plus what upstream leaves as a TODO: ``User``
+resolved to uid/gid through the rootfs's ``/etc/passwd`` and ``/etc/group``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from guestpull.errors import ConfigError, ExistsError, GuestpullError, Location, UnsupportedError
+from guestpull.image.fsops import read_in_root
+from guestpull.image.oci import ImageConfig
+from guestpull.image.rootfs import (
+    build_copy_rootfs,
+    ensure_layer,
+    is_mountpoint,
+    mount_overlay,
+    overlay_supported,
+    remove_tree,
+    unique_top_most,
+    unmount,
+)
+from guestpull.image.store import ImageRecord, Store
+
+log = logging.getLogger(__name__)
+
+RootfsMode = Literal["auto", "overlay", "copy"]
+BUNDLE_CONFIG = "config.json"
+BUNDLE_ROOTFS = "rootfs"
+BUNDLE_HOSTNAME = "image-rs"
+#: overlay upper/work dirs live next to the rootfs, so removing the bundle removes them.
+OVERLAY_STATE = ".guestpull-overlay"
+_MAX_ID = (1 << 32) - 1
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    mode_used: Literal["overlay", "copy"]
+    rootfs: Path
+    config: Path
+    warnings: tuple[str, ...] = ()
+
+
+def create_bundle(
+    store: Store,
+    image: ImageRecord,
+    bundle_dir: str | os.PathLike[str],
+    *,
+    mode: RootfsMode = "auto",
+    force: bool = False,
+    privileged: bool | None = None,
+) -> BundleResult:
+    """Build ``bundle_dir/rootfs`` and ``bundle_dir/config.json`` for a stored image.
+
+    ``auto`` mounts an overlay when it can and flattens a copy otherwise; the result says
+    which.  ExistsError if the bundle already has a rootfs or config.json and not ``force``.
+    """
+    bundle = Path(bundle_dir).absolute()
+    config_doc = f"image config {image.config_digest}"
+    config = ImageConfig.parse(store.content.read(image.config_digest), doc=config_doc)
+    if config.os != "linux":
+        raise UnsupportedError(
+            f"image OS is {config.os!r}; only linux images can run",
+            location=Location(file=config_doc, field="os"),
+        )
+    if tuple(layer.diff_id for layer in image.layers) != config.diff_ids:
+        raise ConfigError(
+            f"the image has {len(image.layers)} layers but its config lists "
+            f"{len(config.diff_ids)} diff_ids, or they differ",
+            location=Location(file=config_doc, field="rootfs.diff_ids"),
+        )
+    _prepare_bundle_dir(bundle, force)
+    if privileged is None:
+        privileged = os.geteuid() == 0
+    rootfs = bundle / BUNDLE_ROOTFS
+    warnings: list[str] = []
+    mode_used = _choose_mode(mode, privileged, len(image.layers))
+    try:
+        if mode_used == "overlay":
+            try:
+                _overlay_rootfs(store, image, bundle)
+            except GuestpullError as exc:
+                if mode != "auto":
+                    raise
+                message = f"overlay rootfs failed ({exc}); falling back to copy"
+                log.warning("%s", message)
+                warnings.append(message)
+                _undo_rootfs(store, bundle)
+                mode_used = "copy"
+        if mode_used == "copy":
+            for stats in build_copy_rootfs(store, image.layers, rootfs, privileged=privileged):
+                warnings.extend(stats.warnings)
+        spec = runtime_spec(config, rootfs)
+        config_path = _write_json_atomically(bundle / BUNDLE_CONFIG, spec)
+    except BaseException:
+        _undo_rootfs(store, bundle)
+        raise
+    log.info("bundle %s created with the %s rootfs mode", bundle, mode_used)
+    return BundleResult(mode_used, rootfs, config_path, tuple(warnings))
+
+
+def umount_bundle(bundle_dir: str | os.PathLike[str], store: Store | None = None) -> bool:
+    """Undo an overlay rootfs (unmount, drop upper/work).  False if nothing was mounted."""
+    bundle = Path(bundle_dir).absolute()
+    rootfs = bundle / BUNDLE_ROOTFS
+    mounted = is_mountpoint(rootfs)
+    if mounted:
+        unmount(rootfs)
+    remove_tree(bundle / OVERLAY_STATE)
+    if store is not None:
+        store.forget_bundle(bundle)
+    return mounted
+
+
+def _choose_mode(mode: RootfsMode, privileged: bool, layer_count: int) -> Literal["overlay", "copy"]:
+    if mode == "copy":
+        return "copy"
+    usable = privileged and overlay_supported()
+    if mode == "overlay":
+        if not usable:
+            raise UnsupportedError(
+                "the overlay rootfs mode needs root and overlayfs in the kernel",
+                hint="use the copy rootfs mode",
+            )
+        if layer_count == 0:
+            raise UnsupportedError("the overlay rootfs mode needs at least one layer")
+        return "overlay"
+    if mode != "auto":
+        raise ConfigError(f"unknown rootfs mode {mode!r} (want auto, overlay or copy)")
+    return "overlay" if usable and layer_count > 0 else "copy"
+
+
+def _prepare_bundle_dir(bundle: Path, force: bool) -> None:
+    rootfs, config = bundle / BUNDLE_ROOTFS, bundle / BUNDLE_CONFIG
+    occupied = (
+        config.exists()
+        or is_mountpoint(rootfs)
+        or (rootfs.is_dir() and any(rootfs.iterdir()))
+        or (rootfs.exists() and not rootfs.is_dir())
+    )
+    if occupied and not force:
+        raise ExistsError(
+            f"bundle {bundle} already exists (rootfs or config.json present)",
+            hint="pass --force to replace it",
+        )
+    if occupied:
+        if is_mountpoint(rootfs):
+            unmount(rootfs)
+        remove_tree(rootfs)
+        remove_tree(config)
+        remove_tree(bundle / OVERLAY_STATE)
+    bundle.mkdir(parents=True, exist_ok=True)
+
+
+def _overlay_rootfs(store: Store, image: ImageRecord, bundle: Path) -> None:
+    layers = unique_top_most(image.layers)
+    dirs = [ensure_layer(store, layer) for layer in layers]
+    # Recorded before mounting, so a prune racing with us keeps these layers.
+    store.record_bundle(bundle, image.reference, [layer.diff_id for layer in layers])
+    mount_overlay(dirs, store.layers.root, bundle / BUNDLE_ROOTFS, bundle / OVERLAY_STATE)
+
+
+def _undo_rootfs(store: Store, bundle: Path) -> None:
+    rootfs = bundle / BUNDLE_ROOTFS
+    try:
+        if is_mountpoint(rootfs):
+            unmount(rootfs)
+        remove_tree(rootfs)
+        remove_tree(bundle / OVERLAY_STATE)
+        store.forget_bundle(bundle)
+    except (OSError, GuestpullError) as exc:  # cleanup must not hide the original error
+        log.warning("cleaning up %s failed: %s", rootfs, exc)
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=".config.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+# --- config.json -----------------------------------------------------------------------------
+
+_DEFAULT_CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+
+
+def _default_process() -> dict[str, Any]:
+    return {
+        "terminal": False,
+        "user": {"uid": 0, "gid": 0},
+        "args": ["sh"],
+        "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+        "cwd": "/",
+        "capabilities": {k: list(_DEFAULT_CAPS) for k in
+                         ("bounding", "effective", "inheritable", "permitted", "ambient")},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": True,
+    }
+
+
+def _default_mounts() -> list[dict[str, Any]]:
+    def m(dest: str, typ: str, src: str, opts: list[str]) -> dict[str, Any]:
+        return {"destination": dest, "type": typ, "source": src, "options": opts}
+
+    return [
+        m("/proc", "proc", "proc", []),
+        m("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        m("/dev/pts", "devpts", "devpts",
+          ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        m("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        m("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
+        m("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
+        m("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", "relatime", "ro"]),
+    ]
+
+
+def _default_linux() -> dict[str, Any]:
+    return {
+        "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+        "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")],
+        "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                        "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                        "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+        "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                          "/proc/sysrq-trigger"],
+    }
+
+
+def runtime_spec(config: ImageConfig, rootfs: Path) -> dict[str, Any]:
+    """The runtime ``config.json`` for an image config (``rootfs`` is read for ``User``)."""
+    process = _default_process()
+    mounts = _default_mounts()
+    annotations: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    c = config.config
+    if c is not None:
+        if c.working_dir:
+            process["cwd"] = c.working_dir
+        if c.env is not None:
+            process["env"] = list(c.env)
+        args = list(c.entrypoint or ()) + list(c.cmd or ())
+        if args:
+            process["args"] = args
+        process["user"] = resolve_user(rootfs, c.user)
+        labels = dict(c.labels)
+        annotations.update(labels)
+        if c.stop_signal and "org.opencontainers.image.stopSignal" not in labels:
+            annotations["org.opencontainers.image.stopSignal"] = c.stop_signal
+        if c.exposed_ports:
+            annotations["org.opencontainers.image.exposedPorts"] = ",".join(c.exposed_ports)
+        volumes = [
+            {"destination": v, "type": "tmpfs",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "rw"]}
+            for v in c.volumes
+        ]
+        mounts = volumes + mounts
+
+    def implicit(key: str, value: str | None) -> None:
+        if value and f"org.opencontainers.image.{key}" not in labels:
+            annotations[f"org.opencontainers.image.{key}"] = value
+
+    implicit("os", config.os)
+    implicit("os.version", config.os_version)
+    if config.os_features is not None:
+        implicit("os.features", json.dumps(list(config.os_features), separators=(",", ":")))
+    implicit("architecture", config.architecture)
+    implicit("variant", config.variant)
+    implicit("author", config.author)
+    implicit("created", config.created)
+    return {
+        "ociVersion": "1.0.2-dev",
+        "root": {"path": BUNDLE_ROOTFS, "readonly": True},
+        "mounts": mounts,
+        "process": process,
+        "hostname": BUNDLE_HOSTNAME,
+        "annotations": annotations,
+        "linux": _default_linux(),
+    }
+
+
+# --- User → uid/gid --------------------------------------------------------------------------
+
+
+def _parse_colon_file(data: bytes | None) -> list[list[str]]:
+    if not data:
+        return []
+    rows = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            rows.append(line.split(":"))
+    return rows
+
+
+def _as_id(text: str) -> int | None:
+    if text.isdigit():
+        value = int(text)
+        return value if value <= _MAX_ID else None
+    return None
+
+
+def resolve_user(rootfs: Path, user: str) -> dict[str, Any]:
+    """Image ``User`` (``name``, ``uid``, ``name:group``, ``uid:gid``…) → OCI process.user.
+
+    Names are looked up in the rootfs's /etc/passwd and /etc/group (read as the container
+    sees them); additionalGids are the groups that list the user as a member.
+    """
+    user_part, _, group_part = user.partition(":")
+    passwd = _parse_colon_file(read_in_root(rootfs, "/etc/passwd"))
+    groups = _parse_colon_file(read_in_root(rootfs, "/etc/group"))
+    where = Location(file="image config", field="config.User")
+
+    name: str | None = None
+    uid, gid = 0, 0
+    if user_part:
+        entry = next((p for p in passwd if len(p) >= 4 and p[0] == user_part), None)
+        numeric = _as_id(user_part)
+        if entry is None and numeric is not None:
+            entry = next((p for p in passwd if len(p) >= 4 and p[2] == user_part), None)
+        if entry is not None:
+            name, uid, gid = entry[0], _as_id(entry[2]) or 0, _as_id(entry[3]) or 0
+            if numeric is not None:
+                uid = numeric
+        elif numeric is not None:
+            uid = numeric
+        else:
+            raise ConfigError(f"user {user_part!r} is not in the image's /etc/passwd", location=where)
+    else:
+        root_entry = next((p for p in passwd if len(p) >= 4 and p[2] == "0"), None)
+        name = root_entry[0] if root_entry else None
+
+    if group_part:
+        numeric_gid = _as_id(group_part)
+        group_entry = next((g for g in groups if len(g) >= 3 and g[0] == group_part), None)
+        if numeric_gid is not None:
+            gid = numeric_gid
+        elif group_entry is not None and _as_id(group_entry[2]) is not None:
+            gid = _as_id(group_entry[2]) or 0
+        else:
+            raise ConfigError(f"group {group_part!r} is not in the image's /etc/group", location=where)
+
+    result: dict[str, Any] = {"uid": uid, "gid": gid}
+    if name is not None:
+        extra = sorted({
+            gid_value for g in groups
+            if len(g) >= 4 and name in g[3].split(",")
+            and (gid_value := _as_id(g[2])) is not None and gid_value != gid
+        })
+        if extra:
+            result["additionalGids"] = extra
+    return result

@@ -1,0 +1,263 @@
+"""Safe filesystem primitives: every path is resolved beneath a root through directory fds.
+
+The rule (one place for it): a path inside a layer is walked component by component from the
+root's fd with ``O_NOFOLLOW``, so no symlink is ever followed by the kernel on our behalf.  When a
+*parent* component is a symlink, its target is read and resolved lexically: a relative target
+that stays inside the root (``lib -> usr/lib``) is followed, an absolute target or one that
+climbs out with ``..`` is refused with :class:`~guestpull.errors.UnpackError` — writing through
+it would land outside the root when seen from the host.  Symlinks are always *created* verbatim;
+only writing through them is restricted.
+
+Reading a file *as the container would see it* (``/etc/passwd`` of a rootfs) uses
+``openat2(RESOLVE_IN_ROOT)`` instead: there absolute symlinks are meant relative to the root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+
+from guestpull.errors import UnpackError
+
+# --- openat2 ---------------------------------------------------------------------------------
+
+SYS_OPENAT2 = 437  # the same number on every Linux architecture (new syscall table)
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def openat2(dir_fd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """The openat2(2) system call; OSError as ``os.open`` would raise it."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    fd = _libc.syscall(
+        ctypes.c_long(SYS_OPENAT2),
+        ctypes.c_int(dir_fd),
+        ctypes.c_char_p(os.fsencode(path)),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
+
+
+def read_in_root(root: str | os.PathLike[str], path: str, limit: int = 4 << 20) -> bytes | None:
+    """Read ``path`` as a process chrooted at ``root`` would (symlinks clamped to the root).
+
+    Returns None when the file does not exist.  Reads at most ``limit`` bytes.
+    """
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fd = openat2(
+                root_fd,
+                path.lstrip("/"),
+                os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK,
+                resolve=RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+            )
+        except FileNotFoundError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read(limit)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+# --- entry names -----------------------------------------------------------------------------
+
+
+def split_entry_name(name: str) -> tuple[str, ...]:
+    """A tar entry name as path components; UnpackError for ``..`` or an absolute name.
+
+    ``./a//b/`` → ``("a", "b")``; the root itself is ``()``.
+    """
+    if name.startswith("/"):
+        raise UnpackError(f"entry {name!r}: absolute path refused")
+    parts = tuple(p for p in name.split("/") if p and p != ".")
+    if ".." in parts:
+        raise UnpackError(f"entry {name!r}: '..' component refused")
+    if any("\0" in p for p in parts):
+        raise UnpackError(f"entry {name!r}: NUL byte in name")
+    return parts
+
+
+def normalize_inside(base: Sequence[str], target: str) -> tuple[str, ...] | None:
+    """Lexically resolve ``target`` relative to directory ``base`` (both inside the root).
+
+    Absolute targets are taken relative to the root; None when ``..`` climbs above the root.
+    """
+    out = [] if target.startswith("/") else list(base)
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not out:
+                return None
+            out.pop()
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+# --- the resolver ----------------------------------------------------------------------------
+
+_MAX_SYMLINKS = 40
+_MAX_CACHED_DIRS = 1024
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Tree:
+    """A directory we unpack into.  Resolves paths beneath it and caches directory fds.
+
+    The cache holds only directories reached through verified fds.  Anything that removes or
+    replaces a directory or symlink must call :meth:`forget` so no stale fd is reused.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.fd = os.open(self.path, _DIR_FLAGS)
+        self._dirs: dict[tuple[str, ...], int] = {(): self.fd}
+        self._retired: list[int] = []
+
+    def close(self) -> None:
+        self.forget()
+        self.release()
+        os.close(self.fd)
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def forget(self) -> None:
+        """Drop every cached directory fd except the root's.
+
+        The fds are only retired, not closed, because a caller may still be using one it got
+        from :meth:`dir_fd` for the entry in hand; :meth:`release` closes them between entries.
+        """
+        self._retired.extend(fd for parts, fd in self._dirs.items() if parts)
+        self._dirs = {(): self.fd}
+
+    def release(self) -> None:
+        """Close retired fds.  Call between entries, when no fd from :meth:`dir_fd` is held."""
+        for fd in self._retired:
+            os.close(fd)
+        self._retired.clear()
+
+    def dir_fd(self, parts: tuple[str, ...], *, create: bool, entry: str = "") -> int:
+        """An fd for the directory ``parts`` beneath the root (cached; do not close it).
+
+        Missing directories are created 0755 when ``create``; FileNotFoundError otherwise.
+        UnpackError when a component is not a directory or is a symlink leaving the root.
+        """
+        fd = self._dirs.get(parts)
+        if fd is not None:
+            return fd
+        fd = self._walk(parts, create, entry or "/".join(parts), 0)
+        if len(self._dirs) >= _MAX_CACHED_DIRS:
+            self.forget()
+        self._dirs[parts] = fd
+        return fd
+
+    def _walk(self, parts: tuple[str, ...], create: bool, entry: str, depth: int) -> int:
+        """Open ``parts`` from the deepest cached ancestor; returns a new fd owned by caller."""
+        start = len(parts)
+        while start > 0 and parts[:start] not in self._dirs:
+            start -= 1
+        fd = os.dup(self._dirs[parts[:start]])
+        try:
+            for i in range(start, len(parts)):
+                nxt = self._step(fd, parts[: i + 1], create, entry, depth)
+                os.close(fd)
+                fd = nxt
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _step(self, parent: int, parts: tuple[str, ...], create: bool, entry: str, depth: int) -> int:
+        name = parts[-1]
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+        except NotADirectoryError:
+            return self._through_symlink(parent, parts, create, entry, depth)
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass  # raced with ourselves through another alias; open it below
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+
+    def _through_symlink(
+        self, parent: int, parts: tuple[str, ...], create: bool, entry: str, depth: int
+    ) -> int:
+        where = "/".join(parts)
+        try:
+            target = os.readlink(parts[-1], dir_fd=parent)
+        except OSError:
+            raise UnpackError(f"entry {entry!r}: parent {where!r} is not a directory") from None
+        if depth >= _MAX_SYMLINKS:
+            raise UnpackError(f"entry {entry!r}: too many levels of symlinks at {where!r}")
+        resolved = None if target.startswith("/") else normalize_inside(parts[:-1], target)
+        if resolved is None:
+            raise UnpackError(
+                f"entry {entry!r}: parent {where!r} is a symlink to {target!r}, which leads "
+                "outside the root; refusing to write through it"
+            )
+        return self._walk(resolved, create, entry, depth + 1)
+
+    def parent_of(self, parts: tuple[str, ...], *, create: bool = True, entry: str = "") -> tuple[int, str]:
+        """``(fd of the parent directory, leaf name)`` for a non-root path."""
+        return self.dir_fd(parts[:-1], create=create, entry=entry), parts[-1]
+
+    def lstat(self, parts: tuple[str, ...]) -> os.stat_result | None:
+        """lstat of ``parts`` (parents resolved safely) or None if it does not exist."""
+        if not parts:
+            return os.fstat(self.fd)
+        try:
+            dfd, leaf = self.parent_of(parts, create=False)
+            return os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def remove(self, dir_fd: int, name: str) -> None:
+        """Remove ``name`` (a whole tree if it is a directory) without following symlinks."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.forget()
+            shutil.rmtree(name, dir_fd=dir_fd)
+            return
+        os.unlink(name, dir_fd=dir_fd)
+        if stat.S_ISLNK(st.st_mode):
+            # The symlink may have been the cached route to some directory.
+            self.forget()
+
+
+def is_dir(st: os.stat_result | None) -> bool:
+    return st is not None and stat.S_ISDIR(st.st_mode)

@@ -1,0 +1,173 @@
+"""Turning stored layers into a rootfs: unpack a blob (verified), overlay mount, or copy.
+
+* :func:`unpack_blob` — decode a stored layer blob, apply it onto a directory, verify the
+  diff_id (the one place where decode, unpack and verification meet).
+* :func:`ensure_layer` — the layer's overlay-format directory in the store, unpacked once
+  even under concurrent pulls.
+* :func:`mount_overlay` / :func:`unmount` — overlayfs with layer dirs as lowerdirs.  The
+  lowerdir list uses the store's short layer names relative to ``layers/`` (``12:7:3``) by
+  running ``mount`` from there, so even a few hundred layers fit the one-page option limit.
+* :func:`build_copy_rootfs` — re-apply every layer tar in order into a plain directory, with
+  whiteouts as deletions: exactly umoci's flattening, and it needs no privileges.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from guestpull.errors import NotFoundError, UnpackError, UnsupportedError
+from guestpull.image.decode import LayerReader
+from guestpull.image.store import LayerRef, Store
+from guestpull.image.unpack import LayerStats, Mode, apply_layer
+
+#: The kernel copies mount options into one page; the terminating NUL needs a byte.
+MOUNT_OPTIONS_LIMIT = 4095
+_MOUNT_TIMEOUT = 60
+
+
+def unpack_blob(
+    store: Store, layer: LayerRef, dest: Path, *, mode: Mode, privileged: bool | None = None
+) -> LayerStats:
+    """Apply the stored blob of ``layer`` onto ``dest`` and verify its diff_id.
+
+    DigestError on a diff_id mismatch, UnpackError for bad content; ``dest`` may then hold a
+    partial layer, which the caller discards.
+    """
+    if not store.content.has(layer.digest):
+        raise NotFoundError(f"layer blob {layer.digest} is not in the content store")
+    with store.content.open(layer.digest) as raw:
+        reader = LayerReader(raw, layer.media_type, layer.diff_id, name=f"layer {layer.digest}")
+        stats = apply_layer(reader, dest, mode=mode, privileged=privileged)
+        reader.verify()
+    return stats
+
+
+def ensure_layer(store: Store, layer: LayerRef) -> Path:
+    """The overlay-format directory for ``layer`` (unpacking its blob once if needed)."""
+    return store.layers.ensure(
+        layer.diff_id, lambda tmp: unpack_blob(store, layer, tmp, mode="overlay", privileged=True)
+    )
+
+
+def overlay_supported() -> bool:
+    """True when this process could mount overlayfs (root, and the kernel has it)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/filesystems", encoding="ascii") as f:
+            return any(line.split()[-1] == "overlay" for line in f if line.strip())
+    except OSError:
+        return False
+
+
+def unique_top_most(layers: Sequence[LayerRef]) -> list[LayerRef]:
+    """Layers bottom to top with repeats reduced to their top-most occurrence.
+
+    overlayfs refuses one directory twice; keeping the *top-most* copy gives the same result
+    as applying every occurrence in order (upstream keeps the first, which can differ).
+    """
+    seen: set[str] = set()
+    out: list[LayerRef] = []
+    for layer in reversed(layers):
+        if layer.diff_id not in seen:
+            seen.add(layer.diff_id)
+            out.append(layer)
+    out.reverse()
+    return out
+
+
+def overlay_options(layer_dirs_top_first: Sequence[Path], layers_root: Path, upper: Path,
+                    work: Path) -> str:
+    names = []
+    for path in layer_dirs_top_first:
+        if path.parent != layers_root:
+            raise UnpackError(f"layer directory {path} is not in the store's layers/ directory")
+        names.append(path.name)
+    for p in (upper, work):
+        if any(c in str(p) for c in ",:\\"):
+            raise UnsupportedError(f"overlay path {p} contains ',', ':' or '\\'")
+    options = f"lowerdir={':'.join(names)},upperdir={upper},workdir={work}"
+    if len(options) > MOUNT_OPTIONS_LIMIT:
+        raise UnsupportedError(
+            f"overlay mount options are {len(options)} bytes, over the {MOUNT_OPTIONS_LIMIT}-byte "
+            f"limit ({len(names)} layers); use the copy rootfs mode"
+        )
+    return options
+
+
+def mount_overlay(layer_dirs_bottom_first: Sequence[Path], layers_root: Path, target: Path,
+                  state_dir: Path) -> None:
+    """Mount ``target`` as overlayfs over the layer dirs; upper/work live in ``state_dir``."""
+    upper, work = state_dir / "upper", state_dir / "work"
+    upper.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    options = overlay_options(list(reversed(layer_dirs_bottom_first)), layers_root,
+                              upper.resolve(), work.resolve())
+    # cwd=layers_root makes the short relative lowerdir names resolve (the kernel resolves
+    # them against the mounting process's cwd), without chdir-ing this process.
+    _run(["mount", "-t", "overlay", "overlay", "-o", options, str(target.resolve())],
+         cwd=layers_root, what=f"mount overlay on {target}")
+
+
+def unmount(target: Path) -> None:
+    _run(["umount", str(target)], cwd=None, what=f"unmount {target}")
+
+
+def is_mountpoint(path: Path) -> bool:
+    try:
+        wanted = str(path.resolve())
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == wanted:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _unescape_mountinfo(text: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 4 <= len(text) and text[i + 1:i + 4].isdigit():
+            out.append(chr(int(text[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _run(argv: list[str], *, cwd: Path | None, what: str) -> None:
+    try:
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
+                              timeout=_MOUNT_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UnpackError(f"cannot {what}: {exc}") from exc
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()
+        raise UnpackError(f"cannot {what}: {detail or f'exit status {done.returncode}'}")
+
+
+def build_copy_rootfs(store: Store, layers: Sequence[LayerRef], rootfs: Path, *,
+                      privileged: bool | None = None) -> list[LayerStats]:
+    """Flatten the layers, in order, into ``rootfs`` (created; must be empty or absent)."""
+    rootfs.mkdir(parents=True, exist_ok=True)
+    if any(rootfs.iterdir()):
+        raise UnpackError(f"rootfs directory {rootfs} is not empty")
+    os.chmod(rootfs, 0o755)
+    return [unpack_blob(store, layer, rootfs, mode="copy", privileged=privileged)
+            for layer in layers]
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)

@@ -1,0 +1,558 @@
+"""The image store under ``work_dir``: content by digest, unpacked layers by diff_id, metadata.
+
+Layout::
+
+    work_dir/
+      content/<algorithm>/<hex>   verified blobs (manifests, configs, layers), read-only
+      ingest/                     blobs being written (temporary names, flock-held)
+      layers/<n>                  unpacked layers; <n> is a small integer so that overlay
+                                  lowerdir lists stay short; layers/tmp.* are in progress
+      locks/<key>                 flock files (threads and processes)
+      meta.db                     SQLite: images, layers (complete or not), bundles
+
+Rules: a blob becomes visible only by ``rename`` after its digest and size matched; a layer
+becomes visible only when its SQLite row is marked complete after a verified unpack.  A
+killed pull leaves temporaries that :meth:`Store.recover` (run by :func:`open_store`) removes;
+temporaries still locked by a live process are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from guestpull.errors import DigestError, NoSpaceError, NotFoundError
+from guestpull.image.oci import split_digest
+
+DEFAULT_WORK_DIR = Path("/run/kata-containers/image")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS layers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    diff_id TEXT UNIQUE NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    reference TEXT PRIMARY KEY,
+    manifest_digest TEXT NOT NULL,
+    config_digest TEXT NOT NULL,
+    manifest BLOB NOT NULL,
+    layers TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bundles (
+    path TEXT PRIMARY KEY,
+    reference TEXT NOT NULL,
+    diff_ids TEXT NOT NULL
+);
+"""
+
+_IMAGE_SELECT = "SELECT reference, manifest_digest, config_digest, layers, created FROM images"
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """One layer of an image: the stored blob and what it must decompress to."""
+
+    digest: str
+    media_type: str
+    size: int
+    diff_id: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"digest": self.digest, "mediaType": self.media_type, "size": self.size,
+                "diffID": self.diff_id}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> LayerRef:
+        return cls(str(obj["digest"]), str(obj["mediaType"]), int(obj["size"]),  # type: ignore[call-overload]
+                   str(obj["diffID"]))
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    reference: str
+    manifest_digest: str
+    config_digest: str
+    layers: tuple[LayerRef, ...]
+    created: float
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    blobs_removed: int
+    layers_removed: int
+    bytes_freed: int
+
+
+def _lock_name(key: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:120]
+    if safe != key:
+        safe += "-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return safe
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+# --- content ---------------------------------------------------------------------------------
+
+
+class BlobWriter:
+    """Ingest one blob; :meth:`commit` checks digest and size before it becomes visible.
+
+    Use as a context manager: leaving without ``commit()`` aborts and removes the temp file.
+    """
+
+    def __init__(self, content: ContentStore, digest: str, size: int | None) -> None:
+        algorithm, hexpart = split_digest(digest)
+        self.digest = digest
+        self.size = size
+        self._content = content
+        fd, tmp = tempfile.mkstemp(prefix=f"{hexpart[:16]}.", dir=content.ingest_dir)
+        # Held until commit/abort so recover() in another process leaves it alone.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._hash = hashlib.new(algorithm)
+        self._written = 0
+        self._closed = False
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise ValueError("blob writer is closed")
+        if self.size is not None and self._written + len(data) > self.size:
+            self.abort()
+            raise DigestError(
+                f"blob {self.digest}: more data than the declared size {self.size} bytes"
+            )
+        self._file.write(data)
+        self._hash.update(data)
+        self._written += len(data)
+
+    def commit(self) -> Path:
+        """Make the blob visible; DigestError (and nothing stored) if digest or size differ."""
+        if self._closed:
+            raise ValueError("blob writer is closed")
+        actual = f"{self._hash.name}:{self._hash.hexdigest()}"
+        if self.size is not None and self._written != self.size:
+            self.abort()
+            raise DigestError(
+                f"blob {self.digest}: size mismatch: expected {self.size} bytes, got {self._written}"
+            )
+        if actual != self.digest:
+            self.abort()
+            raise DigestError(f"blob digest mismatch: expected {self.digest}, got {actual}")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        final = self._content.path(self.digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self._tmp, 0o444)
+        os.rename(self._tmp, final)
+        self._closed = True
+        self._file.close()
+        return final
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+        self._file.close()
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+class ContentStore:
+    """Blobs addressed by digest."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "content"
+        self.ingest_dir = root / "ingest"
+
+    def path(self, digest: str) -> Path:
+        algorithm, hexpart = split_digest(digest)
+        return self.root / algorithm / hexpart
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def writer(self, digest: str, size: int | None) -> BlobWriter:
+        return BlobWriter(self, digest, size)
+
+    def open(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {digest} is not in the content store") from None
+
+    def read(self, digest: str) -> bytes:
+        with self.open(digest) as f:
+            return f.read()
+
+    def put(self, digest: str, data: bytes) -> Path:
+        """Store small bytes (manifest, config) through the same verified path."""
+        if self.has(digest):
+            return self.path(digest)
+        with self.writer(digest, len(data)) as w:
+            w.write(data)
+            return w.commit()
+
+    def delete(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(digest))
+
+    def digests(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for algo_dir in self.root.iterdir():
+            for blob in algo_dir.iterdir():
+                yield f"{algo_dir.name}:{blob.name}"
+
+
+# --- layers ----------------------------------------------------------------------------------
+
+
+class LayerStore:
+    """Unpacked layer directories keyed by diff_id, shared by every image."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.root = store.work_dir / "layers"
+
+    def get(self, diff_id: str) -> Path | None:
+        """The directory of a complete layer, or None."""
+        split_digest(diff_id)
+        with self._store._db() as db:
+            row = db.execute(
+                "SELECT id FROM layers WHERE diff_id = ? AND complete = 1", (diff_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        path = self.root / str(row[0])
+        return path if path.is_dir() else None
+
+    def has(self, diff_id: str) -> bool:
+        return self.get(diff_id) is not None
+
+    def ensure(self, diff_id: str, fill: Callable[[Path], None]) -> Path:
+        """The layer's directory, calling ``fill(tmpdir)`` to create it if it is missing.
+
+        Concurrent callers for one diff_id (threads or processes) serialise on a file lock:
+        one fills, the others wait and reuse.  ``fill`` must raise if the content is wrong
+        (diff_id); then nothing is kept.
+        """
+        split_digest(diff_id)
+        with self._store.lock(f"layer-{diff_id}"):
+            existing = self.get(diff_id)
+            if existing is not None:
+                return existing
+            self._drop_incomplete(diff_id)
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix="tmp.", dir=self.root))
+            dir_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            layer_id: int | None = None
+            try:
+                fcntl.flock(dir_fd, fcntl.LOCK_EX)
+                os.chmod(tmp, 0o755)
+                fill(tmp)
+                with self._store._db() as db:
+                    cur = db.execute(
+                        "INSERT INTO layers (diff_id, complete, created) VALUES (?, 0, ?)",
+                        (diff_id, time.time()),
+                    )
+                    layer_id = int(cur.lastrowid or 0)
+                final = self.root / str(layer_id)
+                os.rename(tmp, final)
+                with self._store._db() as db:
+                    db.execute("UPDATE layers SET complete = 1 WHERE id = ?", (layer_id,))
+                return final
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if layer_id is not None:
+                    shutil.rmtree(self.root / str(layer_id), ignore_errors=True)
+                    with self._store._db() as db:
+                        db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
+                raise
+            finally:
+                os.close(dir_fd)
+
+    def _drop_incomplete(self, diff_id: str) -> None:
+        with self._store._db() as db:
+            row = db.execute(
+                "SELECT id FROM layers WHERE diff_id = ? AND complete = 0", (diff_id,)
+            ).fetchone()
+            if row is not None:
+                shutil.rmtree(self.root / str(row[0]), ignore_errors=True)
+                db.execute("DELETE FROM layers WHERE id = ?", (row[0],))
+
+    def remove(self, diff_id: str) -> bool:
+        with self._store.lock(f"layer-{diff_id}"):
+            with self._store._db() as db:
+                row = db.execute("SELECT id FROM layers WHERE diff_id = ?", (diff_id,)).fetchone()
+                if row is None:
+                    return False
+                db.execute("DELETE FROM layers WHERE id = ?", (row[0],))
+            shutil.rmtree(self.root / str(row[0]), ignore_errors=True)
+            return True
+
+    def diff_ids(self) -> list[str]:
+        with self._store._db() as db:
+            return [r[0] for r in db.execute("SELECT diff_id FROM layers WHERE complete = 1")]
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class Store:
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.content = ContentStore(work_dir)
+        self.layers = LayerStore(self)
+        self.locks_dir = work_dir / "locks"
+        self.db_path = work_dir / "meta.db"
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived connection in one transaction (committed on success)."""
+        conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _init(self) -> None:
+        for sub in ("content", "ingest", "layers", "locks"):
+            (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def lock(self, key: str, *, shared: bool = False) -> Iterator[None]:
+        """An exclusive (or shared) lock on ``key``, across threads and processes (flock).
+
+        Do not fork while holding one: the child would share the lock's open file.
+        """
+        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.locks_dir / _lock_name(key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- images --------------------------------------------------------------------------
+
+    def record_image(
+        self,
+        reference: str,
+        manifest_digest: str,
+        config_digest: str,
+        manifest: bytes,
+        layers: Sequence[LayerRef],
+    ) -> ImageRecord:
+        """Remember a pulled image (replacing an older record for the same reference)."""
+        split_digest(manifest_digest)
+        if not self.content.has(config_digest):
+            raise NotFoundError(f"image config {config_digest} is not in the content store")
+        record = ImageRecord(reference, manifest_digest, config_digest, tuple(layers), time.time())
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
+                (reference, manifest_digest, config_digest, manifest,
+                 json.dumps([layer.to_json() for layer in layers]), record.created),
+            )
+        return record
+
+    def image(self, reference: str) -> ImageRecord | None:
+        with self._db() as db:
+            row = db.execute(
+                _IMAGE_SELECT + " WHERE reference = ?", (reference,)
+            ).fetchone()
+        return _image_from_row(row) if row else None
+
+    def image_by_config(self, config_digest: str) -> ImageRecord | None:
+        """An image with this config digest (the image ID), whatever its reference."""
+        with self._db() as db:
+            row = db.execute(
+                _IMAGE_SELECT + " WHERE config_digest = ? ORDER BY created DESC", (config_digest,)
+            ).fetchone()
+        return _image_from_row(row) if row else None
+
+    def manifest_bytes(self, reference: str) -> bytes | None:
+        with self._db() as db:
+            row = db.execute("SELECT manifest FROM images WHERE reference = ?", (reference,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def images(self) -> list[ImageRecord]:
+        with self._db() as db:
+            rows = db.execute(
+                _IMAGE_SELECT + " ORDER BY reference"
+            ).fetchall()
+        return [_image_from_row(r) for r in rows]
+
+    def remove_image(self, reference: str) -> bool:
+        """Forget an image; its blobs and layers go at the next :meth:`prune`."""
+        with self._db() as db:
+            return db.execute("DELETE FROM images WHERE reference = ?", (reference,)).rowcount > 0
+
+    # --- bundles (so prune keeps layers under a mounted overlay) ------------------------
+
+    def record_bundle(self, path: Path, reference: str, diff_ids: Sequence[str]) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO bundles VALUES (?, ?, ?)",
+                       (str(path), reference, json.dumps(list(diff_ids))))
+
+    def forget_bundle(self, path: Path) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM bundles WHERE path = ?", (str(path),))
+
+    # --- maintenance ---------------------------------------------------------------------
+
+    def prune(self) -> PruneResult:
+        """Remove blobs and layers that no recorded image (or mounted bundle) references."""
+        with self.lock("prune"):
+            with self._db() as db:
+                images = [_image_from_row(r) for r in db.execute(_IMAGE_SELECT)]
+                bundle_diff_ids = {d for (j,) in db.execute("SELECT diff_ids FROM bundles")
+                                   for d in json.loads(j)}
+            blobs = {i.config_digest for i in images} | {i.manifest_digest for i in images}
+            blobs |= {layer.digest for i in images for layer in i.layers}
+            diff_ids = {layer.diff_id for i in images for layer in i.layers} | bundle_diff_ids
+            freed = removed_blobs = removed_layers = 0
+            for digest in list(self.content.digests()):
+                if digest not in blobs:
+                    with contextlib.suppress(FileNotFoundError):
+                        freed += self.content.path(digest).stat().st_size
+                    self.content.delete(digest)
+                    removed_blobs += 1
+            for diff_id in self.layers.diff_ids():
+                if diff_id not in diff_ids and self.layers.remove(diff_id):
+                    removed_layers += 1
+            return PruneResult(removed_blobs, removed_layers, freed)
+
+    def recover(self) -> None:
+        """Remove what killed pulls left: ingest temps, unfinished layer dirs and rows.
+
+        Anything a live process still holds (its flock) is left alone.
+        """
+        for tmp in self.content.ingest_dir.iterdir():
+            _remove_if_unlocked(tmp)
+        for entry in self.layers.root.iterdir():
+            if entry.name.startswith("tmp."):
+                _remove_if_unlocked(entry)
+        with self._db() as db:
+            rows = db.execute("SELECT id, diff_id, complete FROM layers").fetchall()
+        known = {str(r[0]) for r in rows}
+        for layer_id, diff_id, complete in rows:
+            if complete:
+                continue
+            lock_fd = os.open(self.locks_dir / _lock_name(f"layer-{diff_id}"),
+                              os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                if _try_flock(lock_fd):
+                    shutil.rmtree(self.layers.root / str(layer_id), ignore_errors=True)
+                    with self._db() as db:
+                        db.execute("DELETE FROM layers WHERE id = ? AND complete = 0", (layer_id,))
+            finally:
+                os.close(lock_fd)
+        for entry in self.layers.root.iterdir():
+            if entry.name.isdigit() and entry.name not in known and not self._layer_row(entry.name):
+                # Re-checked: a live ensure() inserts its row before renaming into place.
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _layer_row(self, layer_id: str) -> bool:
+        with self._db() as db:
+            return db.execute("SELECT 1 FROM layers WHERE id = ?", (int(layer_id),)).fetchone() is not None
+
+    def check_space(self, needed_bytes: int) -> None:
+        """NoSpaceError naming the work dir and the numbers if ``needed_bytes`` do not fit."""
+        st = os.statvfs(self.work_dir)
+        available = st.f_bavail * st.f_frsize
+        if needed_bytes > available:
+            raise NoSpaceError(
+                f"no space in {self.work_dir}: the pull needs {needed_bytes} bytes "
+                f"({_human(needed_bytes)}) but only {available} bytes ({_human(available)}) "
+                "are free",
+                hint="free space in the work dir, prune the store, or give the guest more memory",
+            )
+
+
+def _image_from_row(row: Sequence[object]) -> ImageRecord:
+    reference, manifest_digest, config_digest, layers_json, created = row
+    layers = tuple(LayerRef.from_json(obj) for obj in json.loads(str(layers_json)))
+    return ImageRecord(str(reference), str(manifest_digest), str(config_digest), layers,
+                       float(created))  # type: ignore[arg-type]
+
+
+def _remove_if_unlocked(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        if not _try_flock(fd):
+            return
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"
+
+
+def open_store(work_dir: str | os.PathLike[str] = DEFAULT_WORK_DIR) -> Store:
+    """Open (creating if needed) the store at ``work_dir`` and repair what a killed pull left."""
+    store = Store(Path(work_dir))
+    store._init()
+    store.recover()
+    return store

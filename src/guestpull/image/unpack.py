@@ -1,0 +1,478 @@
+"""The layer applier: one function that applies a tar stream onto a directory.
+
+``tarfile`` only parses (stream mode, never its extraction code); every write goes through
+:class:`guestpull.image.fsops.Tree`, which resolves paths beneath the root with directory fds.
+
+Two modes, one code path:
+
+* ``overlay`` — the directory is one overlayfs lower layer: ``.wh.NAME`` becomes a 0:0
+  character device and ``.wh..wh..opq`` the ``trusted.overlay.opaque=y`` xattr.  Needs root.
+* ``copy`` — the directory is the flattened rootfs: whiteouts delete what lower layers put
+  there (but never what this layer itself created, as umoci and the OCI spec say).
+
+Privilege differences (chown, device nodes, overlay whiteouts) sit behind ``privileged``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Literal
+
+from guestpull.errors import GuestpullError, UnpackError
+from guestpull.image.fsops import Tree, normalize_inside, split_entry_name
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["overlay", "copy"]
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+_XATTR_PAX_PREFIX = "SCHILY.xattr."
+# Overlay's own metadata must never come from image content: a layer could otherwise forge
+# opaque dirs, redirects or metacopy files in a lower directory.
+_FORBIDDEN_XATTR_PREFIX = "trusted.overlay."
+
+CHUNK = 1 << 20
+#: Largest regular file we accept (a header claiming more is hostile, not big).
+MAX_FILE_SIZE = 1 << 40
+#: Largest PAX / GNU long-name header; tarfile would hold it in memory.
+MAX_META_HEADER = 1 << 20
+_META_TYPES = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+     tarfile.GNUTYPE_LONGLINK}
+)
+_MAX_ID = (1 << 32) - 1
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo that refuses absurd extended headers before tarfile reads them into memory."""
+
+    def _proc_member(self, tarfile_obj: tarfile.TarFile) -> Any:  # type: ignore[override]
+        if self.type in _META_TYPES and not 0 <= self.size <= MAX_META_HEADER:
+            raise UnpackError(
+                f"entry {self.name!r}: extended header of {self.size} bytes refused "
+                f"(limit {MAX_META_HEADER})"
+            )
+        return super()._proc_member(tarfile_obj)  # type: ignore[misc]
+
+
+@dataclass
+class LayerStats:
+    entries: int = 0
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    specials: int = 0
+    whiteouts: int = 0
+    bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def apply_layer(
+    tar_stream: BinaryIO,
+    layer_dir: str | os.PathLike[str],
+    *,
+    mode: Mode = "overlay",
+    privileged: bool | None = None,
+) -> LayerStats:
+    """Apply one layer tar (already decompressed) onto ``layer_dir``.
+
+    UnpackError names the offending entry; nothing is ever written outside ``layer_dir``.
+    The caller owns ``tar_stream`` (and verifies its diff_id after this returns).
+    """
+    if mode not in ("overlay", "copy"):
+        raise ValueError(f"unknown unpack mode {mode!r}")
+    if privileged is None:
+        privileged = os.geteuid() == 0
+    applier = _Applier(Tree(layer_dir), mode, privileged)
+    try:
+        tf = tarfile.open(fileobj=tar_stream, mode="r|", tarinfo=_BoundedTarInfo)
+        while True:
+            applier.tree.release()
+            try:
+                info = tf.next()
+            except tarfile.TarError as exc:
+                raise UnpackError(f"malformed tar after entry {applier.last!r}: {exc}") from exc
+            if info is None:
+                break
+            tf.members.clear()  # stream mode would otherwise keep every header in memory
+            applier.apply(tf, info)
+        applier.finish()
+    except tarfile.TarError as exc:
+        raise UnpackError(f"malformed tar: {exc}") from exc
+    finally:
+        applier.tree.close()
+    return applier.stats
+
+
+class _Applier:
+    def __init__(self, tree: Tree, mode: Mode, privileged: bool) -> None:
+        self.tree = tree
+        self.mode = mode
+        self.privileged = privileged
+        self.stats = LayerStats()
+        self.last = ""
+        # Paths this layer created and their ancestors: whiteouts never remove them.
+        self.upper: set[tuple[str, ...]] = set()
+        # Directory mode and mtime are applied at the end (children change the mtime, and a
+        # read-only directory would block its own children when unprivileged).
+        self.dir_meta: list[tuple[tuple[str, ...], int, int, int, int]] = []
+        self.xattr_unsupported = False
+        self.euid, self.egid = os.geteuid(), os.getegid()
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def apply(self, tf: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        self.last = info.name
+        self.stats.entries += 1
+        try:
+            self._apply(tf, info)
+        except GuestpullError:
+            raise
+        except OSError as exc:
+            raise UnpackError(f"entry {info.name!r}: {exc.strerror or exc}") from exc
+        except (OverflowError, ValueError) as exc:
+            raise UnpackError(f"entry {info.name!r}: {exc}") from exc
+
+    def _apply(self, tf: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        parts = split_entry_name(info.name)
+        self._check_header(info)
+        if not parts:
+            self._root_entry(info)
+            return
+        leaf = parts[-1]
+        if leaf.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parts, info)
+            return
+        if info.isreg():
+            self._regular(tf, info, parts)
+        elif info.isdir():
+            self._directory(info, parts)
+        elif info.issym():
+            self._symlink(info, parts)
+        elif info.islnk():
+            self._hardlink(info, parts)
+        elif info.isfifo() or info.ischr() or info.isblk():
+            self._special(info, parts)
+        else:
+            raise UnpackError(f"entry {info.name!r}: unsupported tar entry type {info.type!r}")
+        self._mark_upper(parts)
+
+    def _check_header(self, info: tarfile.TarInfo) -> None:
+        if not 0 <= info.size <= MAX_FILE_SIZE:
+            raise UnpackError(
+                f"entry {info.name!r}: size {info.size} refused (limit {MAX_FILE_SIZE} bytes)"
+            )
+        if not (0 <= info.uid <= _MAX_ID and 0 <= info.gid <= _MAX_ID):
+            raise UnpackError(f"entry {info.name!r}: uid/gid {info.uid}/{info.gid} out of range")
+
+    def _mark_upper(self, parts: tuple[str, ...]) -> None:
+        while parts and parts not in self.upper:
+            self.upper.add(parts)
+            parts = parts[:-1]
+
+    # --- creating entries ----------------------------------------------------------------
+
+    def _regular(self, tf: tarfile.TarFile, info: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+        dfd, name = self.tree.parent_of(parts, entry=info.name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            self.tree.remove(dfd, name)
+            fd = os.open(name, flags, 0o600, dir_fd=dfd)
+        try:
+            self._copy_data(tf, info, fd)
+            self._owner_mode_fd(fd, info)
+            self._xattrs(info, fd=fd)
+            os.utime(fd, ns=_times(info))
+        finally:
+            os.close(fd)
+        self.stats.files += 1
+        self.stats.bytes += info.size
+
+    def _copy_data(self, tf: tarfile.TarFile, info: tarfile.TarInfo, fd: int) -> None:
+        remaining = info.size
+        if not remaining:
+            return
+        # Non-sparse data follows the header directly; reading tarfile's stream avoids the
+        # per-file reader objects of extractfile().
+        source: Any = tf.extractfile(info) if info.sparse is not None else tf.fileobj
+        while remaining > 0:
+            buf = source.read(min(remaining, CHUNK))
+            if not buf:
+                raise UnpackError(f"entry {info.name!r}: archive ends inside the file data")
+            view = memoryview(buf)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            remaining -= len(buf)
+
+    def _directory(self, info: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+        dfd, name = self.tree.parent_of(parts, entry=info.name)
+        existed = False
+        try:
+            os.mkdir(name, 0o700, dir_fd=dfd)
+        except FileExistsError:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                existed = True
+            else:
+                self.tree.remove(dfd, name)
+                os.mkdir(name, 0o700, dir_fd=dfd)
+        fd = self.tree.dir_fd(parts, create=False, entry=info.name)
+        self._chown_fd(fd, info, fresh=not existed)
+        if existed:
+            self._clear_xattrs(fd, info)
+        self._xattrs(info, fd=fd)
+        self._defer_dir(parts, fd, info)
+        self.stats.dirs += 1
+
+    def _symlink(self, info: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+        if not info.linkname:
+            raise UnpackError(f"entry {info.name!r}: symlink with an empty target")
+        dfd, name = self.tree.parent_of(parts, entry=info.name)
+        try:
+            os.symlink(info.linkname, name, dir_fd=dfd)
+        except FileExistsError:
+            self.tree.remove(dfd, name)
+            os.symlink(info.linkname, name, dir_fd=dfd)
+        if self.privileged:
+            os.chown(name, info.uid, info.gid, dir_fd=dfd, follow_symlinks=False)
+        self._xattrs(info, path=f"/proc/self/fd/{dfd}/{name}")
+        os.utime(name, ns=_times(info), dir_fd=dfd, follow_symlinks=False)
+        self.stats.symlinks += 1
+
+    def _hardlink(self, info: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+        target = normalize_inside((), info.linkname)
+        if not target:
+            raise UnpackError(
+                f"entry {info.name!r}: hard link target {info.linkname!r} is outside the root"
+            )
+        if target == parts:
+            return  # a link to itself: nothing to do, and clobbering would delete the file
+        try:
+            sfd, sname = self.tree.parent_of(target, create=False, entry=info.name)
+            os.stat(sname, dir_fd=sfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            where = "this layer" if self.mode == "overlay" else "the root"
+            raise UnpackError(
+                f"entry {info.name!r}: hard link target {info.linkname!r} does not exist in {where}"
+            ) from None
+        dfd, name = self.tree.parent_of(parts, entry=info.name)
+        try:
+            os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+        except FileExistsError:
+            self.tree.remove(dfd, name)
+            os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+        self.stats.hardlinks += 1
+
+    def _special(self, info: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+        if not info.isfifo() and not self.privileged:
+            message = f"entry {info.name!r}: device node skipped (needs privileges)"
+            log.warning("%s", message)
+            self.stats.skipped.append(info.name)
+            self.stats.warnings.append(message)
+            return
+        dfd, name = self.tree.parent_of(parts, entry=info.name)
+        kind = stat.S_IFIFO if info.isfifo() else stat.S_IFCHR if info.ischr() else stat.S_IFBLK
+        device = os.makedev(info.devmajor, info.devminor) if not info.isfifo() else 0
+        try:
+            os.mknod(name, kind | 0o600, device, dir_fd=dfd)
+        except FileExistsError:
+            self.tree.remove(dfd, name)
+            os.mknod(name, kind | 0o600, device, dir_fd=dfd)
+        if self.privileged:
+            os.chown(name, info.uid, info.gid, dir_fd=dfd, follow_symlinks=False)
+        # Just created by us as a non-symlink, so chmod by name cannot be redirected.
+        os.chmod(name, info.mode & 0o7777, dir_fd=dfd)
+        self._xattrs(info, path=f"/proc/self/fd/{dfd}/{name}")
+        os.utime(name, ns=_times(info), dir_fd=dfd, follow_symlinks=False)
+        self.stats.specials += 1
+
+    def _root_entry(self, info: tarfile.TarInfo) -> None:
+        if not info.isdir():
+            message = f"entry {info.name!r}: non-directory entry for the root skipped"
+            log.warning("%s", message)
+            self.stats.warnings.append(message)
+            self.stats.skipped.append(info.name)
+            return
+        self._chown_fd(self.tree.fd, info, fresh=False)
+        self._xattrs(info, fd=self.tree.fd)
+        self._defer_dir((), self.tree.fd, info)
+
+    # --- whiteouts -----------------------------------------------------------------------
+
+    def _whiteout(self, parts: tuple[str, ...], info: tarfile.TarInfo) -> None:
+        self.stats.whiteouts += 1
+        parent = parts[:-1]
+        if parts[-1] == OPAQUE_MARKER:
+            if self.mode == "overlay":
+                self._overlay_opaque(parent, info)
+            else:
+                self._purge_lower(parent, keep_top=True, entry=info.name)
+            return
+        victim = parts[-1][len(WHITEOUT_PREFIX):]
+        if victim in ("", ".", ".."):
+            raise UnpackError(f"entry {info.name!r}: whiteout names no file inside the root")
+        target = parent + (victim,)
+        if target in self.upper:
+            return  # created by this very layer: whiteouts apply to lower layers only
+        if self.mode == "overlay":
+            self._overlay_whiteout(target, info)
+        else:
+            self._purge_lower(target, keep_top=False, entry=info.name)
+
+    def _overlay_whiteout(self, target: tuple[str, ...], info: tarfile.TarInfo) -> None:
+        if not self.privileged:
+            raise UnpackError(
+                f"entry {info.name!r}: overlay layers need privileges (mknod) for whiteouts; "
+                "use the copy rootfs mode"
+            )
+        dfd, name = self.tree.parent_of(target, entry=info.name)
+        try:
+            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dfd)
+        except FileExistsError:
+            self.tree.remove(dfd, name)
+            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dfd)
+
+    def _overlay_opaque(self, parent: tuple[str, ...], info: tarfile.TarInfo) -> None:
+        fd = self.tree.dir_fd(parent, create=True, entry=info.name)
+        try:
+            os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+        except OSError as exc:
+            raise UnpackError(
+                f"entry {info.name!r}: cannot mark the directory opaque "
+                f"({OVERLAY_OPAQUE_XATTR}): {exc.strerror}; overlay layers need root and a "
+                "filesystem with trusted xattrs"
+            ) from exc
+
+    def _purge_lower(self, target: tuple[str, ...], *, keep_top: bool, entry: str) -> None:
+        """Remove ``target`` (or, for ``keep_top``, its children), sparing this layer's paths."""
+        if not target and not keep_top:
+            raise UnpackError(f"entry {entry!r}: whiteout of the root refused")
+        try:
+            if target:
+                dfd, name = self.tree.parent_of(target, create=False, entry=entry)
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            else:
+                dfd, name, st = self.tree.fd, "", os.fstat(self.tree.fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # nothing below to hide
+        self._purge(target, dfd, name, st, keep_top)
+
+    def _purge(
+        self, path: tuple[str, ...], dfd: int, name: str, st: os.stat_result, keep: bool
+    ) -> None:
+        if not keep and path not in self.upper:
+            self.tree.remove(dfd, name)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        fd = self.tree.dir_fd(path, create=False)
+        for child in os.listdir(fd):
+            child_path = path + (child,)
+            try:
+                child_st = os.stat(child, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            self._purge(child_path, fd, child, child_st, False)
+
+    # --- metadata ------------------------------------------------------------------------
+
+    def _chown_fd(self, fd: int, info: tarfile.TarInfo, *, fresh: bool) -> None:
+        if not self.privileged:
+            return
+        if fresh and info.uid == self.euid and info.gid == self.egid:
+            return  # a file we just created already has our ids
+        os.fchown(fd, info.uid, info.gid)
+
+    def _owner_mode_fd(self, fd: int, info: tarfile.TarInfo) -> None:
+        self._chown_fd(fd, info, fresh=True)
+        # After chown: chown clears setuid/setgid, so the mode goes second.
+        os.fchmod(fd, info.mode & 0o7777)
+
+    def _defer_dir(self, parts: tuple[str, ...], fd: int, info: tarfile.TarInfo) -> None:
+        st = os.fstat(fd)
+        mtime_ns = _times(info)[1]
+        self.dir_meta.append((parts, info.mode & 0o7777, mtime_ns, st.st_dev, st.st_ino))
+
+    def finish(self) -> None:
+        """Apply directory modes and mtimes (deepest first), the root's last."""
+        self.tree.release()
+        for parts, mode, mtime_ns, dev, ino in reversed(self.dir_meta):
+            try:
+                fd = self.tree.dir_fd(parts, create=False)
+            except (FileNotFoundError, NotADirectoryError, UnpackError):
+                continue  # removed or replaced later in this layer
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                continue
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+    def _xattrs(self, info: tarfile.TarInfo, *, fd: int | None = None, path: str | None = None) -> None:
+        if not info.pax_headers:
+            return
+        for key, value in info.pax_headers.items():
+            if not key.startswith(_XATTR_PAX_PREFIX):
+                continue
+            name = key[len(_XATTR_PAX_PREFIX):]
+            if name.startswith(_FORBIDDEN_XATTR_PREFIX):
+                self._warn(f"entry {info.name!r}: xattr {name!r} ignored (reserved for overlayfs)")
+                continue
+            if self.xattr_unsupported:
+                continue
+            raw = value.encode("utf-8", "surrogateescape")
+            try:
+                if fd is not None:
+                    os.setxattr(fd, name, raw)
+                else:
+                    assert path is not None
+                    os.setxattr(path, name, raw, follow_symlinks=False)
+            except OSError as exc:
+                self._xattr_failed(info, name, exc)
+
+    def _xattr_failed(self, info: tarfile.TarInfo, name: str, exc: OSError) -> None:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            self.xattr_unsupported = True
+            self._warn(f"xattrs not supported by the filesystem; skipping them (first: {name!r})")
+        elif exc.errno == errno.EPERM and (not self.privileged or name.startswith("user.")):
+            # user.* cannot be set on symlinks and devices; others need privileges.
+            self._warn(f"entry {info.name!r}: xattr {name!r} not permitted here; skipped")
+        else:
+            raise UnpackError(f"entry {info.name!r}: cannot set xattr {name!r}: {exc.strerror}")
+
+    def _clear_xattrs(self, fd: int, info: tarfile.TarInfo) -> None:
+        """An existing directory takes exactly the xattrs of its new header (as umoci does)."""
+        if self.xattr_unsupported:
+            return
+        wanted = {k[len(_XATTR_PAX_PREFIX):] for k in info.pax_headers if k.startswith(_XATTR_PAX_PREFIX)}
+        try:
+            names = os.listxattr(fd)
+        except OSError:
+            return
+        for name in names:
+            if name not in wanted and not name.startswith(("security.", _FORBIDDEN_XATTR_PREFIX)):
+                try:
+                    os.removexattr(fd, name)
+                except OSError:
+                    pass
+
+    def _warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.stats.warnings.append(message)
+
+
+def _times(info: tarfile.TarInfo) -> tuple[int, int]:
+    mtime = info.mtime
+    ns = mtime * 1_000_000_000 if isinstance(mtime, int) else int(round(mtime * 1e9))
+    return ns, ns
