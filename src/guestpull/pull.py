@@ -1,0 +1,296 @@
+"""The pull pipeline: image name → candidates → verified manifest, config and layers in the store.
+
+:func:`pull_image` walks the candidates that the registry rules produce, in order, and stops
+at the first that works.  Each failed candidate is recorded (:class:`errors.Attempt`); when all
+fail, :class:`errors.AllCandidatesFailed` lists every attempt with its categorised cause.
+Everything the registry sends is verified before it is stored (see distribution/client.py
+and image/store.py).  The bundle step (decode, unpack, config.json) comes after this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guestpull import tls
+from guestpull.authfile import AuthFile
+from guestpull.config import ImageConfig, ResourceGetter
+from guestpull.distribution import (
+    BlobRef,
+    FetchedManifest,
+    ProxySettings,
+    RegistryClient,
+    Transport,
+    TransportSettings,
+    new_session,
+)
+from guestpull.errors import (
+    AllCandidatesFailed,
+    Attempt,
+    DigestError,
+    GuestpullError,
+    NoSpaceError,
+    UnsupportedError,
+)
+from guestpull.image import oci
+from guestpull.image.store import LayerRef, Store, open_store
+from guestpull.reference import Reference, parse_reference
+from guestpull.registries import PullCandidate, resolve_candidates
+from guestpull.resources import ResourceResolver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PulledLayer:
+    digest: str
+    diff_id: str
+    size: int
+    media_type: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digest": self.digest, "diff_id": self.diff_id, "size": self.size, "media_type": self.media_type}
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What a successful pull produced, and the candidates that failed before it."""
+
+    image: str  # as requested
+    reference: str  # the candidate reference that succeeded
+    candidate: PullCandidate
+    manifest_digest: str  # the platform image manifest (not the index)
+    index_digest: str | None
+    config_digest: str
+    platform: str
+    layers: tuple[PulledLayer, ...]
+    attempts: tuple[Attempt, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "reference": self.reference,
+            "scheme": str(self.candidate.scheme),
+            "kind": str(self.candidate.kind),
+            "manifest_digest": self.manifest_digest,
+            "index_digest": self.index_digest,
+            "config_digest": self.config_digest,
+            "platform": self.platform,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "failed_attempts": [a.to_dict() for a in self.attempts],
+        }
+
+
+@dataclass(frozen=True)
+class PullEvent:
+    """Progress: ``kind`` is one of candidate, attempt-failed, manifest, layer-cached,
+    layer-start, layer-done, done."""
+
+    kind: str
+    reference: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+EventCallback = Callable[[PullEvent], None]
+
+
+def _no_events(event: PullEvent) -> None:
+    pass
+
+
+async def pull_image(
+    image: str,
+    image_config: ImageConfig,
+    *,
+    work_dir: str | Path | None = None,
+    platform: str | oci.Platform | None = None,
+    events: EventCallback | None = None,
+    resolver: ResourceGetter | None = None,
+    transport_settings: TransportSettings | None = None,
+) -> PullResult:
+    """Pull ``image`` into the content store under ``work_dir`` (default: the config's)."""
+    emit = events or _no_events
+    reference = parse_reference(image)
+    wanted = oci.Platform.parse(platform) if isinstance(platform, str) else platform or oci.default_platform()
+    resolver = resolver or ResourceResolver()
+    candidates = resolve_candidates(reference, image_config.registries(resolver))
+    auth_file = load_auth_file(image_config, resolver)
+    trust = load_trust(image_config, resolver)
+    proxies = ProxySettings.from_config(image_config.image_pull_proxy)
+    settings = transport_settings or TransportSettings()
+    store = open_store(work_dir if work_dir is not None else image_config.work_dir)
+
+    attempts: list[Attempt] = []
+    async with new_session(settings) as session:
+        transport = Transport(session, trust, proxies, settings)
+        for candidate in candidates:
+            emit(PullEvent("candidate", str(candidate.reference), _candidate_detail(candidate)))
+            puller = _CandidatePull(
+                candidate, transport, store, auth_file, wanted,
+                image_config.max_concurrent_layer_downloads_per_image, emit,
+            )
+            try:
+                result = await puller.run()
+            except GuestpullError as err:
+                attempts.append(
+                    Attempt(str(candidate.reference), str(candidate.scheme), str(candidate.kind), err)
+                )
+                emit(PullEvent("attempt-failed", str(candidate.reference), {"error": err.to_dict()}))
+                if isinstance(err, NoSpaceError):
+                    break  # local: another candidate needs the same space
+                continue
+            done = PullResult(image=image, attempts=tuple(attempts), **result)
+            emit(PullEvent("done", done.reference, {"manifest_digest": done.manifest_digest}))
+            return done
+    raise AllCandidatesFailed(image, attempts)
+
+
+def pull_image_sync(image: str, image_config: ImageConfig, **kwargs: Any) -> PullResult:
+    """:func:`pull_image` for callers without an event loop."""
+    return asyncio.run(pull_image(image, image_config, **kwargs))
+
+
+def load_auth_file(image_config: ImageConfig, resolver: ResourceGetter) -> AuthFile | None:
+    uri = image_config.authenticated_registry_credentials_uri
+    return AuthFile.parse(resolver.get(uri), uri) if uri else None
+
+
+def load_trust(image_config: ImageConfig, resolver: ResourceGetter) -> tls.TrustConfig:
+    identities = [
+        tls.ClientCertificate(c.registry, resolver.get(c.cert_uri), resolver.get(c.key_uri))
+        for c in image_config.client_certificates
+    ]
+    return tls.TrustConfig(image_config.extra_root_certificates, identities)
+
+
+def _candidate_detail(candidate: PullCandidate) -> dict[str, Any]:
+    return {"scheme": str(candidate.scheme), "kind": str(candidate.kind)}
+
+
+class _CandidatePull:
+    """One candidate: manifest (through the index), config, then the layers concurrently."""
+
+    def __init__(
+        self,
+        candidate: PullCandidate,
+        transport: Transport,
+        store: Store,
+        auth_file: AuthFile | None,
+        wanted: oci.Platform,
+        concurrency: int,
+        emit: EventCallback,
+    ) -> None:
+        self.ref: Reference = candidate.reference
+        self.candidate = candidate
+        self.store = store
+        self.wanted = wanted
+        self.concurrency = max(1, concurrency)
+        self.emit = emit
+        credentials = auth_file.lookup(self.ref) if auth_file else None
+        self.client = RegistryClient(
+            transport, self.ref.registry, scheme=str(candidate.scheme), credentials=credentials
+        )
+
+    async def run(self) -> dict[str, Any]:
+        manifest, index_digest = await self._resolve_manifest()
+        parsed = oci.ImageManifest.parse(manifest.data, f"image manifest {manifest.digest}")
+        config_bytes = await self._fetch_config(parsed.config)
+        config = oci.ImageConfig.parse(config_bytes, f"image config {parsed.config.digest}")
+        if len(config.diff_ids) != len(parsed.layers):
+            raise DigestError(
+                f"image manifest {manifest.digest} has {len(parsed.layers)} layers but its config "
+                f"lists {len(config.diff_ids)} diff_ids"
+            )
+        layers = tuple(
+            PulledLayer(d.digest, diff_id, d.size, d.media_type)
+            for d, diff_id in zip(parsed.layers, config.diff_ids, strict=True)
+        )
+        await self._fetch_layers(parsed.layers)
+        self.store.record_image(
+            str(self.ref), manifest.digest, parsed.config.digest, manifest.data,
+            [LayerRef(x.digest, x.media_type, x.size, x.diff_id) for x in layers],
+        )
+        return {
+            "reference": str(self.ref),
+            "candidate": self.candidate,
+            "manifest_digest": manifest.digest,
+            "index_digest": index_digest,
+            "config_digest": parsed.config.digest,
+            "platform": _platform_text(config),
+            "layers": layers,
+        }
+
+    async def _resolve_manifest(self) -> tuple[FetchedManifest, str | None]:
+        repo = self.ref.repository
+        top = await self.client.get_manifest(repo, self.ref.manifest_ref, expected_digest=self.ref.digest)
+        self._keep(top)
+        self.emit(PullEvent("manifest", str(self.ref), {"digest": top.digest, "media_type": top.media_type}))
+        if not top.is_index:
+            return top, None
+        index = oci.ImageIndex.parse(top.data, f"image index {top.digest}")
+        entry = oci.select_platform(index, self.wanted)
+        child = await self.client.get_manifest(repo, entry.digest, expected_digest=entry.digest)
+        if len(child.data) != entry.size:
+            raise DigestError(
+                f"manifest {entry.digest} is {len(child.data)} bytes; the index says {entry.size}"
+            )
+        if child.is_index:
+            raise UnsupportedError(f"index {top.digest} points at another index {entry.digest} for {self.wanted}")
+        self._keep(child)
+        self.emit(PullEvent("manifest", str(self.ref), {"digest": child.digest, "platform": str(entry.platform)}))
+        return child, top.digest
+
+    def _keep(self, manifest: FetchedManifest) -> None:
+        self.store.content.put(manifest.digest, manifest.data)
+
+    async def _fetch_config(self, descriptor: oci.Descriptor) -> bytes:
+        await self._fetch_blob(descriptor)
+        return self.store.content.read(descriptor.digest)
+
+    async def _fetch_layers(self, descriptors: Sequence[oci.Descriptor]) -> None:
+        unique: dict[str, oci.Descriptor] = {}
+        for d in descriptors:
+            unique.setdefault(d.digest, d)
+        missing = [d for d in unique.values() if not self.store.content.has(d.digest)]
+        for d in unique.values():
+            if d not in missing:
+                self.emit(PullEvent("layer-cached", str(self.ref), {"digest": d.digest, "size": d.size}))
+        self.store.check_space(sum(d.size for d in missing))
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(d: oci.Descriptor) -> None:
+            async with limit:
+                self.emit(PullEvent("layer-start", str(self.ref), {"digest": d.digest, "size": d.size}))
+                await self._fetch_blob(d)
+                self.emit(PullEvent("layer-done", str(self.ref), {"digest": d.digest, "size": d.size}))
+
+        await _all_or_nothing([one(d) for d in missing])
+
+    async def _fetch_blob(self, d: oci.Descriptor) -> None:
+        if self.store.content.has(d.digest):
+            return
+        await self.client.fetch_blob(
+            self.ref.repository,
+            BlobRef(d.digest, d.size, d.urls),
+            lambda: self.store.content.writer(d.digest, d.size),
+        )
+
+
+async def _all_or_nothing(coroutines: list[Any]) -> None:
+    """Run concurrently; on the first failure cancel the rest and raise that failure."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _platform_text(config: oci.ImageConfig) -> str:
+    return str(oci.Platform(config.os, config.architecture, config.variant))

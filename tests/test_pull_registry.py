@@ -1,0 +1,327 @@
+"""``guestpull pull`` against the real Debian docker-registry (HTTPS, HTTP, Basic, token, mTLS)
+and tinyproxy: the behaviours issue 3 says must be shown."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from guestpull.cli import main
+from guestpull.errors import EXIT_CODES, Category
+from guestpull.image.store import open_store
+from guestpull.testing import TEST_PASSWORD, TEST_USER
+from guestpull.testing.images import File, ImageSpec, LayerSpec, LayoutDigests, push, write_layout
+
+pytestmark = pytest.mark.registry
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def spec(name: str = "img", *, arch: str = "amd64", variant: str | None = None) -> ImageSpec:
+    return ImageSpec(
+        [
+            LayerSpec([File(f"{name}/a.txt", f"{name} {arch} {variant}".encode())]),
+            LayerSpec([File(f"{name}/b.bin", bytes(range(256)) * 64)], compression="zstd"),
+        ],
+        architecture=arch,
+        variant=variant,
+    )
+
+
+def push_image(tmp: Path, registry, repo: str, specs: ImageSpec | list[ImageSpec], tag: str = "v1") -> LayoutDigests:
+    layout = tmp / "layout"
+    multi = isinstance(specs, list)
+    digests = write_layout(layout, specs, tag, index=multi)
+    push(
+        layout, tag, f"{registry.host}/{repo}:{tag}",
+        tls_ca=registry.ca_path, tls_verify=registry.tls is not None,
+        creds=registry.credentials, all_platforms=multi,
+    )
+    return digests
+
+
+def cdh_toml(
+    *,
+    roots: list[bytes] = (),  # type: ignore[assignment]
+    rules: list[str] = (),  # type: ignore[assignment]
+    auth_file: Path | None = None,
+    proxy: dict[str, str] | None = None,
+    client_cert: tuple[str, Path, Path] | None = None,
+) -> str:
+    lines = ['[kbc]', 'name = "offline_fs_kbc"', "[image]"]
+    if roots:
+        lines.append("extra_root_certificates = [" + ", ".join(f'"""{r.decode()}"""' for r in roots) + "]")
+    if auth_file:
+        lines.append(f'authenticated_registry_credentials_uri = "file://{auth_file}"')
+    if proxy:
+        lines.append("[image.image_pull_proxy]")
+        lines += [f'{k} = "{v}"' for k, v in proxy.items()]
+    if client_cert:
+        registry, cert, key = client_cert
+        lines += ["[[image.client_certificates]]", f'registry = "{registry}"',
+                  f'cert_uri = "file://{cert}"', f'key_uri = "file://{key}"']
+    lines += list(rules)
+    return "\n".join(lines) + "\n"
+
+
+def rule(location: str, *, insecure: bool = False, prefix: str | None = None, mirrors: list[tuple[str, bool]] = ()) -> str:  # type: ignore[assignment]
+    out = ["[[image.registry_config.registry]]", f'location = "{location}"', f"insecure = {str(insecure).lower()}"]
+    if prefix:
+        out.append(f'prefix = "{prefix}"')
+    for loc, insec in mirrors:
+        out += ["[[image.registry_config.registry.mirror]]", f'location = "{loc}"', f"insecure = {str(insec).lower()}"]
+    return "\n".join(out)
+
+
+def write_initdata(path: Path, cdh: str) -> Path:
+    path.write_text(f"version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"cdh.toml\" = '''\n{cdh}'''\n")
+    return path
+
+
+def pull(tmp: Path, image: str, cdh: str, *extra: str, initdata: bool = False):
+    if initdata:
+        args = ["--initdata", str(write_initdata(tmp / "initdata.toml", cdh))]
+    else:
+        (tmp / "cdh.toml").write_text(cdh)
+        args = ["--config", str(tmp / "cdh.toml")]
+    result = CliRunner().invoke(
+        main, ["pull", image, *args, "--work-dir", str(tmp / "work"), "--json", *extra]
+    )
+    return result, json.loads(result.stdout) if result.stdout.strip().startswith("{") else None
+
+
+def assert_store_verified(work: Path, digests: list[str]) -> None:
+    store = open_store(work)
+    for digest in digests:
+        algorithm, hexpart = digest.split(":")
+        assert hashlib.new(algorithm, store.content.read(digest)).hexdigest() == hexpart
+
+
+def auth_json(path: Path, host: str, password: str = TEST_PASSWORD) -> Path:
+    token = base64.b64encode(f"{TEST_USER}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    return path
+
+
+# --- 1, 2: HTTPS and trust -------------------------------------------------------------------
+
+
+def test_https_with_extra_root_from_initdata(https_registry, ca_chain, repo_name, shm_path) -> None:
+    pushed = push_image(shm_path, https_registry, repo_name, spec())
+    result, out = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem]), initdata=True)
+    assert result.exit_code == 0, result.output
+    assert out["result"]["manifest_digest"] == pushed.manifest_digest
+    assert out["result"]["scheme"] == "https"
+    assert_store_verified(shm_path / "work", [pushed.manifest_digest, pushed.config_digest, *pushed.layer_digests])
+
+
+def test_https_without_ca_is_unknown_issuer(https_registry, repo_name, shm_path) -> None:
+    push_image(shm_path, https_registry, repo_name, spec())
+    result, out = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh_toml())
+    assert result.exit_code == EXIT_CODES[Category.TLS], result.output
+    attempts = out["error"]["attempts"]
+    assert [a["scheme"] for a in attempts] == ["https"]  # no HTTP attempt
+    message = attempts[0]["error"]["message"]
+    assert "unknown issuer" in message and "guestpull test root CA" in message
+
+
+# --- 3: HTTP ---------------------------------------------------------------------------------
+
+
+def test_http_registry_with_insecure_rule(http_registry, repo_name, shm_path) -> None:
+    pushed = push_image(shm_path, http_registry, repo_name, spec())
+    cdh = cdh_toml(rules=[rule(http_registry.host, insecure=True)])
+    result, out = pull(shm_path, f"{http_registry.host}/{repo_name}:v1", cdh)
+    assert result.exit_code == 0, result.output
+    assert out["result"]["scheme"] == "http"
+    assert_store_verified(shm_path / "work", [pushed.manifest_digest, pushed.config_digest, *pushed.layer_digests])
+
+
+def test_http_registry_without_rule_says_mark_insecure(http_registry, repo_name, shm_path) -> None:
+    push_image(shm_path, http_registry, repo_name, spec())
+    log_before = http_registry.log_path.read_text(errors="replace")
+    result, out = pull(shm_path, f"{http_registry.host}/{repo_name}:v1", cdh_toml())
+    assert result.exit_code == EXIT_CODES[Category.TLS], result.output
+    error = out["error"]["attempts"][0]["error"]
+    assert "speaks plain HTTP" in error["message"] and "insecure = true" in error["hint"]
+    # Nothing was fetched over HTTP: the registry logged no new request for the repository.
+    log_after = http_registry.log_path.read_text(errors="replace")[len(log_before):]
+    assert repo_name not in log_after
+    assert not (shm_path / "work" / "content" / "sha256").exists() or not any((shm_path / "work" / "content" / "sha256").iterdir())
+
+
+def test_insecure_rule_on_https_registry_says_it_speaks_tls(https_registry, repo_name, shm_path) -> None:
+    cdh = cdh_toml(rules=[rule(https_registry.host, insecure=True)])
+    result, out = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh)
+    assert result.exit_code == EXIT_CODES[Category.TLS], result.output
+    assert "speaks HTTPS" in out["error"]["attempts"][0]["error"]["message"]
+
+
+# --- 4: mirrors ------------------------------------------------------------------------------
+
+
+def test_mirror_down_falls_back_to_original(https_registry, ca_chain, repo_name, shm_path) -> None:
+    pushed = push_image(shm_path, https_registry, repo_name, spec())
+    dead = "127.0.0.1:9"  # nothing listens on the discard port here
+    cdh = cdh_toml(roots=[ca_chain.ca_cert_pem], rules=[rule(https_registry.host, mirrors=[(dead, False)])])
+    result, out = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh)
+    assert result.exit_code == 0, result.output
+    assert out["result"]["manifest_digest"] == pushed.manifest_digest
+    failed = out["result"]["failed_attempts"]
+    assert [(a["reference"], a["kind"]) for a in failed] == [(f"{dead}/{repo_name}:v1", "mirror")]
+    assert failed[0]["error"]["category"] == "network"
+
+
+def test_mirror_and_original_both_fail_lists_both(https_registry, repo_name, shm_path) -> None:
+    dead = "127.0.0.1:9"
+    cdh = cdh_toml(rules=[rule(https_registry.host, mirrors=[(dead, False)])])
+    result, out = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh)
+    assert result.exit_code == EXIT_CODES[Category.TLS], result.output
+    attempts = out["error"]["attempts"]
+    assert [(a["reference"], a["kind"], a["scheme"], a["error"]["category"]) for a in attempts] == [
+        (f"{dead}/{repo_name}:v1", "mirror", "https", "network"),
+        (f"{https_registry.host}/{repo_name}:v1", "original", "https", "tls"),
+    ]
+    plain = CliRunner().invoke(main, ["pull", f"{https_registry.host}/{repo_name}:v1", "--config", str(shm_path / "cdh.toml"), "--work-dir", str(shm_path / "w2")])
+    assert dead in plain.stderr and https_registry.host in plain.stderr
+
+
+# --- 5: auth ---------------------------------------------------------------------------------
+
+
+def test_basic_auth_with_auth_json(basic_auth_registry, ca_chain, repo_name, shm_path) -> None:
+    pushed = push_image(shm_path, basic_auth_registry, repo_name, spec())
+    auth = auth_json(shm_path / "auth.json", basic_auth_registry.host)
+    result, out = pull(shm_path, f"{basic_auth_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem], auth_file=auth))
+    assert result.exit_code == 0, result.output
+    assert out["result"]["manifest_digest"] == pushed.manifest_digest
+    assert TEST_PASSWORD not in result.output
+
+
+def test_basic_auth_wrong_password_names_realm(basic_auth_registry, ca_chain, repo_name, shm_path) -> None:
+    push_image(shm_path, basic_auth_registry, repo_name, spec())
+    auth = auth_json(shm_path / "auth.json", basic_auth_registry.host, password="wrong-pw-77")
+    result, out = pull(shm_path, f"{basic_auth_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem], auth_file=auth))
+    assert result.exit_code == EXIT_CODES[Category.AUTH], result.output
+    message = out["error"]["attempts"][0]["error"]["message"]
+    assert "realm" in message and "401" in message
+    assert "wrong-pw-77" not in result.output
+
+
+def test_token_auth(token_registry, ca_chain, repo_name, shm_path) -> None:
+    pushed = push_image(shm_path, token_registry, repo_name, spec())
+    auth = auth_json(shm_path / "auth.json", token_registry.host)
+    result, out = pull(shm_path, f"{token_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem], auth_file=auth))
+    assert result.exit_code == 0, result.output
+    assert out["result"]["manifest_digest"] == pushed.manifest_digest
+
+
+def test_token_auth_wrong_password_names_realm_and_status(token_registry, ca_chain, repo_name, shm_path) -> None:
+    push_image(shm_path, token_registry, repo_name, spec())
+    auth = auth_json(shm_path / "auth.json", token_registry.host, password="wrong-pw-78")
+    result, out = pull(shm_path, f"{token_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem], auth_file=auth))
+    assert result.exit_code == EXIT_CODES[Category.AUTH], result.output
+    message = out["error"]["attempts"][0]["error"]["message"]
+    assert token_registry.token.realm.split("?")[0] in message and "HTTP 401" in message
+    assert "wrong-pw-78" not in result.output
+
+
+# --- 6: platforms and digests ----------------------------------------------------------------
+
+
+@pytest.fixture
+def multiarch(https_registry, repo_name, shm_path):
+    specs = [spec("m", arch="amd64"), spec("m", arch="arm64", variant="v8"), spec("m", arch="arm", variant="v7"), spec("m", arch="arm", variant="v6")]
+    return push_image(shm_path, https_registry, repo_name, specs)
+
+
+@pytest.mark.parametrize(("platform", "index"), [("linux/amd64", 0), ("linux/arm64/v8", 1), ("linux/arm64", 1), ("linux/arm/v7", 2), ("linux/arm/v6", 3)])
+def test_index_platform_selection(multiarch, https_registry, ca_chain, repo_name, shm_path, platform, index) -> None:
+    result, out = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem]), "--platform", platform)
+    assert result.exit_code == 0, result.output
+    assert out["result"]["manifest_digest"] == multiarch.manifests[index].digest
+    assert out["result"]["index_digest"] == multiarch.index_digest
+
+
+def test_unknown_platform_lists_offered(multiarch, https_registry, ca_chain, repo_name, shm_path) -> None:
+    result, out = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem]), "--platform", "linux/s390x")
+    assert result.exit_code == EXIT_CODES[Category.PLATFORM], result.output
+    message = out["error"]["attempts"][0]["error"]["message"]
+    for offered in ("linux/amd64", "linux/arm64/v8", "linux/arm/v7", "linux/arm/v6"):
+        assert offered in message
+
+
+@pytest.mark.parametrize("form", ["digest", "tag+digest"])
+def test_pull_by_digest(https_registry, ca_chain, repo_name, shm_path, form) -> None:
+    pushed = push_image(shm_path, https_registry, repo_name, spec())
+    ref = f"{https_registry.host}/{repo_name}" + (":v1" if form == "tag+digest" else "") + f"@{pushed.manifest_digest}"
+    result, out = pull(shm_path, ref, cdh_toml(roots=[ca_chain.ca_cert_pem]))
+    assert result.exit_code == 0, result.output
+    assert out["result"]["manifest_digest"] == pushed.manifest_digest
+
+
+def test_pull_by_wrong_digest_fails(https_registry, ca_chain, repo_name, shm_path) -> None:
+    push_image(shm_path, https_registry, repo_name, spec())
+    result, out = pull(shm_path, f"{https_registry.host}/{repo_name}@sha256:{'1' * 64}", cdh_toml(roots=[ca_chain.ca_cert_pem]))
+    assert result.exit_code == EXIT_CODES[Category.NOT_FOUND], result.output
+
+
+# --- 7: proxy --------------------------------------------------------------------------------
+
+
+def test_https_through_connect_proxy_and_no_proxy_bypass(https_registry, ca_chain, forward_proxy, repo_name, shm_path) -> None:
+    push_image(shm_path, https_registry, repo_name, spec())
+    image = f"{https_registry.host}/{repo_name}:v1"
+    connect = f"CONNECT {https_registry.host}"
+    before = sum(connect in r for r in forward_proxy.requests())
+    via = cdh_toml(roots=[ca_chain.ca_cert_pem], proxy={"https_proxy": forward_proxy.url})
+    result, _ = pull(shm_path, image, via)
+    assert result.exit_code == 0, result.output
+    during = sum(connect in r for r in forward_proxy.requests())
+    assert during > before
+
+    bypass = cdh_toml(roots=[ca_chain.ca_cert_pem], proxy={"https_proxy": forward_proxy.url, "no_proxy": "localhost,127.0.0.0/8"})
+    (shm_path / "work2").mkdir()
+    result = CliRunner().invoke(main, ["pull", image, "--config", str(_write(shm_path / "b.toml", bypass)), "--work-dir", str(shm_path / "work2"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert sum(connect in r for r in forward_proxy.requests()) == during
+
+
+def test_http_candidate_uses_http_proxy(http_registry, forward_proxy, repo_name, shm_path) -> None:
+    push_image(shm_path, http_registry, repo_name, spec())
+    cdh = cdh_toml(rules=[rule(http_registry.host, insecure=True)],
+                   proxy={"https_proxy": "http://127.0.0.1:9", "http_proxy": forward_proxy.url})
+    result, _ = pull(shm_path, f"{http_registry.host}/{repo_name}:v1", cdh)
+    assert result.exit_code == 0, result.output
+    assert any(f"http://{http_registry.host}/v2/{repo_name}/manifests/v1" in r for r in forward_proxy.requests())
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- mTLS ------------------------------------------------------------------------------------
+
+
+def test_mtls_client_certificate(mtls_registry, mtls_client_cert, ca_chain, repo_name, shm_path) -> None:
+    paths = mtls_client_cert.write(shm_path / "client")
+    layout = shm_path / "layout"
+    pushed = write_layout(layout, spec(), "v1")
+    push(layout, "v1", f"{mtls_registry.host}/{repo_name}:v1", tls_ca=mtls_registry.ca_path, client_cert=(paths.cert, paths.key))
+    image = f"{mtls_registry.host}/{repo_name}:v1"
+
+    result, out = pull(shm_path, image, cdh_toml(roots=[ca_chain.ca_cert_pem]))
+    assert result.exit_code == EXIT_CODES[Category.TLS], result.output
+    assert "requires a client certificate" in out["error"]["attempts"][0]["error"]["message"]
+
+    cdh = cdh_toml(roots=[ca_chain.ca_cert_pem], client_cert=(mtls_registry.host, paths.cert, paths.key))
+    result, out = pull(shm_path, image, cdh)
+    assert result.exit_code == 0, result.output
+    assert out["result"]["manifest_digest"] == pushed.manifest_digest
