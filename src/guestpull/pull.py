@@ -10,8 +10,11 @@ and image/store.py).  The bundle step (decode, unpack, config.json) comes after 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +37,11 @@ from guestpull.errors import (
     DigestError,
     GuestpullError,
     NoSpaceError,
+    NotFoundError,
     UnsupportedError,
 )
 from guestpull.image import oci
+from guestpull.image.bundle import BundleResult, RootfsMode, check_bundle_target, create_bundle
 from guestpull.image.store import LayerRef, Store, open_store
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
@@ -69,8 +74,10 @@ class PullResult:
     platform: str
     layers: tuple[PulledLayer, ...]
     attempts: tuple[Attempt, ...] = ()
+    bundle: BundleResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        bundle = self.bundle
         return {
             "image": self.image,
             "reference": self.reference,
@@ -82,13 +89,17 @@ class PullResult:
             "platform": self.platform,
             "layers": [layer.to_dict() for layer in self.layers],
             "failed_attempts": [a.to_dict() for a in self.attempts],
+            "bundle": str(bundle.rootfs.parent) if bundle else None,
+            "rootfs_mode": bundle.mode_used if bundle else None,
+            "warnings": list(bundle.warnings) if bundle else [],
         }
 
 
 @dataclass(frozen=True)
 class PullEvent:
     """Progress: ``kind`` is one of candidate, attempt-failed, manifest, layer-cached,
-    layer-start, layer-done, done."""
+    layer-start, layer-progress (``detail["bytes"]`` so far), layer-done, bundle-start,
+    bundle-done, done."""
 
     kind: str
     reference: str
@@ -111,9 +122,18 @@ async def pull_image(
     events: EventCallback | None = None,
     resolver: ResourceGetter | None = None,
     transport_settings: TransportSettings | None = None,
+    bundle: str | os.PathLike[str] | None = None,
+    rootfs_mode: RootfsMode = "auto",
+    force: bool = False,
 ) -> PullResult:
-    """Pull ``image`` into the content store under ``work_dir`` (default: the config's)."""
+    """Pull ``image`` into the content store under ``work_dir`` (default: the config's).
+
+    With ``bundle``, also build ``bundle/rootfs`` and ``bundle/config.json`` from it.  An
+    occupied bundle is refused (ExistsError) before anything is fetched, unless ``force``.
+    """
     emit = events or _no_events
+    if bundle is not None:
+        check_bundle_target(bundle, force)
     reference = parse_reference(image)
     wanted = oci.Platform.parse(platform) if isinstance(platform, str) else platform or oci.default_platform()
     resolver = resolver or ResourceResolver()
@@ -125,7 +145,9 @@ async def pull_image(
     store = open_store(work_dir if work_dir is not None else image_config.work_dir)
 
     attempts: list[Attempt] = []
-    async with new_session(settings) as session:
+    # Shared with other pulls, exclusive for prune: blobs committed but not yet recorded
+    # must not be pruned under us.
+    async with store_lock(store, "prune", shared=True), new_session(settings) as session:
         transport = Transport(session, trust, proxies, settings)
         for candidate in candidates:
             emit(PullEvent("candidate", str(candidate.reference), _candidate_detail(candidate)))
@@ -144,9 +166,39 @@ async def pull_image(
                     break  # local: another candidate needs the same space
                 continue
             done = PullResult(image=image, attempts=tuple(attempts), **result)
+            if bundle is not None:
+                done = await _make_bundle(store, done, bundle, rootfs_mode, force, emit)
             emit(PullEvent("done", done.reference, {"manifest_digest": done.manifest_digest}))
             return done
     raise AllCandidatesFailed(image, attempts)
+
+
+async def _make_bundle(
+    store: Store,
+    pulled: PullResult,
+    bundle: str | os.PathLike[str],
+    mode: RootfsMode,
+    force: bool,
+    emit: EventCallback,
+) -> PullResult:
+    record = store.image(pulled.reference)
+    if record is None:  # recorded by this very pull; only a concurrent `rm` can lose it
+        raise NotFoundError(f"image {pulled.reference} vanished from the store during the pull")
+    emit(PullEvent("bundle-start", pulled.reference, {"bundle": str(bundle), "mode": mode}))
+    made = await asyncio.to_thread(create_bundle, store, record, bundle, mode=mode, force=force)
+    emit(PullEvent("bundle-done", pulled.reference, {"bundle": str(bundle), "mode": made.mode_used}))
+    return dataclasses.replace(pulled, bundle=made)
+
+
+@contextlib.asynccontextmanager
+async def store_lock(store: Store, key: str, *, shared: bool = False) -> AsyncIterator[None]:
+    """:meth:`Store.lock` without blocking the event loop while another process holds it."""
+    lock = store.lock(key, shared=shared)
+    await asyncio.to_thread(lock.__enter__)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def pull_image_sync(image: str, image_config: ImageConfig, **kwargs: Any) -> PullResult:
@@ -273,11 +325,17 @@ class _CandidatePull:
     async def _fetch_blob(self, d: oci.Descriptor) -> None:
         if self.store.content.has(d.digest):
             return
-        await self.client.fetch_blob(
-            self.ref.repository,
-            BlobRef(d.digest, d.size, d.urls),
-            lambda: self.store.content.writer(d.digest, d.size),
-        )
+        # One download per blob across concurrent pulls (threads or processes): the others
+        # wait here and then find it stored.
+        async with store_lock(self.store, f"blob-{d.digest}"):
+            if self.store.content.has(d.digest):
+                return
+            await self.client.fetch_blob(
+                self.ref.repository,
+                BlobRef(d.digest, d.size, d.urls),
+                lambda: _ProgressSink(self.store.content.writer(d.digest, d.size), d.digest,
+                                      str(self.ref), self.emit),
+            )
 
 
 async def _all_or_nothing(coroutines: list[Any]) -> None:
@@ -294,3 +352,24 @@ async def _all_or_nothing(coroutines: list[Any]) -> None:
 
 def _platform_text(config: oci.ImageConfig) -> str:
     return str(oci.Platform(config.os, config.architecture, config.variant))
+
+
+class _ProgressSink:
+    """A blob writer that also reports how many bytes have arrived (for progress bars)."""
+
+    def __init__(self, writer: Any, digest: str, reference: str, emit: EventCallback) -> None:
+        self._writer = writer
+        self._digest = digest
+        self._reference = reference
+        self._emit = emit
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        self._emit(PullEvent("layer-progress", self._reference,
+                             {"digest": self._digest, "bytes": self._writer.written}))
+
+    def commit(self) -> Any:
+        return self._writer.commit()
+
+    def abort(self) -> None:
+        self._writer.abort()

@@ -17,6 +17,7 @@ def _register() -> None:
     # Each command group lives in its own module and registers itself on ``main``.
     from guestpull.cli import initdata  # noqa: F401
     from guestpull.cli import pull  # noqa: F401
+    from guestpull.cli import store  # noqa: F401
 
 
 _register()

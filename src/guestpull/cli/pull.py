@@ -1,10 +1,14 @@
-"""``guestpull pull IMAGE``: resolve, authenticate, fetch and verify an image into the store."""
+"""``guestpull pull IMAGE``: resolve, fetch and verify an image into the store, then a bundle."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from guestpull.cli import main
 from guestpull.cli.common import emit_json, handles_errors, json_option
@@ -27,14 +31,43 @@ def image_config_from(initdata: Path | None, config: Path | None) -> ImageConfig
     return ImageConfig()
 
 
-def _progress(event: PullEvent) -> None:
-    if event.kind == "candidate":
-        click.echo(f"trying {event.reference} ({event.detail['scheme']}, {event.detail['kind']})", err=True)
-    elif event.kind == "attempt-failed":
-        error = event.detail["error"]
-        click.echo(f"  failed: [{error['category']}] {error['message']}", err=True)
-    elif event.kind == "layer-done":
-        click.echo(f"  layer {event.detail['digest']} ({event.detail['size']} bytes)", err=True)
+class TerminalProgress:
+    """Per-layer download bars and the bundle step, drawn on stderr (terminals only)."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+        self.bars = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=self.console, transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> TerminalProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def __call__(self, event: PullEvent) -> None:
+        detail = event.detail
+        if event.kind == "candidate":
+            self.console.print(f"trying {event.reference} ({detail['scheme']}, {detail['kind']})")
+        elif event.kind == "attempt-failed":
+            self.console.print(f"  [red]failed[/red]: [{detail['error']['category']}] {detail['error']['message']}",
+                               markup=True, highlight=False)
+        elif event.kind in ("layer-start", "layer-cached"):
+            done = detail["size"] if event.kind == "layer-cached" else 0
+            label = _short(detail["digest"]) + (" (stored)" if event.kind == "layer-cached" else "")
+            self.tasks[detail["digest"]] = self.bars.add_task(label, total=detail["size"], completed=done)
+        elif event.kind == "layer-progress" and detail["digest"] in self.tasks:
+            self.bars.update(self.tasks[detail["digest"]], completed=detail["bytes"])
+        elif event.kind == "bundle-start":
+            self.console.print(f"unpacking into {detail['bundle']}")
+
+
+def _short(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
 
 
 @main.command("pull")
@@ -43,6 +76,11 @@ def _progress(event: PullEvent) -> None:
 @click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), help="A cdh.toml.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Store directory (default: [image] work_dir).")
 @click.option("--platform", help="os/architecture[/variant], e.g. linux/arm64/v8 (default: this machine).")
+@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write an OCI bundle here: rootfs/ and config.json.")
+@click.option("--rootfs-mode", type=click.Choice(["auto", "overlay", "copy"]), default="auto", show_default=True,
+              help="overlay mounts the stored layers (needs root); copy flattens them into a directory.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @json_option
 @handles_errors
@@ -52,14 +90,29 @@ def pull_command(
     config: Path | None,
     work_dir: Path | None,
     platform: str | None,
+    bundle: Path | None,
+    rootfs_mode: str,
+    force: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Pull IMAGE into the content store and print its manifest digest."""
+    """Pull IMAGE into the content store and print its manifest digest.
+
+    With --bundle, also unpack it into an OCI bundle (rootfs + config.json).
+    """
     image_config = image_config_from(initdata, config)
-    events = None if (quiet or as_json) else _progress
-    result = pull_image_sync(image, image_config, work_dir=work_dir, platform=platform, events=events)
+    kwargs: dict[str, Any] = dict(work_dir=work_dir, platform=platform, bundle=bundle,
+                                  rootfs_mode=rootfs_mode, force=force)
+    if quiet or as_json or not sys.stderr.isatty():
+        result = pull_image_sync(image, image_config, **kwargs)
+    else:
+        with TerminalProgress() as progress:
+            result = pull_image_sync(image, image_config, events=progress, **kwargs)
     if as_json:
         emit_json({"ok": True, "result": result.to_dict()})
-    else:
-        click.echo(result.manifest_digest)
+        return
+    click.echo(result.manifest_digest)
+    if result.bundle and not quiet:
+        for warning in result.bundle.warnings:
+            click.echo(f"guestpull: warning: {warning}", err=True)
+        click.echo(f"bundle {result.bundle.rootfs.parent} (rootfs mode: {result.bundle.mode_used})", err=True)

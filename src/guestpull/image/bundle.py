@@ -29,7 +29,7 @@ from guestpull.image.rootfs import (
     unique_top_most,
     unmount,
 )
-from guestpull.image.store import ImageRecord, Store
+from guestpull.image.store import ImageRecord, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ BUNDLE_ROOTFS = "rootfs"
 BUNDLE_HOSTNAME = "image-rs"
 #: overlay upper/work dirs live next to the rootfs, so removing the bundle removes them.
 OVERLAY_STATE = ".guestpull-overlay"
+STORE_MARKER = "store"
 _MAX_ID = (1 << 32) - 1
 
 
@@ -115,10 +116,22 @@ def umount_bundle(bundle_dir: str | os.PathLike[str], store: Store | None = None
     mounted = is_mountpoint(rootfs)
     if mounted:
         unmount(rootfs)
+    if store is None:
+        store = _store_of(bundle)
     remove_tree(bundle / OVERLAY_STATE)
     if store is not None:
         store.forget_bundle(bundle)
     return mounted
+
+
+def _store_of(bundle: Path) -> Store | None:
+    """The store an overlay bundle was made from, as its marker says (None if unknown)."""
+    marker = bundle / OVERLAY_STATE / STORE_MARKER
+    try:
+        work_dir = Path(marker.read_text().strip())
+    except OSError:
+        return None
+    return open_store(work_dir) if (work_dir / "meta.db").exists() else None
 
 
 def _choose_mode(mode: RootfsMode, privileged: bool, layer_count: int) -> Literal["overlay", "copy"]:
@@ -139,7 +152,9 @@ def _choose_mode(mode: RootfsMode, privileged: bool, layer_count: int) -> Litera
     return "overlay" if usable and layer_count > 0 else "copy"
 
 
-def _prepare_bundle_dir(bundle: Path, force: bool) -> None:
+def check_bundle_target(bundle_dir: str | os.PathLike[str], force: bool) -> bool:
+    """Whether the bundle is occupied; ExistsError if it is and ``force`` is not given."""
+    bundle = Path(bundle_dir).absolute()
     rootfs, config = bundle / BUNDLE_ROOTFS, bundle / BUNDLE_CONFIG
     occupied = (
         config.exists()
@@ -152,7 +167,12 @@ def _prepare_bundle_dir(bundle: Path, force: bool) -> None:
             f"bundle {bundle} already exists (rootfs or config.json present)",
             hint="pass --force to replace it",
         )
-    if occupied:
+    return occupied
+
+
+def _prepare_bundle_dir(bundle: Path, force: bool) -> None:
+    rootfs, config = bundle / BUNDLE_ROOTFS, bundle / BUNDLE_CONFIG
+    if check_bundle_target(bundle, force):
         if is_mountpoint(rootfs):
             unmount(rootfs)
         remove_tree(rootfs)
@@ -166,6 +186,9 @@ def _overlay_rootfs(store: Store, image: ImageRecord, bundle: Path) -> None:
     dirs = [ensure_layer(store, layer) for layer in layers]
     # Recorded before mounting, so a prune racing with us keeps these layers.
     store.record_bundle(bundle, image.reference, [layer.diff_id for layer in layers])
+    # So `guestpull umount` can release the layers in the right store without being told it.
+    (bundle / OVERLAY_STATE).mkdir(parents=True, exist_ok=True)
+    (bundle / OVERLAY_STATE / STORE_MARKER).write_text(str(store.work_dir))
     mount_overlay(dirs, store.layers.root, bundle / BUNDLE_ROOTFS, bundle / OVERLAY_STATE)
 
 

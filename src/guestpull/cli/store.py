@@ -1,0 +1,100 @@
+"""``guestpull images | rm | prune | umount``: look after the image store and bundles."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import click
+
+from guestpull.cli import main
+from guestpull.cli.common import emit_json, handles_errors, json_option
+from guestpull.config import ImageConfig
+from guestpull.errors import NotFoundError
+from guestpull.image.bundle import umount_bundle
+from guestpull.image.store import ImageRecord, Store, open_store
+from guestpull.reference import parse_reference
+
+work_dir_option = click.option(
+    "--work-dir", type=click.Path(file_okay=False, path_type=Path),
+    default=ImageConfig().work_dir, show_default=True, help="The image store directory.",
+)
+
+
+def _open(work_dir: Path) -> Store:
+    if not work_dir.is_dir():
+        raise NotFoundError(f"no image store at {work_dir}", hint="pass --work-dir")
+    return open_store(work_dir)
+
+
+def _image_dict(image: ImageRecord) -> dict[str, object]:
+    return {
+        "reference": image.reference,
+        "manifest_digest": image.manifest_digest,
+        "config_digest": image.config_digest,
+        "layers": len(image.layers),
+        "size": sum(layer.size for layer in image.layers),
+        "pulled": datetime.datetime.fromtimestamp(image.created, datetime.UTC).isoformat(),
+    }
+
+
+@main.command("images")
+@work_dir_option
+@json_option
+@handles_errors
+def images_command(work_dir: Path, as_json: bool) -> None:
+    """List the images in the store."""
+    images = [_image_dict(i) for i in _open(work_dir).images()]
+    if as_json:
+        emit_json({"ok": True, "images": images})
+        return
+    for i in images:
+        click.echo(f"{i['reference']}\t{i['manifest_digest']}\t{i['layers']} layers\t{i['size']} bytes")
+
+
+@main.command("rm")
+@click.argument("image")
+@work_dir_option
+@json_option
+@handles_errors
+def rm_command(image: str, work_dir: Path, as_json: bool) -> None:
+    """Forget IMAGE; `guestpull prune` then frees what nothing else uses."""
+    store = _open(work_dir)
+    names = dict.fromkeys([image, str(parse_reference(image))])
+    if not any([store.remove_image(name) for name in names]):
+        raise NotFoundError(f"image {image} is not in the store at {work_dir}")
+    if as_json:
+        emit_json({"ok": True, "removed": image})
+    else:
+        click.echo(f"removed {image}")
+
+
+@main.command("prune")
+@work_dir_option
+@json_option
+@handles_errors
+def prune_command(work_dir: Path, as_json: bool) -> None:
+    """Remove blobs and unpacked layers that no image or mounted bundle uses."""
+    result = _open(work_dir).prune()
+    if as_json:
+        emit_json({"ok": True, "blobs_removed": result.blobs_removed,
+                   "layers_removed": result.layers_removed, "bytes_freed": result.bytes_freed})
+    else:
+        click.echo(f"removed {result.blobs_removed} blobs and {result.layers_removed} layers,"
+                   f" {result.bytes_freed} bytes freed")
+
+
+@main.command("umount")
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The store the bundle came from (so prune may free its layers).")
+@json_option
+@handles_errors
+def umount_command(bundle: Path, work_dir: Path | None, as_json: bool) -> None:
+    """Undo an overlay rootfs under BUNDLE (a copy rootfs needs nothing)."""
+    store = _open(work_dir) if work_dir else None
+    mounted = umount_bundle(bundle, store)
+    if as_json:
+        emit_json({"ok": True, "unmounted": mounted})
+    else:
+        click.echo(f"unmounted {bundle / 'rootfs'}" if mounted else f"nothing mounted at {bundle / 'rootfs'}")
