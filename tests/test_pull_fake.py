@@ -181,8 +181,9 @@ async def test_library_events_and_concurrency_limit(shm_path: Path) -> None:
         # With one download at a time, every start is followed by its own done.
         layer_events = [k for k in kinds if k in ("layer-start", "layer-done")]
         assert layer_events == ["layer-start", "layer-done"] * 3
-        progress = [e.detail["bytes"] for e in events if e.kind == "layer-progress"]
-        assert progress and max(progress) <= max(layer.size for layer in image.layers)
+        sizes = {layer.digest: layer.size for layer in image.layers}
+        progress = {e.detail["digest"]: e.detail["bytes"] for e in events if e.kind == "layer-progress"}
+        assert all(progress[digest] == size for digest, size in sizes.items())
         assert kinds[0] == "candidate" and kinds[-1] == "done"
 
         again: list[PullEvent] = []
