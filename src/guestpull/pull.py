@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,17 +36,19 @@ from guestpull.errors import (
     DigestError,
     GuestpullError,
     NoSpaceError,
-    NotFoundError,
     UnsupportedError,
 )
 from guestpull.image import oci
-from guestpull.image.bundle import BundleResult, RootfsMode, check_bundle_target, create_bundle
+from guestpull.image.bundle import BundleBuilder, BundleResult, RootfsMode, check_bundle_target
 from guestpull.image.store import LayerRef, Store, open_store
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
 from guestpull.resources import ResourceResolver
 
 log = logging.getLogger(__name__)
+
+#: Layers unpacked at once in overlay mode (each into its own directory).
+UNPACK_CONCURRENCY = 2
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,15 @@ class PullEvent:
 EventCallback = Callable[[PullEvent], None]
 
 
+@dataclass(frozen=True)
+class BundleRequest:
+    """Where and how to build the bundle once a candidate's config is known."""
+
+    path: Path
+    mode: RootfsMode
+    force: bool
+
+
 def _no_events(event: PullEvent) -> None:
     pass
 
@@ -132,8 +142,10 @@ async def pull_image(
     occupied bundle is refused (ExistsError) before anything is fetched, unless ``force``.
     """
     emit = events or _no_events
+    wanted_bundle = None
     if bundle is not None:
         check_bundle_target(bundle, force)
+        wanted_bundle = BundleRequest(Path(bundle), rootfs_mode, force)
     reference = parse_reference(image)
     wanted = oci.Platform.parse(platform) if isinstance(platform, str) else platform or oci.default_platform()
     resolver = resolver or ResourceResolver()
@@ -153,7 +165,7 @@ async def pull_image(
             emit(PullEvent("candidate", str(candidate.reference), _candidate_detail(candidate)))
             puller = _CandidatePull(
                 candidate, transport, store, auth_file, wanted,
-                image_config.max_concurrent_layer_downloads_per_image, emit,
+                image_config.max_concurrent_layer_downloads_per_image, emit, wanted_bundle,
             )
             try:
                 result = await puller.run()
@@ -166,28 +178,9 @@ async def pull_image(
                     break  # local: another candidate needs the same space
                 continue
             done = PullResult(image=image, attempts=tuple(attempts), **result)
-            if bundle is not None:
-                done = await _make_bundle(store, done, bundle, rootfs_mode, force, emit)
             emit(PullEvent("done", done.reference, {"manifest_digest": done.manifest_digest}))
             return done
     raise AllCandidatesFailed(image, attempts)
-
-
-async def _make_bundle(
-    store: Store,
-    pulled: PullResult,
-    bundle: str | os.PathLike[str],
-    mode: RootfsMode,
-    force: bool,
-    emit: EventCallback,
-) -> PullResult:
-    record = store.image(pulled.reference)
-    if record is None:  # recorded by this very pull; only a concurrent `rm` can lose it
-        raise NotFoundError(f"image {pulled.reference} vanished from the store during the pull")
-    emit(PullEvent("bundle-start", pulled.reference, {"bundle": str(bundle), "mode": mode}))
-    made = await asyncio.to_thread(create_bundle, store, record, bundle, mode=mode, force=force)
-    emit(PullEvent("bundle-done", pulled.reference, {"bundle": str(bundle), "mode": made.mode_used}))
-    return dataclasses.replace(pulled, bundle=made)
 
 
 @contextlib.asynccontextmanager
@@ -235,7 +228,9 @@ class _CandidatePull:
         wanted: oci.Platform,
         concurrency: int,
         emit: EventCallback,
+        bundle: BundleRequest | None = None,
     ) -> None:
+        self.bundle = bundle
         self.ref: Reference = candidate.reference
         self.candidate = candidate
         self.store = store
@@ -261,11 +256,21 @@ class _CandidatePull:
             PulledLayer(d.digest, diff_id, d.size, d.media_type)
             for d, diff_id in zip(parsed.layers, config.diff_ids, strict=True)
         )
-        await self._fetch_layers(parsed.layers)
-        self.store.record_image(
-            str(self.ref), manifest.digest, parsed.config.digest, manifest.data,
-            [LayerRef(x.digest, x.media_type, x.size, x.diff_id) for x in layers],
-        )
+        refs = [LayerRef(x.digest, x.media_type, x.size, x.diff_id) for x in layers]
+        builder = self._start_bundle(config_bytes, parsed.config.digest, refs)
+        try:
+            await self._fetch_layers(parsed.layers, builder)
+            self.store.record_image(str(self.ref), manifest.digest, parsed.config.digest,
+                                    manifest.data, refs)
+            made = None
+            if builder is not None:
+                made = await asyncio.to_thread(builder.finish, str(self.ref))
+                self.emit(PullEvent("bundle-done", str(self.ref),
+                                    {"bundle": str(made.rootfs.parent), "mode": made.mode_used}))
+        except BaseException:
+            if builder is not None:
+                builder.abort()
+            raise
         return {
             "reference": str(self.ref),
             "candidate": self.candidate,
@@ -274,6 +279,7 @@ class _CandidatePull:
             "config_digest": parsed.config.digest,
             "platform": _platform_text(config),
             "layers": layers,
+            "bundle": made,
         }
 
     async def _resolve_manifest(self) -> tuple[FetchedManifest, str | None]:
@@ -303,7 +309,23 @@ class _CandidatePull:
         await self._fetch_blob(descriptor)
         return self.store.content.read(descriptor.digest)
 
-    async def _fetch_layers(self, descriptors: Sequence[oci.Descriptor]) -> None:
+    def _start_bundle(
+        self, config_bytes: bytes, config_digest: str, layers: Sequence[LayerRef]
+    ) -> BundleBuilder | None:
+        if self.bundle is None:
+            return None
+        builder = BundleBuilder(
+            self.store, config_bytes, f"image config {config_digest}", layers, self.bundle.path,
+            mode=self.bundle.mode, force=self.bundle.force,
+        )
+        self.emit(PullEvent("bundle-start", str(self.ref),
+                            {"bundle": str(self.bundle.path), "mode": builder.mode_used}))
+        return builder
+
+    async def _fetch_layers(
+        self, descriptors: Sequence[oci.Descriptor], builder: BundleBuilder | None
+    ) -> None:
+        """Download the missing blobs; meanwhile unpack each layer as soon as it is stored."""
         unique: dict[str, oci.Descriptor] = {}
         for d in descriptors:
             unique.setdefault(d.digest, d)
@@ -312,6 +334,10 @@ class _CandidatePull:
             if d not in missing:
                 self.emit(PullEvent("layer-cached", str(self.ref), {"digest": d.digest, "size": d.size}))
         self.store.check_space(sum(d.size for d in missing))
+        stored = {d.digest: asyncio.Event() for d in unique.values()}
+        for d in unique.values():
+            if d not in missing:
+                stored[d.digest].set()
         limit = asyncio.Semaphore(self.concurrency)
 
         async def one(d: oci.Descriptor) -> None:
@@ -319,8 +345,12 @@ class _CandidatePull:
                 self.emit(PullEvent("layer-start", str(self.ref), {"digest": d.digest, "size": d.size}))
                 await self._fetch_blob(d)
                 self.emit(PullEvent("layer-done", str(self.ref), {"digest": d.digest, "size": d.size}))
+            stored[d.digest].set()
 
-        await _all_or_nothing([one(d) for d in missing])
+        jobs = [one(d) for d in missing]
+        if builder is not None:
+            jobs.append(_unpack_as_stored(builder, stored))
+        await _all_or_nothing(jobs)
 
     async def _fetch_blob(self, d: oci.Descriptor) -> None:
         if self.store.content.has(d.digest):
@@ -336,6 +366,27 @@ class _CandidatePull:
                 lambda: _ProgressSink(self.store.content.writer(d.digest, d.size), d.digest,
                                       str(self.ref), self.emit),
             )
+
+
+async def _unpack_as_stored(builder: BundleBuilder, stored: dict[str, asyncio.Event]) -> None:
+    """Unpack layers as their blobs arrive: in order for a copy rootfs, else two at a time.
+
+    Decompression, hashing and file writes release the GIL, so a thread per unpack overlaps
+    with the downloads on the other core.
+    """
+    if builder.sequential:
+        for layer in builder.layers:
+            await stored[layer.digest].wait()
+            await asyncio.to_thread(builder.prepare_layer, layer)
+        return
+    limit = asyncio.Semaphore(UNPACK_CONCURRENCY)
+
+    async def one(layer: LayerRef) -> None:
+        await stored[layer.digest].wait()
+        async with limit:
+            await asyncio.to_thread(builder.prepare_layer, layer)
+
+    await _all_or_nothing([one(layer) for layer in builder.layers])
 
 
 async def _all_or_nothing(coroutines: list[Any]) -> None:

@@ -1,23 +1,42 @@
-"""The ``guestpull`` command: thin wrappers over the library, one module per command group."""
+"""The ``guestpull`` command: thin wrappers over the library, one module per command group.
+
+Command modules are imported only when their command runs: ``guestpull pull`` on a guest
+should not pay for the Init-Data linter's imports, nor the other way round.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from guestpull import __version__
 
+#: command name → "module:attribute" of its click command.
+COMMANDS: dict[str, str] = {
+    "initdata": "guestpull.cli.initdata:initdata_group",
+    "pull": "guestpull.cli.pull:pull_command",
+    "images": "guestpull.cli.store:images_command",
+    "rm": "guestpull.cli.store:rm_command",
+    "prune": "guestpull.cli.store:prune_command",
+    "umount": "guestpull.cli.store:umount_command",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attribute = target.split(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="guestpull")
 def main() -> None:
     """Pull container images inside a confidential guest, as Init-Data configures it."""
-
-
-def _register() -> None:
-    # Each command group lives in its own module and registers itself on ``main``.
-    from guestpull.cli import initdata  # noqa: F401
-    from guestpull.cli import pull  # noqa: F401
-    from guestpull.cli import store  # noqa: F401
-
-
-_register()

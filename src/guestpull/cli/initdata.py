@@ -13,7 +13,6 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from guestpull import certs
-from guestpull.cli import main
 from guestpull.cli.common import emit_json, handles_errors, json_option
 from guestpull.errors import EXIT_CODES, Category, ConfigError, ExistsError, Location
 from guestpull.initdata import (
@@ -36,7 +35,7 @@ STDIN = "-"
 STDIN_LABEL = "<stdin>"
 
 
-@main.group("initdata")
+@click.group("initdata")
 def initdata_group() -> None:
     """Build, check and encode Init-Data (the guest's aa.toml, cdh.toml and agent policy)."""
 

@@ -7,10 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
-from guestpull.cli import main
 from guestpull.cli.common import emit_json, handles_errors, json_option
 from guestpull.config import ImageConfig, load_cdh_config
 from guestpull.errors import UsageError
@@ -35,12 +32,16 @@ class TerminalProgress:
     """Per-layer download bars and the bundle step, drawn on stderr (terminals only)."""
 
     def __init__(self) -> None:
+        # rich only when drawing on a terminal: a guest pulling non-interactively skips it.
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
         self.console = Console(stderr=True)
         self.bars = Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             console=self.console, transient=False,
         )
-        self.tasks: dict[str, TaskID] = {}
+        self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> TerminalProgress:
         self.bars.start()
@@ -70,7 +71,7 @@ def _short(digest: str) -> str:
     return digest.split(":", 1)[-1][:12]
 
 
-@main.command("pull")
+@click.command("pull")
 @click.argument("image")
 @click.option("--initdata", type=click.Path(dir_okay=False, path_type=Path), help="Init-Data TOML (its cdh.toml [image]).")
 @click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), help="A cdh.toml.")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from guestpull.cli import main
 from guestpull.cli.common import emit_json, handles_errors, json_option
 from guestpull.config import ImageConfig
 from guestpull.errors import NotFoundError
@@ -38,7 +37,7 @@ def _image_dict(image: ImageRecord) -> dict[str, object]:
     }
 
 
-@main.command("images")
+@click.command("images")
 @work_dir_option
 @json_option
 @handles_errors
@@ -52,7 +51,7 @@ def images_command(work_dir: Path, as_json: bool) -> None:
         click.echo(f"{i['reference']}\t{i['manifest_digest']}\t{i['layers']} layers\t{i['size']} bytes")
 
 
-@main.command("rm")
+@click.command("rm")
 @click.argument("image")
 @work_dir_option
 @json_option
@@ -69,7 +68,7 @@ def rm_command(image: str, work_dir: Path, as_json: bool) -> None:
         click.echo(f"removed {image}")
 
 
-@main.command("prune")
+@click.command("prune")
 @work_dir_option
 @json_option
 @handles_errors
@@ -84,7 +83,7 @@ def prune_command(work_dir: Path, as_json: bool) -> None:
                    f" {result.bytes_freed} bytes freed")
 
 
-@main.command("umount")
+@click.command("umount")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="The store the bundle came from (so prune may free its layers).")

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,16 +21,17 @@ from guestpull.errors import ConfigError, ExistsError, GuestpullError, Location,
 from guestpull.image.fsops import read_in_root
 from guestpull.image.oci import ImageConfig
 from guestpull.image.rootfs import (
-    build_copy_rootfs,
     ensure_layer,
     is_mountpoint,
     mount_overlay,
     overlay_supported,
     remove_tree,
+    start_copy_rootfs as _start_copy_rootfs,
     unique_top_most,
     unmount,
+    unpack_blob,
 )
-from guestpull.image.store import ImageRecord, Store, open_store
+from guestpull.image.store import ImageRecord, LayerRef, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -65,48 +67,105 @@ def create_bundle(
     ``auto`` mounts an overlay when it can and flattens a copy otherwise; the result says
     which.  ExistsError if the bundle already has a rootfs or config.json and not ``force``.
     """
-    bundle = Path(bundle_dir).absolute()
     config_doc = f"image config {image.config_digest}"
-    config = ImageConfig.parse(store.content.read(image.config_digest), doc=config_doc)
-    if config.os != "linux":
-        raise UnsupportedError(
-            f"image OS is {config.os!r}; only linux images can run",
-            location=Location(file=config_doc, field="os"),
-        )
-    if tuple(layer.diff_id for layer in image.layers) != config.diff_ids:
-        raise ConfigError(
-            f"the image has {len(image.layers)} layers but its config lists "
-            f"{len(config.diff_ids)} diff_ids, or they differ",
-            location=Location(file=config_doc, field="rootfs.diff_ids"),
-        )
-    _prepare_bundle_dir(bundle, force)
-    if privileged is None:
-        privileged = os.geteuid() == 0
-    rootfs = bundle / BUNDLE_ROOTFS
-    warnings: list[str] = []
-    mode_used = _choose_mode(mode, privileged, len(image.layers))
+    builder = BundleBuilder(store, store.content.read(image.config_digest), config_doc,
+                            image.layers, bundle_dir, mode=mode, force=force, privileged=privileged)
     try:
-        if mode_used == "overlay":
-            try:
-                _overlay_rootfs(store, image, bundle)
-            except GuestpullError as exc:
-                if mode != "auto":
-                    raise
-                message = f"overlay rootfs failed ({exc}); falling back to copy"
-                log.warning("%s", message)
-                warnings.append(message)
-                _undo_rootfs(store, bundle)
-                mode_used = "copy"
-        if mode_used == "copy":
-            for stats in build_copy_rootfs(store, image.layers, rootfs, privileged=privileged):
-                warnings.extend(stats.warnings)
-        spec = runtime_spec(config, rootfs)
-        config_path = _write_json_atomically(bundle / BUNDLE_CONFIG, spec)
+        for layer in builder.layers:
+            builder.prepare_layer(layer)
+        return builder.finish(image.reference)
     except BaseException:
-        _undo_rootfs(store, bundle)
+        builder.abort()
         raise
-    log.info("bundle %s created with the %s rootfs mode", bundle, mode_used)
-    return BundleResult(mode_used, rootfs, config_path, tuple(warnings))
+
+
+class BundleBuilder:
+    """A bundle built one layer at a time, so unpacking can start while later layers arrive.
+
+    ``layers`` are what :meth:`prepare_layer` must be given once each blob is stored: in order
+    when :attr:`sequential` (copy mode flattens bottom to top), in any order otherwise
+    (overlay mode unpacks each layer into its own directory).  Then :meth:`finish`, or
+    :meth:`abort` on any failure.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config_bytes: bytes,
+        config_doc: str,
+        layers: Sequence[LayerRef],
+        bundle_dir: str | os.PathLike[str],
+        *,
+        mode: RootfsMode = "auto",
+        force: bool = False,
+        privileged: bool | None = None,
+    ) -> None:
+        self.store = store
+        self.bundle = Path(bundle_dir).absolute()
+        self.rootfs = self.bundle / BUNDLE_ROOTFS
+        self.config = ImageConfig.parse(config_bytes, doc=config_doc)
+        if self.config.os != "linux":
+            raise UnsupportedError(
+                f"image OS is {self.config.os!r}; only linux images can run",
+                location=Location(file=config_doc, field="os"),
+            )
+        if tuple(layer.diff_id for layer in layers) != self.config.diff_ids:
+            raise ConfigError(
+                f"the image has {len(layers)} layers but its config lists "
+                f"{len(self.config.diff_ids)} diff_ids, or they differ",
+                location=Location(file=config_doc, field="rootfs.diff_ids"),
+            )
+        self.privileged = os.geteuid() == 0 if privileged is None else privileged
+        self.requested_mode = mode
+        self.mode_used = _choose_mode(mode, self.privileged, len(layers))
+        self.all_layers = tuple(layers)
+        self.warnings: list[str] = []
+        _prepare_bundle_dir(self.bundle, force)
+        if self.mode_used == "copy":
+            _start_copy_rootfs(self.rootfs)
+
+    @property
+    def sequential(self) -> bool:
+        return self.mode_used == "copy"
+
+    @property
+    def layers(self) -> list[LayerRef]:
+        return list(self.all_layers) if self.sequential else unique_top_most(self.all_layers)
+
+    def prepare_layer(self, layer: LayerRef) -> None:
+        """Apply (copy) or unpack (overlay) one layer whose blob is in the content store."""
+        if self.mode_used == "copy":
+            stats = unpack_blob(self.store, layer, self.rootfs, mode="copy", privileged=self.privileged)
+            self.warnings.extend(stats.warnings)
+        else:
+            ensure_layer(self.store, layer)
+
+    def finish(self, reference: str) -> BundleResult:
+        """Mount the overlay (if that mode) and write config.json."""
+        if self.mode_used == "overlay":
+            try:
+                _overlay_rootfs(self.store, reference, self.layers, self.bundle)
+            except GuestpullError as exc:
+                if self.requested_mode != "auto":
+                    raise
+                self._fall_back_to_copy(exc)
+        spec = runtime_spec(self.config, self.rootfs)
+        config_path = _write_json_atomically(self.bundle / BUNDLE_CONFIG, spec)
+        log.info("bundle %s created with the %s rootfs mode", self.bundle, self.mode_used)
+        return BundleResult(self.mode_used, self.rootfs, config_path, tuple(self.warnings))
+
+    def abort(self) -> None:
+        _undo_rootfs(self.store, self.bundle)
+
+    def _fall_back_to_copy(self, exc: GuestpullError) -> None:
+        message = f"overlay rootfs failed ({exc}); falling back to copy"
+        log.warning("%s", message)
+        self.warnings.append(message)
+        _undo_rootfs(self.store, self.bundle)
+        self.mode_used = "copy"
+        _start_copy_rootfs(self.rootfs)
+        for layer in self.all_layers:
+            self.prepare_layer(layer)
 
 
 def umount_bundle(bundle_dir: str | os.PathLike[str], store: Store | None = None) -> bool:
@@ -181,11 +240,10 @@ def _prepare_bundle_dir(bundle: Path, force: bool) -> None:
     bundle.mkdir(parents=True, exist_ok=True)
 
 
-def _overlay_rootfs(store: Store, image: ImageRecord, bundle: Path) -> None:
-    layers = unique_top_most(image.layers)
+def _overlay_rootfs(store: Store, reference: str, layers: Sequence[LayerRef], bundle: Path) -> None:
     dirs = [ensure_layer(store, layer) for layer in layers]
     # Recorded before mounting, so a prune racing with us keeps these layers.
-    store.record_bundle(bundle, image.reference, [layer.diff_id for layer in layers])
+    store.record_bundle(bundle, reference, [layer.diff_id for layer in layers])
     # So `guestpull umount` can release the layers in the right store without being told it.
     (bundle / OVERLAY_STATE).mkdir(parents=True, exist_ok=True)
     (bundle / OVERLAY_STATE / STORE_MARKER).write_text(str(store.work_dir))

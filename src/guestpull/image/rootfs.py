@@ -7,8 +7,9 @@
 * :func:`mount_overlay` / :func:`unmount` — overlayfs with layer dirs as lowerdirs.  The
   lowerdir list uses the store's short layer names relative to ``layers/`` (``12:7:3``) by
   running ``mount`` from there, so even a few hundred layers fit the one-page option limit.
-* :func:`build_copy_rootfs` — re-apply every layer tar in order into a plain directory, with
-  whiteouts as deletions: exactly umoci's flattening, and it needs no privileges.
+* :func:`start_copy_rootfs` + :func:`unpack_blob` with ``mode="copy"`` per layer, in order —
+  re-apply every layer tar into a plain directory, with whiteouts as deletions: exactly
+  umoci's flattening, and it needs no privileges.
 """
 
 from __future__ import annotations
@@ -155,15 +156,12 @@ def _run(argv: list[str], *, cwd: Path | None, what: str) -> None:
         raise UnpackError(f"cannot {what}: {detail or f'exit status {done.returncode}'}")
 
 
-def build_copy_rootfs(store: Store, layers: Sequence[LayerRef], rootfs: Path, *,
-                      privileged: bool | None = None) -> list[LayerStats]:
-    """Flatten the layers, in order, into ``rootfs`` (created; must be empty or absent)."""
+def start_copy_rootfs(rootfs: Path) -> None:
+    """Create the (empty) directory a copy-mode rootfs is flattened into."""
     rootfs.mkdir(parents=True, exist_ok=True)
     if any(rootfs.iterdir()):
         raise UnpackError(f"rootfs directory {rootfs} is not empty")
     os.chmod(rootfs, 0o755)
-    return [unpack_blob(store, layer, rootfs, mode="copy", privileged=privileged)
-            for layer in layers]
 
 
 def remove_tree(path: Path) -> None:
