@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from guestpull import tls
+from guestpull.errors import DigestError
 from guestpull.distribution import (
     ProxySettings,
     RegistryClient,
@@ -27,6 +29,7 @@ FAST = TransportSettings(
 class MemorySink:
     """A BlobSink keeping bytes in memory; records commit/abort so tests can check them."""
 
+    expected_digest: str | None = None
     chunks: list[bytes] = field(default_factory=list)
     committed: bool = False
     aborted: bool = False
@@ -35,8 +38,13 @@ class MemorySink:
         self.chunks.append(data)
 
     def commit(self) -> bytes:
+        """Like the store's writer: refuse content whose digest is not the expected one."""
+        data = b"".join(self.chunks)
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if self.expected_digest is not None and actual != self.expected_digest:
+            raise DigestError(f"blob digest mismatch: expected {self.expected_digest}, got {actual}")
         self.committed = True
-        return b"".join(self.chunks)
+        return data
 
     def abort(self) -> None:
         self.aborted = True
@@ -45,11 +53,12 @@ class MemorySink:
 class Sinks:
     """Opens MemorySinks and keeps every one, so a test sees the aborted ones too."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected_digest: str | None = None) -> None:
+        self.expected_digest = expected_digest
         self.opened: list[MemorySink] = []
 
     def __call__(self) -> MemorySink:
-        sink = MemorySink()
+        sink = MemorySink(self.expected_digest)
         self.opened.append(sink)
         return sink
 

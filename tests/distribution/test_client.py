@@ -113,7 +113,7 @@ async def test_corrupted_blob_aborted_and_digest_error(fake_image) -> None:
     fake, image = fake_image
     layer = image.layers[0]
     fake.inject(layer.digest, Fault("corrupt", times=10))
-    sinks = Sinks()
+    sinks = Sinks(layer.digest)
     async with transport() as t:
         with pytest.raises(DigestError, match=layer.digest):
             await client(t, fake.host).fetch_blob("team/app", BlobRef(layer.digest, layer.size), sinks)
