@@ -13,5 +13,8 @@ test: setup
 test-fast: setup
 	@.venv/bin/python -m pytest -m "not registry and not slow"
 
+bench: setup
+	@.venv/bin/python -m bench
+
 clean:
 	rm -rf .venv build src/*.egg-info .pytest_cache
