@@ -1,7 +1,8 @@
 """The layer applier: one function that applies a tar stream onto a directory.
 
-``tarfile`` only parses (stream mode, never its extraction code); every write goes through
-:class:`guestpull.image.fsops.Tree`, which resolves paths beneath the root with directory fds.
+:mod:`guestpull.image.tarstream` only parses (a strict pull parser, much faster than
+``tarfile``'s stream mode); every write goes through :class:`guestpull.image.fsops.Tree`, which
+resolves paths beneath the root with directory fds.
 
 Two modes, one code path:
 
@@ -19,12 +20,12 @@ import errno
 import logging
 import os
 import stat
-import tarfile
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
 from guestpull.errors import GuestpullError, UnpackError
 from guestpull.image.fsops import Tree, normalize_inside, split_entry_name
+from guestpull.image.tarstream import Entry, iter_entries
 
 log = logging.getLogger(__name__)
 
@@ -33,33 +34,15 @@ Mode = Literal["overlay", "copy"]
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
-_XATTR_PAX_PREFIX = "SCHILY.xattr."
 # Overlay's own metadata must never come from image content: a layer could otherwise forge
 # opaque dirs, redirects or metacopy files in a lower directory.
 _FORBIDDEN_XATTR_PREFIX = "trusted.overlay."
 
-CHUNK = 1 << 20
-#: Largest regular file we accept (a header claiming more is hostile, not big).
+#: Largest entry we accept (a header claiming more is hostile, not big).
 MAX_FILE_SIZE = 1 << 40
-#: Largest PAX / GNU long-name header; tarfile would hold it in memory.
+#: Largest PAX / GNU long-name header; the parser holds one in memory.
 MAX_META_HEADER = 1 << 20
-_META_TYPES = frozenset(
-    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-     tarfile.GNUTYPE_LONGLINK}
-)
 _MAX_ID = (1 << 32) - 1
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """TarInfo that refuses absurd extended headers before tarfile reads them into memory."""
-
-    def _proc_member(self, tarfile_obj: tarfile.TarFile) -> Any:  # type: ignore[override]
-        if self.type in _META_TYPES and not 0 <= self.size <= MAX_META_HEADER:
-            raise UnpackError(
-                f"entry {self.name!r}: extended header of {self.size} bytes refused "
-                f"(limit {MAX_META_HEADER})"
-            )
-        return super()._proc_member(tarfile_obj)  # type: ignore[misc]
 
 
 @dataclass
@@ -94,20 +77,11 @@ def apply_layer(
         privileged = os.geteuid() == 0
     applier = _Applier(Tree(layer_dir), mode, privileged)
     try:
-        tf = tarfile.open(fileobj=tar_stream, mode="r|", tarinfo=_BoundedTarInfo)
-        while True:
+        # Parser errors name the entry or the offset (and the entry before it) themselves.
+        for entry in iter_entries(tar_stream, max_size=MAX_FILE_SIZE, max_pax_size=MAX_META_HEADER):
             applier.tree.release()
-            try:
-                info = tf.next()
-            except tarfile.TarError as exc:
-                raise UnpackError(f"malformed tar after entry {applier.last!r}: {exc}") from exc
-            if info is None:
-                break
-            tf.members.clear()  # stream mode would otherwise keep every header in memory
-            applier.apply(tf, info)
+            applier.apply(entry)
         applier.finish()
-    except tarfile.TarError as exc:
-        raise UnpackError(f"malformed tar: {exc}") from exc
     finally:
         applier.tree.close()
     return applier.stats
@@ -119,7 +93,6 @@ class _Applier:
         self.mode = mode
         self.privileged = privileged
         self.stats = LayerStats()
-        self.last = ""
         # Paths this layer created and their ancestors: whiteouts never remove them.
         self.upper: set[tuple[str, ...]] = set()
         # Directory mode and mtime are applied at the end (children change the mtime, and a
@@ -130,11 +103,10 @@ class _Applier:
 
     # --- dispatch ------------------------------------------------------------------------
 
-    def apply(self, tf: tarfile.TarFile, info: tarfile.TarInfo) -> None:
-        self.last = info.name
+    def apply(self, info: Entry) -> None:
         self.stats.entries += 1
         try:
-            self._apply(tf, info)
+            self._apply(info)
         except GuestpullError:
             raise
         except OSError as exc:
@@ -142,7 +114,7 @@ class _Applier:
         except (OverflowError, ValueError) as exc:
             raise UnpackError(f"entry {info.name!r}: {exc}") from exc
 
-    def _apply(self, tf: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+    def _apply(self, info: Entry) -> None:
         parts = split_entry_name(info.name)
         self._check_header(info)
         if not parts:
@@ -153,7 +125,7 @@ class _Applier:
             self._whiteout(parts, info)
             return
         if info.isreg():
-            self._regular(tf, info, parts)
+            self._regular(info, parts)
         elif info.isdir():
             self._directory(info, parts)
         elif info.issym():
@@ -166,11 +138,8 @@ class _Applier:
             raise UnpackError(f"entry {info.name!r}: unsupported tar entry type {info.type!r}")
         self._mark_upper(parts)
 
-    def _check_header(self, info: tarfile.TarInfo) -> None:
-        if not 0 <= info.size <= MAX_FILE_SIZE:
-            raise UnpackError(
-                f"entry {info.name!r}: size {info.size} refused (limit {MAX_FILE_SIZE} bytes)"
-            )
+    def _check_header(self, info: Entry) -> None:
+        # The parser already refused sizes above MAX_FILE_SIZE and negative numbers.
         if not (0 <= info.uid <= _MAX_ID and 0 <= info.gid <= _MAX_ID):
             raise UnpackError(f"entry {info.name!r}: uid/gid {info.uid}/{info.gid} out of range")
 
@@ -181,7 +150,7 @@ class _Applier:
 
     # --- creating entries ----------------------------------------------------------------
 
-    def _regular(self, tf: tarfile.TarFile, info: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+    def _regular(self, info: Entry, parts: tuple[str, ...]) -> None:
         dfd, name = self.tree.parent_of(parts, entry=info.name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -190,33 +159,18 @@ class _Applier:
             self.tree.remove(dfd, name)
             fd = os.open(name, flags, 0o600, dir_fd=dfd)
         try:
-            self._copy_data(tf, info, fd)
+            if info.size:
+                info.write_to(fd)
             self._owner_mode_fd(fd, info)
-            self._xattrs(info, fd=fd)
-            os.utime(fd, ns=_times(info))
+            if info.xattrs:
+                self._xattrs(info, fd=fd)
+            os.utime(fd, ns=(info.mtime_ns, info.mtime_ns))
         finally:
             os.close(fd)
         self.stats.files += 1
         self.stats.bytes += info.size
 
-    def _copy_data(self, tf: tarfile.TarFile, info: tarfile.TarInfo, fd: int) -> None:
-        remaining = info.size
-        if not remaining:
-            return
-        # Non-sparse data follows the header directly; reading tarfile's stream avoids the
-        # per-file reader objects of extractfile().
-        source: Any = tf.extractfile(info) if info.sparse is not None else tf.fileobj
-        while remaining > 0:
-            buf = source.read(min(remaining, CHUNK))
-            if not buf:
-                raise UnpackError(f"entry {info.name!r}: archive ends inside the file data")
-            view = memoryview(buf)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            remaining -= len(buf)
-
-    def _directory(self, info: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+    def _directory(self, info: Entry, parts: tuple[str, ...]) -> None:
         dfd, name = self.tree.parent_of(parts, entry=info.name)
         existed = False
         try:
@@ -236,7 +190,7 @@ class _Applier:
         self._defer_dir(parts, fd, info)
         self.stats.dirs += 1
 
-    def _symlink(self, info: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+    def _symlink(self, info: Entry, parts: tuple[str, ...]) -> None:
         if not info.linkname:
             raise UnpackError(f"entry {info.name!r}: symlink with an empty target")
         dfd, name = self.tree.parent_of(parts, entry=info.name)
@@ -251,7 +205,7 @@ class _Applier:
         os.utime(name, ns=_times(info), dir_fd=dfd, follow_symlinks=False)
         self.stats.symlinks += 1
 
-    def _hardlink(self, info: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+    def _hardlink(self, info: Entry, parts: tuple[str, ...]) -> None:
         target = normalize_inside((), info.linkname)
         if not target:
             raise UnpackError(
@@ -275,7 +229,7 @@ class _Applier:
             os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
         self.stats.hardlinks += 1
 
-    def _special(self, info: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+    def _special(self, info: Entry, parts: tuple[str, ...]) -> None:
         if not info.isfifo() and not self.privileged:
             message = f"entry {info.name!r}: device node skipped (needs privileges)"
             log.warning("%s", message)
@@ -298,7 +252,7 @@ class _Applier:
         os.utime(name, ns=_times(info), dir_fd=dfd, follow_symlinks=False)
         self.stats.specials += 1
 
-    def _root_entry(self, info: tarfile.TarInfo) -> None:
+    def _root_entry(self, info: Entry) -> None:
         if not info.isdir():
             message = f"entry {info.name!r}: non-directory entry for the root skipped"
             log.warning("%s", message)
@@ -311,7 +265,7 @@ class _Applier:
 
     # --- whiteouts -----------------------------------------------------------------------
 
-    def _whiteout(self, parts: tuple[str, ...], info: tarfile.TarInfo) -> None:
+    def _whiteout(self, parts: tuple[str, ...], info: Entry) -> None:
         self.stats.whiteouts += 1
         parent = parts[:-1]
         if parts[-1] == OPAQUE_MARKER:
@@ -331,7 +285,7 @@ class _Applier:
         else:
             self._purge_lower(target, keep_top=False, entry=info.name)
 
-    def _overlay_whiteout(self, target: tuple[str, ...], info: tarfile.TarInfo) -> None:
+    def _overlay_whiteout(self, target: tuple[str, ...], info: Entry) -> None:
         if not self.privileged:
             raise UnpackError(
                 f"entry {info.name!r}: overlay layers need privileges (mknod) for whiteouts; "
@@ -344,7 +298,7 @@ class _Applier:
             self.tree.remove(dfd, name)
             os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dfd)
 
-    def _overlay_opaque(self, parent: tuple[str, ...], info: tarfile.TarInfo) -> None:
+    def _overlay_opaque(self, parent: tuple[str, ...], info: Entry) -> None:
         fd = self.tree.dir_fd(parent, create=True, entry=info.name)
         try:
             os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
@@ -388,19 +342,19 @@ class _Applier:
 
     # --- metadata ------------------------------------------------------------------------
 
-    def _chown_fd(self, fd: int, info: tarfile.TarInfo, *, fresh: bool) -> None:
+    def _chown_fd(self, fd: int, info: Entry, *, fresh: bool) -> None:
         if not self.privileged:
             return
         if fresh and info.uid == self.euid and info.gid == self.egid:
             return  # a file we just created already has our ids
         os.fchown(fd, info.uid, info.gid)
 
-    def _owner_mode_fd(self, fd: int, info: tarfile.TarInfo) -> None:
+    def _owner_mode_fd(self, fd: int, info: Entry) -> None:
         self._chown_fd(fd, info, fresh=True)
         # After chown: chown clears setuid/setgid, so the mode goes second.
         os.fchmod(fd, info.mode & 0o7777)
 
-    def _defer_dir(self, parts: tuple[str, ...], fd: int, info: tarfile.TarInfo) -> None:
+    def _defer_dir(self, parts: tuple[str, ...], fd: int, info: Entry) -> None:
         st = os.fstat(fd)
         mtime_ns = _times(info)[1]
         self.dir_meta.append((parts, info.mode & 0o7777, mtime_ns, st.st_dev, st.st_ino))
@@ -419,19 +373,13 @@ class _Applier:
             os.fchmod(fd, mode)
             os.utime(fd, ns=(mtime_ns, mtime_ns))
 
-    def _xattrs(self, info: tarfile.TarInfo, *, fd: int | None = None, path: str | None = None) -> None:
-        if not info.pax_headers:
-            return
-        for key, value in info.pax_headers.items():
-            if not key.startswith(_XATTR_PAX_PREFIX):
-                continue
-            name = key[len(_XATTR_PAX_PREFIX):]
+    def _xattrs(self, info: Entry, *, fd: int | None = None, path: str | None = None) -> None:
+        for name, raw in info.xattrs.items():
             if name.startswith(_FORBIDDEN_XATTR_PREFIX):
                 self._warn(f"entry {info.name!r}: xattr {name!r} ignored (reserved for overlayfs)")
                 continue
             if self.xattr_unsupported:
                 continue
-            raw = value.encode("utf-8", "surrogateescape")
             try:
                 if fd is not None:
                     os.setxattr(fd, name, raw)
@@ -441,7 +389,7 @@ class _Applier:
             except OSError as exc:
                 self._xattr_failed(info, name, exc)
 
-    def _xattr_failed(self, info: tarfile.TarInfo, name: str, exc: OSError) -> None:
+    def _xattr_failed(self, info: Entry, name: str, exc: OSError) -> None:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             self.xattr_unsupported = True
             self._warn(f"xattrs not supported by the filesystem; skipping them (first: {name!r})")
@@ -451,11 +399,11 @@ class _Applier:
         else:
             raise UnpackError(f"entry {info.name!r}: cannot set xattr {name!r}: {exc.strerror}")
 
-    def _clear_xattrs(self, fd: int, info: tarfile.TarInfo) -> None:
+    def _clear_xattrs(self, fd: int, info: Entry) -> None:
         """An existing directory takes exactly the xattrs of its new header (as umoci does)."""
         if self.xattr_unsupported:
             return
-        wanted = {k[len(_XATTR_PAX_PREFIX):] for k in info.pax_headers if k.startswith(_XATTR_PAX_PREFIX)}
+        wanted = info.xattrs
         try:
             names = os.listxattr(fd)
         except OSError:
@@ -472,7 +420,5 @@ class _Applier:
         self.stats.warnings.append(message)
 
 
-def _times(info: tarfile.TarInfo) -> tuple[int, int]:
-    mtime = info.mtime
-    ns = mtime * 1_000_000_000 if isinstance(mtime, int) else int(round(mtime * 1e9))
-    return ns, ns
+def _times(info: Entry) -> tuple[int, int]:
+    return info.mtime_ns, info.mtime_ns
