@@ -19,6 +19,7 @@ temporaries still locked by a live process are left alone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from guestpull.errors import DigestError, NoSpaceError, NotFoundError
 from guestpull.image.oci import split_digest
@@ -148,7 +149,10 @@ class BlobWriter:
             raise DigestError(
                 f"blob {self.digest}: more data than the declared size {self.size} bytes"
             )
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._fail(exc)
         self._hash.update(data)
         self._written += len(data)
 
@@ -165,8 +169,11 @@ class BlobWriter:
         if actual != self.digest:
             self.abort()
             raise DigestError(f"blob digest mismatch: expected {self.digest}, got {actual}")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._fail(exc)
         final = self._content.path(self.digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self._tmp, 0o444)
@@ -175,13 +182,24 @@ class BlobWriter:
         self._file.close()
         return final
 
+    def _fail(self, exc: OSError) -> NoReturn:
+        """Abort; a full disk becomes a NoSpaceError naming where the blob was going."""
+        self.abort()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(
+                f"no space left in {self._content.root} while storing blob {self.digest}",
+                hint="free space in the work dir, prune the store, or give the guest more memory",
+            ) from exc
+        raise exc
+
     def abort(self) -> None:
         if self._closed:
             return
         self._closed = True
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
-        self._file.close()
+        with contextlib.suppress(OSError):  # flushing what is left of a discarded blob
+            self._file.close()
 
     def __enter__(self) -> BlobWriter:
         return self

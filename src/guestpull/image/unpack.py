@@ -21,9 +21,10 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, Literal
 
-from guestpull.errors import GuestpullError, UnpackError
+from guestpull.errors import GuestpullError, NoSpaceError, UnpackError
 from guestpull.image.fsops import Tree, normalize_inside, split_entry_name
 from guestpull.image.tarstream import Entry, iter_entries
 
@@ -75,7 +76,7 @@ def apply_layer(
         raise ValueError(f"unknown unpack mode {mode!r}")
     if privileged is None:
         privileged = os.geteuid() == 0
-    applier = _Applier(Tree(layer_dir), mode, privileged)
+    applier = _Applier(Tree(layer_dir), mode, privileged, Path(layer_dir))
     try:
         # Parser errors name the entry or the offset (and the entry before it) themselves.
         for entry in iter_entries(tar_stream, max_size=MAX_FILE_SIZE, max_pax_size=MAX_META_HEADER):
@@ -88,8 +89,9 @@ def apply_layer(
 
 
 class _Applier:
-    def __init__(self, tree: Tree, mode: Mode, privileged: bool) -> None:
+    def __init__(self, tree: Tree, mode: Mode, privileged: bool, root: Path) -> None:
         self.tree = tree
+        self.root = root
         self.mode = mode
         self.privileged = privileged
         self.stats = LayerStats()
@@ -110,6 +112,11 @@ class _Applier:
         except GuestpullError:
             raise
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(
+                    f"no space left in {self.root} while unpacking entry {info.name!r}",
+                    hint="free space there, prune the store, or give the guest more memory",
+                ) from exc
             raise UnpackError(f"entry {info.name!r}: {exc.strerror or exc}") from exc
         except (OverflowError, ValueError) as exc:
             raise UnpackError(f"entry {info.name!r}: {exc}") from exc
