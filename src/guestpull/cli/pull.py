@@ -102,6 +102,9 @@ def pull_command(
     With --bundle, also unpack it into an OCI bundle (rootfs + config.json).
     """
     image_config = image_config_from(initdata, config)
+    from guestpull.image.fsops import raise_open_file_limit
+
+    raise_open_file_limit()  # unpacking keeps a directory fd per directory it writes into
     kwargs: dict[str, Any] = dict(work_dir=work_dir, platform=platform, bundle=bundle,
                                   rootfs_mode=rootfs_mode, force=force)
     if quiet or as_json or not sys.stderr.isatty():

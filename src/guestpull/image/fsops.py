@@ -14,8 +14,10 @@ Reading a file *as the container would see it* (``/etc/passwd`` of a rootfs) use
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import resource
 import shutil
 import stat
 from collections.abc import Sequence
@@ -93,11 +95,17 @@ def split_entry_name(name: str) -> tuple[str, ...]:
     """
     if name.startswith("/"):
         raise UnpackError(f"entry {name!r}: absolute path refused")
-    parts = tuple(p for p in name.split("/") if p and p != ".")
+    if "\0" in name:
+        raise UnpackError(f"entry {name!r}: NUL byte in name")
+    raw = name.split("/")
+    # The common case (``a/b/c``, or ``a/b/`` for a directory) needs no filtering.
+    if raw[-1] == "":
+        raw.pop()
+    parts = tuple(raw) if "" not in raw and "." not in raw else tuple(
+        p for p in raw if p and p != "."
+    )
     if ".." in parts:
         raise UnpackError(f"entry {name!r}: '..' component refused")
-    if any("\0" in p for p in parts):
-        raise UnpackError(f"entry {name!r}: NUL byte in name")
     return parts
 
 
@@ -122,7 +130,30 @@ def normalize_inside(base: Sequence[str], target: str) -> tuple[str, ...] | None
 # --- the resolver ----------------------------------------------------------------------------
 
 _MAX_SYMLINKS = 40
-_MAX_CACHED_DIRS = 1024
+#: Directory fds a Tree keeps open at most, as a share of the process's open-file limit.
+_CACHE_SHARE_OF_FD_LIMIT = 0.5
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as containerd does); return it.
+
+    The default soft limit of 1024 makes a Tree over a tree of thousands of directories
+    evict and re-open directory fds over and over.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    return soft
+
+
+def _dir_cache_size() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(64, int(soft * _CACHE_SHARE_OF_FD_LIMIT))
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -138,6 +169,7 @@ class Tree:
         self.fd = os.open(self.path, _DIR_FLAGS)
         self._dirs: dict[tuple[str, ...], int] = {(): self.fd}
         self._retired: list[int] = []
+        self._max_cached = _dir_cache_size()
 
     def close(self) -> None:
         self.forget()
@@ -175,7 +207,7 @@ class Tree:
         if fd is not None:
             return fd
         fd = self._walk(parts, create, entry or "/".join(parts), 0)
-        if len(self._dirs) >= _MAX_CACHED_DIRS:
+        if len(self._dirs) >= self._max_cached:
             self.forget()
         self._dirs[parts] = fd
         return fd

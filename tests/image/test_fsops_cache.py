@@ -1,0 +1,45 @@
+"""The directory-fd cache of fsops.Tree and the open-file limit it sizes itself by."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+from guestpull.image import fsops
+from guestpull.image.fsops import Tree, split_entry_name
+
+
+def test_raise_open_file_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
+    # In a child: the limit is process-wide, and this test process must keep its own.
+    code = (
+        "import resource; from guestpull.image.fsops import raise_open_file_limit;"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]));"
+        "got = raise_open_file_limit();"
+        "print(got, resource.getrlimit(resource.RLIMIT_NOFILE)[0], resource.getrlimit(resource.RLIMIT_NOFILE)[1])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got, soft, hard = (int(x) for x in out.stdout.split())
+    assert got == soft
+    assert soft == hard or hard == resource.RLIM_INFINITY
+
+
+def test_cache_size_follows_the_limit_and_eviction_keeps_paths_right(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(fsops, "_dir_cache_size", lambda: 64)
+    with Tree(tmp_path) as tree:
+        assert tree._max_cached == 64
+        for i in range(300):  # far more directories than the cache holds
+            fd = tree.dir_fd(("d", f"{i:03d}", "x"), create=True)
+            os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+            tree.release()
+        assert len(tree._dirs) <= 64
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [f"{i:03d}" for i in range(300)]
+    assert all((tmp_path / "d" / f"{i:03d}" / "x" / "f").is_file() for i in range(300))
+
+
+def test_split_entry_name_fast_path_matches_the_general_rule() -> None:
+    for name, parts in [("a/b/c", ("a", "b", "c")), ("a/b/", ("a", "b")), ("./a//b/", ("a", "b")),
+                        (".", ()), ("", ()), ("a/./b", ("a", "b")), ("dir/", ("dir",))]:
+        assert split_entry_name(name) == parts, name
