@@ -1,3 +1,5 @@
 from guestpull.cli import main
 
-main()
+# Guarded: a worker process started with the "spawn" method imports this module again.
+if __name__ == "__main__":
+    main()

@@ -100,6 +100,11 @@ class GuestpullError(Exception):
     def exit_code(self) -> int:
         return EXIT_CODES[self.category]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps location, hint and subclass fields when an error crosses a process boundary
+        # (unpack workers); the default would call __init__ with the message alone.
+        return (_restore_error, (type(self), self.message, self.__dict__))
+
     def __str__(self) -> str:
         text = f"{self.location}: {self.message}" if self.location and str(self.location) else self.message
         if self.hint:
@@ -113,6 +118,13 @@ class GuestpullError(Exception):
         if self.hint:
             out["hint"] = self.hint
         return out
+
+
+def _restore_error(cls: type[GuestpullError], message: str, state: dict[str, Any]) -> GuestpullError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
 
 
 class UsageError(GuestpullError):

@@ -40,6 +40,7 @@ from guestpull.errors import (
 )
 from guestpull.image import oci
 from guestpull.image.bundle import BundleBuilder, BundleResult, RootfsMode, check_bundle_target
+from guestpull.image.rootfs import UnpackWorkers
 from guestpull.image.store import LayerRef, Store, open_store
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Layers unpacked at once in overlay mode (each into its own directory).
 UNPACK_CONCURRENCY = 2
+#: Below this much compressed layer data, unpacking in this process beats starting workers.
+UNPACK_WORKERS_MIN_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,9 @@ class _CandidatePull:
         )
         refs = [LayerRef(x.digest, x.media_type, x.size, x.diff_id) for x in layers]
         builder = self._start_bundle(config_bytes, parsed.config.digest, refs)
+        workers = None
         try:
+            workers = _unpack_workers(builder, refs)
             await self._fetch_layers(parsed.layers, builder)
             self.store.record_image(str(self.ref), manifest.digest, parsed.config.digest,
                                     manifest.data, refs)
@@ -268,9 +273,15 @@ class _CandidatePull:
                 self.emit(PullEvent("bundle-done", str(self.ref),
                                     {"bundle": str(made.rootfs.parent), "mode": made.mode_used}))
         except BaseException:
+            if workers is not None:
+                # Stop any unpack still writing before its directory is removed.
+                await asyncio.to_thread(workers.kill)
             if builder is not None:
                 builder.abort()
             raise
+        finally:
+            if workers is not None:
+                await asyncio.to_thread(workers.close)
         return {
             "reference": str(self.ref),
             "candidate": self.candidate,
@@ -366,6 +377,21 @@ class _CandidatePull:
                 lambda: _ProgressSink(self.store.content.writer(d.digest, d.size), d.digest,
                                       str(self.ref), self.emit),
             )
+
+
+def _unpack_workers(builder: BundleBuilder | None, layers: Sequence[LayerRef]) -> UnpackWorkers | None:
+    """Give the builder worker processes, when the image is big enough to repay them."""
+    if builder is None or (os.cpu_count() or 1) < 2:
+        return None
+    if sum(layer.size for layer in layers) < UNPACK_WORKERS_MIN_BYTES:
+        return None
+    # A copy rootfs is flattened in order: one worker, which still frees this process's
+    # core for the downloads.  Overlay layers unpack independently.
+    count = 1 if builder.sequential else min(UNPACK_CONCURRENCY, len(builder.layers))
+    workers = UnpackWorkers(count)
+    workers.warm_up()
+    builder.runner = workers
+    return workers
 
 
 async def _unpack_as_stored(builder: BundleBuilder, stored: dict[str, asyncio.Event]) -> None:

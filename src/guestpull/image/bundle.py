@@ -26,6 +26,7 @@ from guestpull.image.rootfs import (
     mount_overlay,
     overlay_supported,
     remove_tree,
+    UnpackRunner,
     start_copy_rootfs as _start_copy_rootfs,
     unique_top_most,
     unmount,
@@ -99,8 +100,10 @@ class BundleBuilder:
         mode: RootfsMode = "auto",
         force: bool = False,
         privileged: bool | None = None,
+        runner: UnpackRunner | None = None,
     ) -> None:
         self.store = store
+        self.runner = runner
         self.bundle = Path(bundle_dir).absolute()
         self.rootfs = self.bundle / BUNDLE_ROOTFS
         self.config = ImageConfig.parse(config_bytes, doc=config_doc)
@@ -135,10 +138,11 @@ class BundleBuilder:
     def prepare_layer(self, layer: LayerRef) -> None:
         """Apply (copy) or unpack (overlay) one layer whose blob is in the content store."""
         if self.mode_used == "copy":
-            stats = unpack_blob(self.store, layer, self.rootfs, mode="copy", privileged=self.privileged)
+            stats = unpack_blob(self.store, layer, self.rootfs, mode="copy",
+                                privileged=self.privileged, runner=self.runner)
             self.warnings.extend(stats.warnings)
         else:
-            ensure_layer(self.store, layer)
+            ensure_layer(self.store, layer, self.runner)
 
     def finish(self, reference: str) -> BundleResult:
         """Mount the overlay (if that mode) and write config.json."""
