@@ -40,7 +40,7 @@ from guestpull.errors import (
 )
 from guestpull.image import oci
 from guestpull.image.bundle import BundleBuilder, BundleResult, RootfsMode, check_bundle_target
-from guestpull.image.rootfs import UnpackWorkers
+from guestpull.image.worker import UnpackWorkers
 from guestpull.image.store import LayerRef, Store, open_store
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from guestpull.errors import DigestError, Location, NoSpaceError, UnpackError
-from guestpull.image.rootfs import UnpackWorkers, ensure_layer, unpack_blob
+from guestpull.image.rootfs import ensure_layer, unpack_blob
+from guestpull.image.worker import UnpackWorkers
 from guestpull.image.store import LayerRef, Store
 from guestpull.testing.images import Dir, File, ImageSpec, LayerSpec, Symlink
 
@@ -62,7 +65,35 @@ def test_errors_keep_location_and_hint_across_processes() -> None:
 def test_killed_workers_refuse_further_work(store: Store, shm_path: Path) -> None:
     record = add_image(store, _spec())
     workers = UnpackWorkers(1)
-    workers.warm_up()
     workers.kill()
-    with pytest.raises((UnpackError, RuntimeError)):
+    with pytest.raises(UnpackError, match="worker process died"):
         unpack_blob(store, record.layers[0], shm_path, mode="copy", runner=workers)
+
+
+def test_workers_run_nothing_but_the_layer_unpacker() -> None:
+    workers = UnpackWorkers(1)
+    try:
+        with pytest.raises(ValueError):
+            workers(print, "x")
+    finally:
+        workers.close()
+
+
+def test_a_script_without_a_main_guard_can_pull_with_workers(store: Store, shm_path: Path) -> None:
+    # multiprocessing's "spawn" would re-run this unguarded script in each worker.
+    record = add_image(store, _spec())
+    blob = store.content.path(record.layers[0].digest)
+    layer = record.layers[0]
+    script = shm_path / "unguarded.py"
+    script.write_text(
+        "from guestpull.image.worker import UnpackWorkers\n"
+        "from guestpull.image.rootfs import unpack_file\n"
+        f"w = UnpackWorkers(2)\n"
+        f"print(w(unpack_file, {str(blob)!r}, {layer.media_type!r}, {layer.diff_id!r},"
+        f" {str(shm_path / 'out')!r}, mode='copy', privileged=None).files)\n"
+        "w.close()\n"
+    )
+    (shm_path / "out").mkdir()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1" and (shm_path / "out" / "etc" / "a").is_file()

@@ -14,18 +14,11 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
-import ctypes
-import concurrent.futures.process
-import multiprocessing
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from guestpull.errors import NotFoundError, UnpackError, UnsupportedError
 from guestpull.image.decode import LayerReader
@@ -35,11 +28,10 @@ from guestpull.image.unpack import LayerStats, Mode, apply_layer
 #: The kernel copies mount options into one page; the terminating NUL needs a byte.
 MOUNT_OPTIONS_LIMIT = 4095
 _MOUNT_TIMEOUT = 60
-_PR_SET_PDEATHSIG = 1
 
 
 #: Runs ``fn(*args, **kwargs)`` somewhere (this thread, or a worker process) and returns
-#: its result; see :class:`UnpackWorkers`.
+#: its result; see :class:`guestpull.image.worker.UnpackWorkers`.
 UnpackRunner = Callable[..., LayerStats]
 
 
@@ -80,60 +72,6 @@ def ensure_layer(store: Store, layer: LayerRef, runner: UnpackRunner | None = No
         layer.diff_id,
         lambda tmp: unpack_blob(store, layer, tmp, mode="overlay", privileged=True, runner=runner),
     )
-
-
-class UnpackWorkers:
-    """Worker processes that unpack layers, so unpacking uses the other cores.
-
-    Parsing tar headers and creating files is Python work under the GIL; in this process it
-    would compete with the downloads' event loop, and two layers could not be unpacked at
-    once.  The workers only decode, write and verify into a directory they are given; locks,
-    metadata and renames stay in the parent.  Workers are spawned (not forked: the parent
-    has threads) and cost ~25 MiB each while they live.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
-        )
-
-    def __call__(self, fn: Callable[..., LayerStats], *args: Any, **kwargs: Any) -> LayerStats:
-        try:
-            return self._pool.submit(fn, *args, **kwargs).result()
-        except concurrent.futures.process.BrokenProcessPool as exc:
-            raise UnpackError(f"an unpack worker process died: {exc}") from exc
-
-    def warm_up(self) -> None:
-        """Start the workers now (their start-up then overlaps the downloads)."""
-        for _ in range(self.workers):
-            self._pool.submit(_worker_ready)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def kill(self) -> None:
-        """Stop the workers at once, mid-layer if need be (the pull has failed)."""
-        # ProcessPoolExecutor has no public way to do this before Python 3.14.
-        for process in list(getattr(self._pool, "_processes", {}).values()):
-            with contextlib.suppress(OSError):
-                process.kill()
-        self.close()
-
-
-def _worker_init() -> None:
-    from guestpull.image.fsops import raise_open_file_limit
-
-    raise_open_file_limit()
-    # If the pull is killed, its workers go too, instead of unpacking into a directory
-    # that the next pull's recovery removes.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _worker_ready() -> bool:
-    return True
 
 
 def overlay_supported() -> bool:
