@@ -1,0 +1,61 @@
+"""pull --bundle with unpack worker processes gives the same bundle as unpacking in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guestpull import pull
+from guestpull.config import parse_cdh_config
+from guestpull.image.bundle import umount_bundle
+from guestpull.image.worker import UnpackWorkers
+from guestpull.pull import pull_image
+from guestpull.testing.fakeregistry import FakeRegistry
+from guestpull.testing.images import Dir, File, ImageSpec, LayerSpec, Opaque, Symlink, Whiteout
+
+from image.treewalk import describe_tree, diff_trees
+
+
+def _image() -> ImageSpec:
+    return ImageSpec([
+        LayerSpec([Dir("a"), File("a/x", b"x" * 70_000), File("a/gone", b"g"), Dir("o"),
+                   File("o/old", b"old")]),
+        LayerSpec([Whiteout("a/gone"), Opaque("o"), File("o/new", b"new"), Symlink("a/l", "x")],
+                  compression="zstd"),
+        LayerSpec([File(f"many/f{i}", bytes([i % 251]) * (i % 900)) for i in range(300)],
+                  compression="none"),
+    ])
+
+
+@pytest.mark.parametrize("mode", ["copy", "overlay"])
+async def test_bundles_from_workers_equal_bundles_from_this_process(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    started: list[int] = []
+
+    class CountingWorkers(UnpackWorkers):
+        def __init__(self, workers: int) -> None:
+            started.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(pull, "UnpackWorkers", CountingWorkers)
+    image = _image().build()
+    async with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", image)
+        cdh = f'[kbc]\nname = "offline_fs_kbc"\n[image]\n[[image.registry_config.registry]]\n' \
+              f'location = "{fake.host}"\ninsecure = true\n'
+        config = parse_cdh_config(cdh, "cdh.toml").image_config()
+        trees = {}
+        for threshold, name in ((1 << 62, "in-process"), (0, "workers")):
+            monkeypatch.setattr(pull, "UNPACK_WORKERS_MIN_BYTES", threshold)
+            bundle = shm_path / f"bundle-{name}"
+            result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / name,
+                                      bundle=bundle, rootfs_mode=mode)
+            assert result.bundle is not None and result.bundle.mode_used == mode
+            trees[name] = describe_tree(bundle / "rootfs")
+            umount_bundle(bundle)
+    assert started == [1 if mode == "copy" else 2]
+    assert diff_trees(trees["workers"], trees["in-process"]) == []
+    assert "o/new" in trees["workers"] and "many/f299" in trees["workers"]
+    assert "o/old" not in trees["workers"] and "a/gone" not in trees["workers"]
