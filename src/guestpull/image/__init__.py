@@ -6,8 +6,10 @@ Modules (each owns one idea):
 * :mod:`.store` — content by digest, layers by diff_id, metadata in SQLite, file locks
 * :mod:`.decode` — gzip / zstd / tar decoding with diff_id verification
 * :mod:`.fsops` — the path resolver (dir fds, openat2) every write goes through
+* :mod:`.tarstream` — the streaming tar parser (ustar, PAX, GNU long names)
 * :mod:`.unpack` — the one layer applier (overlay and copy whiteout modes)
 * :mod:`.rootfs` — verified blob unpack, layer store fill, overlay mount, copy flattening
+* :mod:`.worker` — unpack worker processes (the other cores)
 * :mod:`.bundle` — ``rootfs`` + ``config.json``
 """
 
