@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from support.cli import write_auth_json
 from guestpull.cli import main
 from guestpull.config import ImageConfig, parse_cdh_config
 from guestpull.errors import EXIT_CODES, AllCandidatesFailed, Category
 from guestpull.image.store import open_store
 from guestpull.pull import PullEvent, pull_image
-from guestpull.testing import TEST_PASSWORD, TEST_USER
+from guestpull.testing import TEST_PASSWORD
 from guestpull.testing.fakeregistry import Fault, FakeRegistry
 from guestpull.testing.images import File, ImageSpec, LayerSpec
 
@@ -36,14 +37,6 @@ def write_cdh(path: Path, host: str, *, auth_file: Path | None = None) -> Path:
         lines.append(f'authenticated_registry_credentials_uri = "file://{auth_file}"')
     lines += ["[[image.registry_config.registry]]", f'location = "{host}"', "insecure = true"]
     path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_auth(path: Path, host: str, password: str = TEST_PASSWORD) -> Path:
-    import base64
-
-    token = base64.b64encode(f"{TEST_USER}:{password}".encode()).decode()
-    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
     return path
 
 
@@ -145,7 +138,7 @@ def test_redirect_to_other_host_carries_no_authorization(shm_path: Path) -> None
     with fake.in_thread(), storage.in_thread():
         for layer in image.layers:
             fake.inject(f"/blobs/{layer.digest}", Fault("redirect", location=f"http://localhost:{storage.port}/storage/{layer.digest}"))
-        cdh = write_cdh(shm_path / "cdh.toml", fake.host, auth_file=write_auth(shm_path / "auth.json", fake.host))
+        cdh = write_cdh(shm_path / "cdh.toml", fake.host, auth_file=write_auth_json(shm_path / "auth.json", fake.host))
         result = run_pull(cdh, shm_path / "work", f"{fake.host}/team/app:v1")
         assert result.exit_code == 0, result.output
         blob_requests = fake.requests_to("/blobs/")
@@ -160,7 +153,7 @@ def test_wrong_password_is_auth_error_naming_realm(shm_path: Path) -> None:
     fake = FakeRegistry(auth="bearer")
     fake.add_image("team/app", "v1", build_image())
     with fake.in_thread():
-        auth = write_auth(shm_path / "auth.json", fake.host, password="not-the-pw-42")
+        auth = write_auth_json(shm_path / "auth.json", fake.host, password="not-the-pw-42")
         cdh = write_cdh(shm_path / "cdh.toml", fake.host, auth_file=auth)
         result = run_pull(cdh, shm_path / "work", f"{fake.host}/team/app:v1")
     assert result.exit_code == EXIT_CODES[Category.AUTH], result.output

@@ -3,7 +3,6 @@ and tinyproxy: the behaviours issue 3 says must be shown."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from pathlib import Path
@@ -11,10 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from support.cli import write_auth_json
 from guestpull.cli import main
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.image.store import open_store
-from guestpull.testing import TEST_PASSWORD, TEST_USER
+from guestpull.testing import TEST_PASSWORD
 from guestpull.testing.images import File, ImageSpec, LayerSpec, LayoutDigests, push, write_layout
 
 pytestmark = pytest.mark.registry
@@ -103,12 +103,6 @@ def assert_store_verified(work: Path, digests: list[str]) -> None:
         assert hashlib.new(algorithm, store.content.read(digest)).hexdigest() == hexpart
 
 
-def auth_json(path: Path, host: str, password: str = TEST_PASSWORD) -> Path:
-    token = base64.b64encode(f"{TEST_USER}:{password}".encode()).decode()
-    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
-    return path
-
-
 # --- 1, 2: HTTPS and trust -------------------------------------------------------------------
 
 
@@ -195,9 +189,9 @@ def test_mirror_and_original_both_fail_lists_both(https_registry, repo_name, shm
 # --- 5: auth ---------------------------------------------------------------------------------
 
 
-def test_basic_auth_with_auth_json(basic_auth_registry, ca_chain, repo_name, shm_path) -> None:
+def test_basic_auth_with_write_auth_json(basic_auth_registry, ca_chain, repo_name, shm_path) -> None:
     pushed = push_image(shm_path, basic_auth_registry, repo_name, spec())
-    auth = auth_json(shm_path / "auth.json", basic_auth_registry.host)
+    auth = write_auth_json(shm_path / "auth.json", basic_auth_registry.host)
     result, out = pull(shm_path, f"{basic_auth_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem], auth_file=auth))
     assert result.exit_code == 0, result.output
     assert out["result"]["manifest_digest"] == pushed.manifest_digest
@@ -206,7 +200,7 @@ def test_basic_auth_with_auth_json(basic_auth_registry, ca_chain, repo_name, shm
 
 def test_basic_auth_wrong_password_names_realm(basic_auth_registry, ca_chain, repo_name, shm_path) -> None:
     push_image(shm_path, basic_auth_registry, repo_name, spec())
-    auth = auth_json(shm_path / "auth.json", basic_auth_registry.host, password="wrong-pw-77")
+    auth = write_auth_json(shm_path / "auth.json", basic_auth_registry.host, password="wrong-pw-77")
     result, out = pull(shm_path, f"{basic_auth_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem], auth_file=auth))
     assert result.exit_code == EXIT_CODES[Category.AUTH], result.output
     message = out["error"]["attempts"][0]["error"]["message"]
@@ -216,7 +210,7 @@ def test_basic_auth_wrong_password_names_realm(basic_auth_registry, ca_chain, re
 
 def test_token_auth(token_registry, ca_chain, repo_name, shm_path) -> None:
     pushed = push_image(shm_path, token_registry, repo_name, spec())
-    auth = auth_json(shm_path / "auth.json", token_registry.host)
+    auth = write_auth_json(shm_path / "auth.json", token_registry.host)
     result, out = pull(shm_path, f"{token_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem], auth_file=auth))
     assert result.exit_code == 0, result.output
     assert out["result"]["manifest_digest"] == pushed.manifest_digest
@@ -224,7 +218,7 @@ def test_token_auth(token_registry, ca_chain, repo_name, shm_path) -> None:
 
 def test_token_auth_wrong_password_names_realm_and_status(token_registry, ca_chain, repo_name, shm_path) -> None:
     push_image(shm_path, token_registry, repo_name, spec())
-    auth = auth_json(shm_path / "auth.json", token_registry.host, password="wrong-pw-78")
+    auth = write_auth_json(shm_path / "auth.json", token_registry.host, password="wrong-pw-78")
     result, out = pull(shm_path, f"{token_registry.host}/{repo_name}:v1", cdh_toml(roots=[ca_chain.ca_cert_pem], auth_file=auth))
     assert result.exit_code == EXIT_CODES[Category.AUTH], result.output
     message = out["error"]["attempts"][0]["error"]["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 from click.testing import CliRunner
 
 from guestpull.cli import main
-from guestpull.testing import wait_for
+from guestpull.testing import TEST_PASSWORD, TEST_USER, wait_for
 from guestpull.testing.fakeregistry import FakeRegistry
 from guestpull.testing.images import ImageSpec, LayoutDigests, push, write_layout
 
@@ -50,6 +51,13 @@ def cdh_for(registry: Registry) -> str:
     if tls is not None:
         return cdh_toml(registry.host, ca_pem=tls.ca_cert_pem)
     return cdh_toml(registry.host, insecure=True)
+
+
+def write_auth_json(path: Path, host: str, password: str = TEST_PASSWORD) -> Path:
+    """An auth.json with the test user's Basic credentials for ``host``."""
+    token = base64.b64encode(f"{TEST_USER}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    return path
 
 
 def write_initdata(path: Path, cdh: str) -> Path:
