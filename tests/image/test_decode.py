@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import os
+import threading
 
 import pytest
 import zstandard
@@ -103,3 +104,22 @@ def test_layer_with_wrong_diff_id_is_removed(store: Store, compression: str) -> 
     right = LayerRef(built.digest, built.media_type, built.size, built.diff_id)
     path = ensure_layer(store, right)
     assert (path / "f49").read_bytes() == b"x" * 49
+
+
+def test_stopping_early_ends_the_decompression_thread() -> None:
+    blob = gzip.compress(bytes(range(256)) * 40_000)  # ~10 MiB: more than the prefetch window
+    before = threading.active_count()
+    reader = LayerReader(io.BytesIO(blob), oci.OCI_LAYER_GZIP, None)
+    assert reader.read(1000)  # the thread is now ahead and blocked on a full window
+    assert threading.active_count() == before + 1
+    reader.close()
+    assert threading.active_count() == before
+
+
+def test_prefetched_chunks_hash_to_the_same_diff_id() -> None:
+    tar = bytes(range(256)) * 30_000
+    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
+    with LayerReader(io.BytesIO(gzip.compress(tar)), oci.OCI_LAYER_GZIP, diff_id) as reader:
+        got = b"".join(iter(lambda: reader.read(7777), b""))
+        assert reader.verify() == diff_id
+    assert got == tar

@@ -42,8 +42,9 @@ def unpack_file(
 
     Module-level and given only strings, so a worker process can run it.
     """
-    with open(blob, "rb") as raw:
-        reader = LayerReader(raw, media_type, diff_id, name=f"layer {os.path.basename(blob)}")
+    with open(blob, "rb") as raw, LayerReader(
+        raw, media_type, diff_id, name=f"layer {os.path.basename(blob)}"
+    ) as reader:
         stats = apply_layer(reader, dest, mode=mode, privileged=privileged)
         reader.verify()
     return stats
