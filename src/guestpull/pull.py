@@ -265,7 +265,7 @@ class _CandidatePull:
         builder = self._start_bundle(config_bytes, parsed.config.digest, refs)
         workers = None
         try:
-            workers = _unpack_workers(builder, refs)
+            workers = _unpack_workers(builder)
             await self._fetch_layers(parsed.layers, builder)
             self.store.record_image(str(self.ref), manifest.digest, parsed.config.digest,
                                     manifest.data, refs)
@@ -342,15 +342,15 @@ class _CandidatePull:
         unique: dict[str, oci.Descriptor] = {}
         for d in descriptors:
             unique.setdefault(d.digest, d)
-        missing = [d for d in unique.values() if not self.store.content.has(d.digest)]
+        stored = {digest: asyncio.Event() for digest in unique}
+        missing = []
         for d in unique.values():
-            if d not in missing:
-                self.emit(PullEvent("layer-cached", str(self.ref), {"digest": d.digest, "size": d.size}))
-        self.store.check_space(sum(d.size for d in missing))
-        stored = {d.digest: asyncio.Event() for d in unique.values()}
-        for d in unique.values():
-            if d not in missing:
+            if self.store.content.has(d.digest):
                 stored[d.digest].set()
+                self.emit(PullEvent("layer-cached", str(self.ref), {"digest": d.digest, "size": d.size}))
+            else:
+                missing.append(d)
+        self.store.check_space(sum(d.size for d in missing))
         limit = asyncio.Semaphore(self.concurrency)
 
         async def one(d: oci.Descriptor) -> None:
@@ -381,7 +381,7 @@ class _CandidatePull:
             )
 
 
-def _unpack_workers(builder: BundleBuilder | None, layers: Sequence[LayerRef]) -> UnpackWorkers | None:
+def _unpack_workers(builder: BundleBuilder | None) -> UnpackWorkers | None:
     """Give the builder worker processes, when the image is big enough to repay them."""
     if builder is None or (os.cpu_count() or 1) < 2:
         return None
@@ -393,8 +393,7 @@ def _unpack_workers(builder: BundleBuilder | None, layers: Sequence[LayerRef]) -
     # A copy rootfs is flattened in order: one worker, which still frees this process's
     # core for the downloads.  Overlay layers unpack independently.
     count = 1 if builder.sequential else min(UNPACK_CONCURRENCY, len(todo))
-    workers = UnpackWorkers(count)
-    workers.warm_up()
+    workers = UnpackWorkers(count)  # they start (and import) while the downloads begin
     builder.runner = workers
     return workers
 
@@ -402,8 +401,8 @@ def _unpack_workers(builder: BundleBuilder | None, layers: Sequence[LayerRef]) -
 async def _unpack_as_stored(builder: BundleBuilder, stored: dict[str, asyncio.Event]) -> None:
     """Unpack layers as their blobs arrive: in order for a copy rootfs, else two at a time.
 
-    Decompression, hashing and file writes release the GIL, so a thread per unpack overlaps
-    with the downloads on the other core.
+    Each unpack waits on a thread: in a worker process when the builder has workers, else in
+    this process (small images), where decompression and writes still release the GIL.
     """
     if builder.sequential:
         for layer in builder.layers:

@@ -86,9 +86,6 @@ class UnpackWorkers:
             raise value
         return value
 
-    def warm_up(self) -> None:
-        """Nothing to do: the workers start (and import) while the downloads begin."""
-
     def close(self) -> None:
         for proc in self._procs:
             with contextlib.suppress(OSError):
