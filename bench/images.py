@@ -50,6 +50,8 @@ GENERATOR_VERSION = 1
 TAG = "latest"
 KIB = 1024
 MIB = 1024 * 1024
+#: How many different images the burst workload pulls at once.
+BURST_IMAGES = 8
 _GZIP_LEVEL = 1
 _ZSTD_LEVEL = 3
 _READY = "READY"

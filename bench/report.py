@@ -14,6 +14,7 @@ from typing import Any, Literal
 from xml.sax.saxutils import escape
 
 from bench.measure import Sample, Spread, spread
+from bench.images import BURST_IMAGES
 
 Status = Literal["ok", "failed", "unsupported"]
 Metric = Literal["wall_s", "cpu_s", "peak_rss_kib"]
@@ -79,11 +80,37 @@ def ratio(workload: WorkloadResult, row: ToolResult, metric: Metric) -> Ratio | 
     return Ratio(mine.median / theirs.median, peer.tool)
 
 
+def burst_throughput(workloads: Sequence[WorkloadResult], tool: str) -> float | None:
+    """``tool``'s aggregate throughput with N concurrent pulls, as a share of one pull's.
+
+    (N images / burst wall) ÷ (1 image / single wall) = N × single ÷ burst.  None unless both
+    the ``burst`` and ``burst-single`` workloads have a successful row for ``tool``.
+    """
+    by_name = {w.name: w for w in workloads}
+    if "burst" not in by_name or "burst-single" not in by_name:
+        return None
+    burst = _row_median(by_name["burst"], tool)
+    single = _row_median(by_name["burst-single"], tool)
+    if burst is None or single is None or burst <= 0:
+        return None
+    return BURST_IMAGES * single / burst
+
+
+def _row_median(workload: WorkloadResult, tool: str) -> float | None:
+    for row in workload.rows:
+        if row.tool == tool and (stats := row.stats("wall_s")) is not None:
+            return stats.median
+    return None
+
+
 # --- JSON ------------------------------------------------------------------------------------
 
 
 def to_json(workloads: Sequence[WorkloadResult], meta: dict[str, Any]) -> str:
-    return json.dumps({"meta": meta, "workloads": [_workload_json(w) for w in workloads]}, indent=2)
+    throughput = {row.tool: share for w in workloads if w.name == "burst" for row in w.rows
+                  if (share := burst_throughput(workloads, row.tool)) is not None}
+    return json.dumps({"meta": meta, "workloads": [_workload_json(w) for w in workloads],
+                       "burst_throughput_vs_single": throughput}, indent=2)
 
 
 def _workload_json(workload: WorkloadResult) -> dict[str, Any]:
@@ -131,7 +158,19 @@ def to_markdown(workloads: Sequence[WorkloadResult], meta: dict[str, Any], *, sv
     lines += [f"![median wall time per workload]({svg_name})", ""]
     for workload in workloads:
         lines += _workload_markdown(workload)
+        if workload.name == "burst":
+            lines += _burst_markdown(workloads, workload)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _burst_markdown(workloads: Sequence[WorkloadResult], burst: WorkloadResult) -> list[str]:
+    shares = [(row.tool, share) for row in burst.rows
+              if (share := burst_throughput(workloads, row.tool)) is not None]
+    if not shares:
+        return []
+    text = ", ".join(f"{tool} {share:.0%}" for tool, share in shares)
+    return [f"Aggregate throughput of the {BURST_IMAGES} concurrent pulls as a share of one "
+            f"pull's (burst-single): {text}.", ""]
 
 
 def _workload_markdown(workload: WorkloadResult) -> list[str]:

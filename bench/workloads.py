@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from bench.images import MIB, ExpectedTree, GeneratedImage, ImagePlan, LayerPlan
+from bench.images import BURST_IMAGES, MIB, ExpectedTree, GeneratedImage, ImagePlan, LayerPlan
 from bench.report import ToolResult, WorkloadResult
 from bench.tools import Attempt, CtrTool, GuestpullTool, Registry, SkopeoUmociTool, Tool
 from bench.verify import verify_rootfs
@@ -26,7 +26,6 @@ ToolKey = Literal["guestpull-copy", "guestpull-overlay", "guestpull-warm-copy",
                   "guestpull-warm-overlay", "skopeo-umoci", "ctr"]
 TOOL_KEYS: tuple[str, ...] = get_args(ToolKey)
 COLD_TOOLS: tuple[ToolKey, ...] = ("guestpull-copy", "guestpull-overlay", "skopeo-umoci", "ctr")
-BURST_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -99,6 +98,10 @@ def catalogue(*, quick: bool, rss_scaling: bool) -> list[Workload]:
         Workload("warm-repull", "The big image again with every layer already stored: "
                  "guestpull builds the bundle only (no peer does the same).", (big,), "tmpfs",
                  ("guestpull-warm-copy", "guestpull-warm-overlay")),
+        Workload("burst-single", f"One of the burst images ({sizes.burst_layers} × "
+                 f"{_mib(sizes.burst_layer)}) pulled alone: the baseline for the burst "
+                 "throughput.", burst_plans(sizes)[:1], "tmpfs",
+                 ("guestpull-copy", "skopeo-umoci", "ctr")),
         Workload("burst", f"{BURST_IMAGES} different images ({sizes.burst_layers} × "
                  f"{_mib(sizes.burst_layer)} each) pulled at the same time from one registry; "
                  "guestpull shares one store, ctr one daemon.", burst_plans(sizes), "tmpfs",

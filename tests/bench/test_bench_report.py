@@ -14,7 +14,9 @@ from bench.report import (  # noqa: E402
     ToolResult,
     WorkloadResult,
     best_peer,
+    burst_throughput,
     ratio,
+    to_json,
     to_markdown,
     to_svg,
     write_report,
@@ -121,3 +123,31 @@ def test_write_report_names_files_for_publishing(tmp_path: Path) -> None:
         "benchmarks.md", "benchmarks.json", "benchmarks.svg"}
     assert "](benchmarks.svg)" in files.markdown.read_text()
     ET.fromstring(files.svg.read_text())
+
+
+def _burst_pair(single_wall: float, burst_wall: float) -> list[WorkloadResult]:
+    return [
+        WorkloadResult("burst-single", "One.", "tmpfs", [
+            ToolResult("guestpull (copy)", peer=False, samples=samples(single_wall)),
+            ToolResult("ctr (containerd)", peer=True, status="failed", samples=samples(0.1)),
+        ]),
+        WorkloadResult("burst", "Eight.", "tmpfs", [
+            ToolResult("guestpull (copy)", peer=False, samples=samples(burst_wall)),
+            ToolResult("ctr (containerd)", peer=True, samples=samples(1.0)),
+        ]),
+    ]
+
+
+def test_burst_throughput_is_n_times_single_over_burst() -> None:
+    workloads = _burst_pair(single_wall=1.0, burst_wall=5.0)
+    assert burst_throughput(workloads, "guestpull (copy)") == 8 * 1.0 / 5.0
+    # A failed baseline row, or a missing workload, gives no number rather than a wrong one.
+    assert burst_throughput(workloads, "ctr (containerd)") is None
+    assert burst_throughput(workloads[1:], "guestpull (copy)") is None
+
+
+def test_burst_throughput_is_reported_in_markdown_and_json() -> None:
+    workloads = _burst_pair(single_wall=1.0, burst_wall=4.0)
+    text = to_markdown(workloads, {"runs": 1, "warmup": 0}, svg_name="b.svg")
+    assert "guestpull (copy) 200%" in text and "ctr (containerd) " not in text.split("share of one")[1]
+    assert json.loads(to_json(workloads, {}))["burst_throughput_vs_single"] == {"guestpull (copy)": 2.0}
