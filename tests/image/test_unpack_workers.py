@@ -87,7 +87,7 @@ def test_a_script_without_a_main_guard_can_pull_with_workers(store: Store, shm_p
     script = shm_path / "unguarded.py"
     script.write_text(
         "from guestpull.image.worker import UnpackWorkers\n"
-        "from guestpull.image.rootfs import unpack_file\n"
+        "from guestpull.image.unpack import unpack_file\n"
         f"w = UnpackWorkers(2)\n"
         f"print(w(unpack_file, {str(blob)!r}, {layer.media_type!r}, {layer.diff_id!r},"
         f" {str(shm_path / 'out')!r}, mode='copy', privileged=None).files)\n"

@@ -13,36 +13,36 @@ Modules (each owns one idea):
 * :mod:`.bundle` — ``rootfs`` + ``config.json``
 """
 
-from guestpull.image.bundle import BundleResult, create_bundle, umount_bundle
-from guestpull.image.oci import (
-    Descriptor,
-    ImageConfig,
-    ImageIndex,
-    ImageManifest,
-    Platform,
-    default_platform,
-    parse_manifest_document,
-    select_platform,
-)
-from guestpull.image.store import ImageRecord, LayerRef, Store, open_store
-from guestpull.image.unpack import LayerStats, apply_layer
+import importlib
+from typing import Any
 
-__all__ = [
-    "BundleResult",
-    "Descriptor",
-    "ImageConfig",
-    "ImageIndex",
-    "ImageManifest",
-    "ImageRecord",
-    "LayerRef",
-    "LayerStats",
-    "Platform",
-    "Store",
-    "apply_layer",
-    "create_bundle",
-    "default_platform",
-    "open_store",
-    "parse_manifest_document",
-    "select_platform",
-    "umount_bundle",
-]
+# Loaded on first use (PEP 562): an unpack worker imports guestpull.image.worker and should not
+# pay for the bundle, store and manifest modules it never touches.
+_EXPORTS: dict[str, str] = {
+    "BundleResult": "bundle",
+    "create_bundle": "bundle",
+    "umount_bundle": "bundle",
+    "Descriptor": "oci",
+    "ImageConfig": "oci",
+    "ImageIndex": "oci",
+    "ImageManifest": "oci",
+    "Platform": "oci",
+    "default_platform": "oci",
+    "parse_manifest_document": "oci",
+    "select_platform": "oci",
+    "ImageRecord": "store",
+    "LayerRef": "store",
+    "Store": "store",
+    "open_store": "store",
+    "LayerStats": "unpack",
+    "apply_layer": "unpack",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -21,9 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from guestpull.errors import NotFoundError, UnpackError, UnsupportedError
-from guestpull.image.decode import LayerReader
 from guestpull.image.store import LayerRef, Store
-from guestpull.image.unpack import LayerStats, Mode, apply_layer
+from guestpull.image.unpack import LayerStats, Mode, unpack_file
 
 #: The kernel copies mount options into one page; the terminating NUL needs a byte.
 MOUNT_OPTIONS_LIMIT = 4095
@@ -33,21 +32,6 @@ _MOUNT_TIMEOUT = 60
 #: Runs ``fn(*args, **kwargs)`` somewhere (this thread, or a worker process) and returns
 #: its result; see :class:`guestpull.image.worker.UnpackWorkers`.
 UnpackRunner = Callable[..., LayerStats]
-
-
-def unpack_file(
-    blob: str, media_type: str, diff_id: str, dest: str, *, mode: Mode, privileged: bool | None
-) -> LayerStats:
-    """Decode the blob file, apply it onto ``dest``, verify the diff_id.
-
-    Module-level and given only strings, so a worker process can run it.
-    """
-    with open(blob, "rb") as raw, LayerReader(
-        raw, media_type, diff_id, name=f"layer {os.path.basename(blob)}"
-    ) as reader:
-        stats = apply_layer(reader, dest, mode=mode, privileged=privileged)
-        reader.verify()
-    return stats
 
 
 def unpack_blob(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from guestpull.errors import GuestpullError, NoSpaceError, UnpackError
+from guestpull.image.decode import LayerReader
 from guestpull.image.fsops import Tree, normalize_inside, split_entry_name
 from guestpull.image.tarstream import Entry, iter_entries
 
@@ -429,3 +430,18 @@ class _Applier:
 
 def _times(info: Entry) -> tuple[int, int]:
     return info.mtime_ns, info.mtime_ns
+
+
+def unpack_file(
+    blob: str, media_type: str, diff_id: str, dest: str, *, mode: Mode, privileged: bool | None
+) -> LayerStats:
+    """Decode the blob file, apply it onto ``dest``, verify the diff_id.
+
+    Module-level and given only strings, so a worker process can run it.
+    """
+    with open(blob, "rb") as raw, LayerReader(
+        raw, media_type, diff_id, name=f"layer {os.path.basename(blob)}"
+    ) as reader:
+        stats = apply_layer(reader, dest, mode=mode, privileged=privileged)
+        reader.verify()
+    return stats

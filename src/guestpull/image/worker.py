@@ -3,7 +3,7 @@
 Parsing tar headers and creating files is Python work under the GIL; in the pulling process
 it would compete with the downloads' event loop, and two overlay layers could not be unpacked
 at once.  A worker only decodes, writes and verifies one layer blob into the directory it is
-given (:func:`guestpull.image.rootfs.unpack_file`); locks, metadata and renames stay in the
+given (:func:`guestpull.image.unpack.unpack_file`); locks, metadata and renames stay in the
 parent.
 
 Workers are plain ``python -m guestpull.image.worker`` children speaking length-prefixed
@@ -68,10 +68,10 @@ class UnpackWorkers:
             self._idle.put(proc)
 
     def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from guestpull.image.rootfs import unpack_file
+        from guestpull.image.unpack import unpack_file
 
         if fn is not unpack_file:
-            raise ValueError("unpack workers run guestpull.image.rootfs.unpack_file only")
+            raise ValueError("unpack workers run guestpull.image.unpack.unpack_file only")
         proc = self._idle.get()
         try:
             assert proc.stdin is not None and proc.stdout is not None
@@ -111,7 +111,7 @@ class UnpackWorkers:
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     """The worker's loop: one job per message until the parent closes the pipe."""
     from guestpull.image.fsops import raise_open_file_limit
-    from guestpull.image.rootfs import unpack_file
+    from guestpull.image.unpack import unpack_file
 
     raise_open_file_limit()
     while True:
