@@ -18,10 +18,18 @@ from typing import Any
 from cryptography import x509
 
 from guestpull import certs
-from guestpull.config import AaConfig, CdhConfig, KNOWN_KBC_NAMES, RegistriesConfig, unknown_keys
+from guestpull.config import (
+    KNOWN_KBC_NAMES,
+    AaConfig,
+    CdhConfig,
+    ImageConfig,
+    RegistriesConfig,
+    unknown_keys,
+)
 from guestpull.errors import ConfigError, Finding, GuestpullError, Location
 from guestpull.initdata import AA_KEY, CDH_KEY, InitData, data_field, fit_digest
 from guestpull.registries import prefix_match, upstream_prefix_match
+from guestpull.resources import is_kbs_uri
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
@@ -86,6 +94,7 @@ def lint(
     if cdh is not None:
         _check_kbc(context, cdh, aa)
         if cdh.image is not None:
+            _check_unimplemented(context, cdh)
             _check_certificates(context, cdh.image.extra_root_certificates)
             if cdh.image.registry_config is not None:
                 _check_registry_rules(context, cdh.image.registry_config)
@@ -174,6 +183,43 @@ def _load_config(context: _Context, key: str, parse: Callable[[], Any], model: t
 
 
 # --- kbc / KBS --------------------------------------------------------------------------------
+
+
+def _check_unimplemented(context: _Context, cdh: CdhConfig) -> None:
+    """Settings guestpull reads but does not implement: it refuses such pulls (fail closed)."""
+    image = cdh.image
+    assert image is not None
+    for key in ("image_security_policy_uri", "image_security_policy"):
+        if getattr(image, key):
+            context.add_in(
+                ERROR,
+                "signature-policy-unsupported",
+                "guestpull does not verify image signatures yet: every pull with this policy is "
+                "refused (an upstream guest enforces it)",
+                f"image.{key}",
+            )
+    if cdh.kbc.name == "cc_kbc":
+        for key, uri in _resource_uris(image):
+            if is_kbs_uri(uri):
+                context.add_in(
+                    ERROR,
+                    "cc-kbc-unsupported",
+                    f"{uri} would be fetched through cc_kbc, which guestpull does not implement "
+                    "yet: pulls that need it are refused",
+                    key,
+                )
+
+
+def _resource_uris(image: ImageConfig) -> Iterator[tuple[str, str]]:
+    """(field, URI) for every resource URI in ``[image]``."""
+    for key in ("image_security_policy_uri", "sigstore_config_uri",
+                "authenticated_registry_credentials_uri", "registry_configuration_uri"):
+        uri = getattr(image, key)
+        if uri:
+            yield f"image.{key}", uri
+    for index, cert in enumerate(image.client_certificates):
+        yield f"image.client_certificates[{index}].cert_uri", cert.cert_uri
+        yield f"image.client_certificates[{index}].key_uri", cert.key_uri
 
 
 def _check_kbc(context: _Context, cdh: CdhConfig, aa: AaConfig | None) -> None:

@@ -35,7 +35,9 @@ from guestpull.errors import (
     Attempt,
     DigestError,
     GuestpullError,
+    Location,
     NoSpaceError,
+    PolicyError,
     UnsupportedError,
 )
 from guestpull.image import oci
@@ -147,6 +149,7 @@ async def pull_image(
     occupied bundle is refused (ExistsError) before anything is fetched, unless ``force``.
     """
     emit = events or _no_events
+    refuse_unimplemented(image_config)
     wanted_bundle = None
     if bundle is not None:
         check_bundle_target(bundle, force)
@@ -202,6 +205,21 @@ async def store_lock(store: Store, key: str, *, shared: bool = False) -> AsyncIt
 def pull_image_sync(image: str, image_config: ImageConfig, **kwargs: Any) -> PullResult:
     """:func:`pull_image` for callers without an event loop."""
     return asyncio.run(pull_image(image, image_config, **kwargs))
+
+
+def refuse_unimplemented(image_config: ImageConfig) -> None:
+    """Fail closed: a configured signature policy that nothing checks refuses the pull.
+
+    Pulling anyway would run an image its owner's policy may reject; see issue 8.
+    """
+    for key in ("image_security_policy_uri", "image_security_policy"):
+        if getattr(image_config, key):
+            raise PolicyError(
+                f"cdh.toml [image] {key} is set, but this guestpull cannot verify image "
+                "signatures yet; refusing to pull rather than ignore the policy",
+                location=Location(field=f"image.{key}"),
+                hint="remove the policy only if unsigned images are acceptable",
+            )
 
 
 def load_auth_file(image_config: ImageConfig, resolver: ResourceGetter) -> AuthFile | None:

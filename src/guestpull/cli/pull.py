@@ -9,23 +9,27 @@ from typing import Any
 import click
 
 from guestpull.cli.common import emit_json, handles_errors, json_option
-from guestpull.config import ImageConfig, load_cdh_config
+from guestpull.config import CdhConfig, ImageConfig, load_cdh_config
 from guestpull.errors import UsageError
 from guestpull.pull import PullEvent, pull_image_sync
+from guestpull.resources import ResourceResolver
 
 
-def image_config_from(initdata: Path | None, config: Path | None) -> ImageConfig:
-    """The ``[image]`` config from an Init-Data file or a cdh.toml (defaults if neither)."""
+def pull_config_from(initdata: Path | None, config: Path | None) -> tuple[ImageConfig, ResourceResolver]:
+    """The ``[image]`` config from an Init-Data file or a cdh.toml (defaults if neither), and
+    the resource resolver for its ``[kbc]``."""
     if initdata and config:
         raise UsageError("give --initdata or --config, not both")
+    cdh: CdhConfig | None = None
     if initdata:
         from guestpull import initdata as initdata_module
 
         cdh = initdata_module.load(initdata).cdh_config()
-        return cdh.image_config() if cdh is not None else ImageConfig()
-    if config:
-        return load_cdh_config(config).image_config()
-    return ImageConfig()
+    elif config:
+        cdh = load_cdh_config(config)
+    if cdh is None:
+        return ImageConfig(), ResourceResolver()
+    return cdh.image_config(), ResourceResolver(kbc=cdh.kbc.name)
 
 
 class TerminalProgress:
@@ -101,11 +105,11 @@ def pull_command(
 
     With --bundle, also unpack it into an OCI bundle (rootfs + config.json).
     """
-    image_config = image_config_from(initdata, config)
+    image_config, resolver = pull_config_from(initdata, config)
     from guestpull.image.fsops import raise_open_file_limit
 
     raise_open_file_limit()  # unpacking keeps a directory fd per directory it writes into
-    kwargs: dict[str, Any] = dict(work_dir=work_dir, platform=platform, bundle=bundle,
+    kwargs: dict[str, Any] = dict(work_dir=work_dir, platform=platform, bundle=bundle, resolver=resolver,
                                   rootfs_mode=rootfs_mode, force=force)
     if quiet or as_json or not sys.stderr.isatty():
         result = pull_image_sync(image, image_config, **kwargs)

@@ -1,0 +1,104 @@
+"""Fail closed: a setting guestpull reads but does not implement refuses the pull.
+
+A signature policy that nothing checks, or a ``kbs://`` resource that would need the cc_kbc
+KBC, must stop the pull with a clear error before anything is fetched or unpacked — never be
+skipped silently.  (The FAKE registry serves the image: these are about refusing, not pulling.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from support.cli import invoke, write_initdata
+from guestpull.errors import EXIT_CODES, Category
+from guestpull.lint import lint
+from guestpull.testing.fakeregistry import FakeRegistry
+from guestpull.testing.images import File, ImageSpec, LayerSpec
+
+REJECT_ALL = '{"default": [{"type": "reject"}]}'
+
+
+@pytest.fixture
+def fake():
+    registry = FakeRegistry()
+    registry.add_image("team/app", "v1", ImageSpec([LayerSpec([File("a.txt", b"a")])]).build())
+    with registry.in_thread():
+        yield registry
+
+
+def cdh(host: str, *image_lines: str, kbc: str = "offline_fs_kbc") -> str:
+    return "\n".join([
+        "[kbc]", f'name = "{kbc}"', 'url = "http://127.0.0.1:1"', "[image]", *image_lines,
+        "[[image.registry_config.registry]]", f'location = "{host}"', "insecure = true",
+    ]) + "\n"
+
+
+def pull(tmp: Path, host: str, config: str) -> tuple[object, Path]:
+    (tmp / "cdh.toml").write_text(config)
+    bundle = tmp / "bundle"
+    result = invoke("pull", f"{host}/team/app:v1", "--config", str(tmp / "cdh.toml"),
+                    "--work-dir", str(tmp / "work"), "--bundle", str(bundle), "--json")
+    return result, bundle
+
+
+@pytest.mark.parametrize("policy_line", [
+    'image_security_policy_uri = "file:///nonexistent/policy.json"',
+    'image_security_policy_uri = "{policy}"',
+    f"image_security_policy = '{REJECT_ALL}'",
+])
+def test_configured_policy_refuses_the_pull(fake: FakeRegistry, shm_path: Path, policy_line: str) -> None:
+    policy = shm_path / "policy.json"
+    policy.write_text(REJECT_ALL)
+    result, bundle = pull(shm_path, fake.host, cdh(fake.host, policy_line.replace("{policy}", str(policy))))
+    assert result.exit_code == EXIT_CODES[Category.POLICY], result
+    error = result.json["error"]
+    assert error["category"] == "policy"
+    assert "image_security_policy" in error["message"]
+    assert not (bundle / "rootfs").exists() and not (bundle / "config.json").exists()
+    assert not fake.requests, "nothing may be fetched for a pull that is refused"
+
+
+def test_cc_kbc_resource_is_refused_naming_uri_and_kbc(fake: FakeRegistry, shm_path: Path) -> None:
+    uri = "kbs:///default/credential/test"
+    result, bundle = pull(shm_path, fake.host, cdh(
+        fake.host, f'authenticated_registry_credentials_uri = "{uri}"', kbc="cc_kbc"))
+    assert result.exit_code != 0, result
+    message = result.json["error"]["message"]
+    assert uri in message and "cc_kbc" in message
+    assert not bundle.exists() or not any(bundle.iterdir())
+    assert not fake.requests
+
+
+def test_cc_kbc_without_kbs_resources_still_pulls(fake: FakeRegistry, shm_path: Path) -> None:
+    result, bundle = pull(shm_path, fake.host, cdh(fake.host, kbc="cc_kbc"))
+    assert result.exit_code == 0, result
+    assert (bundle / "rootfs" / "a.txt").read_bytes() == b"a"
+
+
+def test_cc_kbc_resource_through_initdata_is_refused(fake: FakeRegistry, shm_path: Path) -> None:
+    initdata = write_initdata(shm_path / "initdata.toml", cdh(
+        fake.host, 'authenticated_registry_credentials_uri = "kbs:///default/credential/test"', kbc="cc_kbc"))
+    result = invoke("pull", f"{fake.host}/team/app:v1", "--initdata", str(initdata),
+                    "--work-dir", str(shm_path / "work"), "--json")
+    assert result.exit_code != 0, result
+    assert "cc_kbc" in result.json["error"]["message"]
+
+
+def test_check_reports_what_would_be_refused(shm_path: Path) -> None:
+    config = cdh("127.0.0.1:5000", f"image_security_policy = '{REJECT_ALL}'",
+                 'authenticated_registry_credentials_uri = "kbs:///default/credential/test"',
+                 kbc="cc_kbc")
+    initdata = write_initdata(shm_path / "initdata.toml", config)
+    report = lint(initdata.read_bytes(), str(initdata))
+    codes = {f.code: f for f in report.findings}
+    assert codes["signature-policy-unsupported"].severity == "error"
+    assert codes["signature-policy-unsupported"].location.field.endswith("image.image_security_policy")
+    assert "kbs:///default/credential/test" in codes["cc-kbc-unsupported"].message
+    assert not report.ok
+    result = invoke("initdata", "check", str(initdata), "--json")
+    assert result.exit_code != 0
+    assert {"signature-policy-unsupported", "cc-kbc-unsupported"} <= {
+        f["code"] for f in json.loads(result.stdout)["findings"]}
