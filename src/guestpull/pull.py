@@ -156,7 +156,7 @@ async def pull_image(
         wanted_bundle = BundleRequest(Path(bundle), rootfs_mode, force)
     reference = parse_reference(image)
     wanted = oci.Platform.parse(platform) if isinstance(platform, str) else platform or oci.default_platform()
-    resolver = resolver or ResourceResolver()
+    resolver = resolver or ResourceResolver().sync()
     candidates = resolve_candidates(reference, image_config.registries(resolver))
     auth_file = load_auth_file(image_config, resolver)
     trust = load_trust(image_config, resolver)

@@ -15,21 +15,27 @@ from guestpull.pull import PullEvent, pull_image_sync
 from guestpull.resources import ResourceResolver
 
 
-def pull_config_from(initdata: Path | None, config: Path | None) -> tuple[ImageConfig, ResourceResolver]:
-    """The ``[image]`` config from an Init-Data file or a cdh.toml (defaults if neither), and
-    the resource resolver for its ``[kbc]``."""
+def load_cdh(initdata: Path | None, config: Path | None) -> tuple[CdhConfig | None, str | None]:
+    """The cdh.toml of an Init-Data file or a cdh.toml file (None if neither), and its source."""
     if initdata and config:
         raise UsageError("give --initdata or --config, not both")
-    cdh: CdhConfig | None = None
     if initdata:
         from guestpull import initdata as initdata_module
 
-        cdh = initdata_module.load(initdata).cdh_config()
-    elif config:
-        cdh = load_cdh_config(config)
+        document = initdata_module.load(initdata)
+        return document.cdh_config(), document.embedded_source("cdh.toml")
+    if config:
+        return load_cdh_config(config), str(config)
+    return None, None
+
+
+def pull_config_from(initdata: Path | None, config: Path | None) -> tuple[ImageConfig, ResourceResolver]:
+    """The ``[image]`` config from an Init-Data file or a cdh.toml (defaults if neither), and
+    the resource resolver for its ``[kbc]``."""
+    cdh, source = load_cdh(initdata, config)
     if cdh is None:
         return ImageConfig(), ResourceResolver()
-    return cdh.image_config(), ResourceResolver(kbc=cdh.kbc.name)
+    return cdh.image_config(), ResourceResolver.for_cdh(cdh, source=source)
 
 
 class TerminalProgress:
@@ -109,7 +115,7 @@ def pull_command(
     from guestpull.image.fsops import raise_open_file_limit
 
     raise_open_file_limit()  # unpacking keeps a directory fd per directory it writes into
-    kwargs: dict[str, Any] = dict(work_dir=work_dir, platform=platform, bundle=bundle, resolver=resolver,
+    kwargs: dict[str, Any] = dict(work_dir=work_dir, platform=platform, bundle=bundle, resolver=resolver.sync(),
                                   rootfs_mode=rootfs_mode, force=force)
     if quiet or as_json or not sys.stderr.isatty():
         result = pull_image_sync(image, image_config, **kwargs)
