@@ -206,11 +206,17 @@ class CcKbc:
             raise UnsupportedError(
                 f"the KBS response for {uri} is {length} bytes; resources are limited to "
                 f"{_size(limit)}")
-        body = await response.content.read(limit + 1)
+        body = bytearray()
+        # read(n) returns what has arrived, up to n: loop until EOF or one byte past the limit.
+        while len(body) <= limit:
+            chunk = await response.content.read(limit + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
         if len(body) > limit:
             raise UnsupportedError(
                 f"the KBS response for {uri} is larger than {_size(limit)}, the limit for resources")
-        return body
+        return bytes(body)
 
 
 def _session(timeout: float) -> aiohttp.ClientSession:
