@@ -6,8 +6,6 @@ The KBS encrypts with joserfc, the client decrypts with jwcrypto (see guestpull.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-
 import pytest
 
 from guestpull.errors import (
@@ -25,29 +23,12 @@ from guestpull.errors import (
 from guestpull.kbs import KbsSettings
 from guestpull.resources import ResourceResolver, parse_kbs_uri
 from guestpull.testing import free_port
-from guestpull.testing.certs import CertChain, make_ca_chain
+from guestpull.testing.certs import CertChain
 from guestpull.testing.kbs import TestAttestationAgent, TestKbs
+from kbs.conftest import SECRET
 from kbs.helpers import InProcessTokenProvider, kbc_for
 
 URI = "kbs:///default/credential/test"
-SECRET = b'{"auths": {"r.local": {"auth": "c2VjcmV0LXZhbHVl"}}}'
-
-
-@pytest.fixture(scope="module")
-def kbs_chain() -> CertChain:
-    return make_ca_chain(common_name="guestpull test KBS")
-
-
-@pytest.fixture
-def kbs() -> Iterator[TestKbs]:
-    with TestKbs(resources={"default/credential/test": SECRET, "default/key/k": b"k"}) as server:
-        yield server
-
-
-@pytest.fixture
-def https_kbs(kbs_chain: CertChain) -> Iterator[TestKbs]:
-    with TestKbs(tls=kbs_chain, resources={"default/credential/test": SECRET}) as server:
-        yield server
 
 
 async def get(kbc: object, uri: str = URI) -> bytes:

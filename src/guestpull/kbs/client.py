@@ -22,6 +22,7 @@ docs/kbs.md "Caching"); nothing of a resource or a token is written to disk or l
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import ssl
@@ -130,7 +131,7 @@ class CcKbc:
         url = URL(self.settings.url + resource.request_path, encoded=True)
         details: list[str] = []
         for attempt in range(1, GET_ATTEMPTS + 1):
-            token, key = await self._token(refresh_after=None)
+            token, key = await self._token_for(uri, refresh_after=None)
             status, body = await self._get(url, token, uri)
             if status == 200:
                 return decrypt_response(body, key, uri)
@@ -140,7 +141,7 @@ class CcKbc:
             log.info("KBS answered 401 for %s (attempt %d of %d); getting a new token",
                      uri, attempt, GET_ATTEMPTS)
             if attempt < GET_ATTEMPTS:
-                await self._token(refresh_after=token)
+                await self._token_for(uri, refresh_after=token)
         said = next((d for d in reversed(details) if d), "")
         raise AuthError(
             f"KBS resource {uri} not found or not released to this guest: the KBS at "
@@ -149,6 +150,13 @@ class CcKbc:
             hint="check that the resource exists in the KBS and that its resource policy "
             "releases it to this guest's attestation (Trustee answers 401 for both)",
         )
+
+    async def _token_for(self, uri: str, *, refresh_after: KbsToken | None) -> tuple[KbsToken, TeeKey]:
+        """:meth:`_token`, with a failure naming the resource it was for."""
+        try:
+            return await self._token(refresh_after=refresh_after)
+        except GuestpullError as err:
+            raise _for_uri(err, uri) from None
 
     async def _token(self, *, refresh_after: KbsToken | None) -> tuple[KbsToken, TeeKey]:
         """The cached token, or a new one if there is none, it expired, or it is ``refresh_after``."""
@@ -217,6 +225,14 @@ class CcKbc:
             raise UnsupportedError(
                 f"the KBS response for {uri} is larger than {_size(limit)}, the limit for resources")
         return bytes(body)
+
+
+def _for_uri(err: GuestpullError, uri: str) -> GuestpullError:
+    """The same error (class, location, hint) with "cannot fetch <uri>: " in front."""
+    named = copy.copy(err)
+    named.message = f"cannot fetch {uri}: {err.message}"
+    named.args = (named.message,)
+    return named
 
 
 def _session(timeout: float) -> aiohttp.ClientSession:
