@@ -15,7 +15,7 @@ import pytest
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.testing import TEST_PASSWORD, TEST_USER
 from guestpull.testing.certs import CertChain
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull.testing.images import File, ImageSpec, LayerSpec, push, write_layout
 from guestpull.testing.kbs import TestKbs
 from kbs.conftest import serve_aa
 from support.cli import invoke, push_spec, write_initdata
@@ -79,3 +79,36 @@ def test_resource_not_released_refuses_the_pull(
     assert URI in error["message"] and "not released to this guest" in error["message"]
     assert [r.status for r in kbs.requests] == [401, 401, 401]
     assert "eyJ" not in result.stdout, "no token in --json"
+
+
+def test_registry_configuration_and_client_certificate_from_the_kbs(
+    mtls_registry, mtls_client_cert: CertChain, ca_chain: CertChain, kbs_chain: CertChain,
+    repo_name: str, shm_path: Path,
+) -> None:
+    paths = mtls_client_cert.write(shm_path / "client")
+    spec = ImageSpec([LayerSpec([File("m.txt", b"mtls")])])
+    layout = shm_path / "layout"
+    pushed = write_layout(layout, spec, "v1")
+    push(layout, "v1", f"{mtls_registry.host}/{repo_name}:v1", tls_ca=mtls_registry.ca_path,
+         client_cert=(paths.cert, paths.key))
+    resources = {
+        # A short name resolves only through this search list, which only the KBS serves.
+        "default/registry/conf": f'unqualified-search-registries = ["{mtls_registry.host}"]\n'.encode(),
+        "default/registry/client-cert": mtls_client_cert.cert_pem,
+        "default/registry/client-key": mtls_client_cert.key_pem,
+    }
+    with TestKbs(tls=kbs_chain, resources=resources) as kbs, serve_aa(kbs, shm_path, key_type="rsa") as aa:
+        config = cdh_toml(kbs, aa.address, ca_chain.ca_cert_pem).replace(
+            f'authenticated_registry_credentials_uri = "{URI}"',
+            'registry_configuration_uri = "kbs:///default/registry/conf"') + (
+            "[[image.client_certificates]]\n"
+            f'registry = "{mtls_registry.host}"\n'
+            'cert_uri = "kbs:///default/registry/client-cert"\n'
+            'key_uri = "kbs:///default/registry/client-key"\n')
+        (shm_path / "cdh.toml").write_text(config)
+        result = invoke("pull", f"{repo_name}:v1", "--config", str(shm_path / "cdh.toml"),
+                        "--work-dir", str(shm_path / "work"), "--json")
+    assert result.exit_code == 0, result
+    assert result.json["result"]["manifest_digest"] == pushed.manifest_digest
+    assert sorted(r.path for r in kbs.requests) == sorted(resources)
+    assert aa.requests == ["kbs"], "one token for the three resources"
