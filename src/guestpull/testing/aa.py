@@ -9,72 +9,48 @@ INTERNAL ``"[ERROR:attestation-agent] AA-KBC get token failed"``.
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING
 
-from guestpull.testing import HarnessError, Stoppable
 from guestpull.testing.kbs import TestAttestationAgent
+from guestpull.testing.webapp import BackgroundLoop
+
+if TYPE_CHECKING:
+    from guestpull.service.ttrpc import TtrpcServer
 
 AA_SERVICE = "attestation_agent.AttestationAgentService"
-_START_TIMEOUT = 10.0
 
 
-class AttestationAgentServer(Stoppable):
+class AttestationAgentServer(BackgroundLoop):
     """Serves ``agent`` on ``socket_path``; ``address`` is the ``unix://`` form for ``[aa] aa_socket``.
 
     ``requests`` lists the TokenType of every GetToken call.
     """
 
     def __init__(self, agent: TestAttestationAgent, socket_path: Path) -> None:
+        super().__init__("guestpull-test-aa")
         self.agent = agent
         self.socket_path = Path(socket_path)
         self.requests: list[str] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server: TtrpcServer | None = None
 
     @property
     def address(self) -> str:
         return f"unix://{self.socket_path}"
 
-    def start(self) -> Self:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(target=self._serve, args=(ready, failure),
-                                        name="guestpull-test-aa", daemon=True)
-        self._thread.start()
-        if not ready.wait(_START_TIMEOUT) or failure:
-            self.stop()
-            raise HarnessError(f"the AA stand-in did not start: {failure[0] if failure else 'timed out'}")
-        return self
-
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(_START_TIMEOUT)
-        self._thread = None
+        super().stop()
         self.socket_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
+    async def _setup(self) -> None:
         from guestpull.service.ttrpc import TtrpcServer
 
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        server = TtrpcServer({AA_SERVICE: {"GetToken": self._get_token}})
-        try:
-            loop.run_until_complete(server.start_unix(self.socket_path))
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(server.shutdown(grace=1.0))
-        except BaseException as exc:  # reported to start()
-            failure.append(exc)
-            ready.set()
-        finally:
-            loop.close()
+        self._server = TtrpcServer({AA_SERVICE: {"GetToken": self._get_token}})
+        await self._server.start_unix(self.socket_path)
+
+    async def _teardown(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown(grace=1.0)
 
     async def _get_token(self, context: object, payload: bytes) -> bytes:
         from guestpull.service import proto

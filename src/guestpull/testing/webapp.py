@@ -1,7 +1,8 @@
-"""Serve an aiohttp.web application on 127.0.0.1 from a background thread with its own loop.
+"""Servers for tests on a background thread with an event loop of their own.
 
 Synchronous tests (the CLI through click's CliRunner, which runs ``asyncio.run`` itself) and
-async tests alike can then reach it.
+async tests alike can then reach them.  :class:`BackgroundLoop` is the thread and loop;
+:class:`ThreadedApp` serves an aiohttp.web application on 127.0.0.1 with it.
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ from guestpull.testing.certs import CertChain
 _START_TIMEOUT = 10.0
 
 
-class ThreadedApp(Stoppable):
-    """``ThreadedApp(app, ssl_context).start()``; ``port`` is set once started."""
+class BackgroundLoop(Stoppable):
+    """Run :meth:`_setup` and then the loop forever on a daemon thread; :meth:`_teardown` at stop."""
 
-    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None,
-                 *, name: str = "guestpull-test-app") -> None:
-        self._app = app
-        self._ssl = ssl_context
+    def __init__(self, name: str) -> None:
         self._name = name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+
+    async def _setup(self) -> None:
+        raise NotImplementedError
+
+    async def _teardown(self) -> None:
+        pass
 
     def start(self) -> Self:
         if self._thread is not None:
@@ -62,24 +64,39 @@ class ThreadedApp(Stoppable):
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
-            loop.run_until_complete(self._start_site())
+            loop.run_until_complete(self._setup())
             ready.set()
             loop.run_forever()
         except BaseException as exc:  # reported to start(); the thread must not die silently
             failure.append(exc)
             ready.set()
         finally:
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
+            loop.run_until_complete(self._teardown())
             loop.close()
 
-    async def _start_site(self) -> None:
+
+class ThreadedApp(BackgroundLoop):
+    """``ThreadedApp(app, ssl_context).start()``; ``port`` is set once started."""
+
+    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None,
+                 *, name: str = "guestpull-test-app") -> None:
+        super().__init__(name)
+        self._app = app
+        self._ssl = ssl_context
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _setup(self) -> None:
         self._runner = web.AppRunner(self._app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.port = int(sockets[0].getsockname()[1])
+
+    async def _teardown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 def server_ssl_context(chain: CertChain) -> ssl.SSLContext:
