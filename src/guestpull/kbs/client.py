@@ -247,7 +247,7 @@ def _session(timeout: float) -> aiohttp.ClientSession:
 
 
 async def _connection_error(err: aiohttp.ClientError, url: URL) -> GuestpullError:
-    host = _origin(url)
+    host = f"{url.host}:{url.port}"  # as the TLS messages name a server
     if isinstance(err, aiohttp.ClientConnectorCertificateError):
         cert_error = err.certificate_error
         if isinstance(cert_error, ssl.SSLCertVerificationError) and url.host:
@@ -263,9 +263,9 @@ async def _connection_error(err: aiohttp.ClientError, url: URL) -> GuestpullErro
         return TLSError(f"TLS handshake with the KBS at {host} failed: {err}")
     if isinstance(err, aiohttp.ClientConnectorError):
         reason = err.os_error.strerror if err.os_error and err.os_error.strerror else str(err)
-        return NetworkError(f"cannot connect to the KBS at {host}: {reason}",
+        return NetworkError(f"cannot connect to the KBS at {_origin(url)}: {reason}",
                             hint="check cdh.toml [kbc] url")
-    return NetworkError(f"the connection to the KBS at {host} failed: {type(err).__name__}: {err}")
+    return NetworkError(f"the connection to the KBS at {_origin(url)} failed: {type(err).__name__}: {err}")
 
 
 def _status_error(status: int, body: bytes, uri: str, url: URL) -> GuestpullError:

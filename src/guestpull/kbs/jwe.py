@@ -104,6 +104,12 @@ def _check_header(header: dict[str, Any], key: TeeKey, what: str) -> str:
 
 
 def _reason(err: Exception) -> str:
-    # jwcrypto says "Decryption failed" for a bad tag, AAD or key alike (on purpose: no oracle).
-    text = str(err).strip() or type(err).__name__
+    # jwcrypto reports the failure of each recipient in its message; name the cause in words.
+    text = str(err)
+    if "InvalidTag" in text:
+        return ("the authentication tag does not verify: the ciphertext, IV, tag or protected "
+                "header (the AAD) was altered, or the content key is wrong")
+    if "InvalidUnwrap" in text or "Decryption failed" in text:
+        return "the content key does not unwrap with this guest's TEE key"
+    text = text.strip() or type(err).__name__
     return text[:200]
