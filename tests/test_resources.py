@@ -131,3 +131,10 @@ def test_env_extra_file_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     extra = write_kbc_file(tmp_path / "extra.json", {"r/t/x": b"from-env"})
     monkeypatch.setenv(OFFLINE_FS_EXTRA_ENV, str(extra))
     assert ResourceResolver().sync().get("kbs:///r/t/x") == b"from-env"
+
+
+async def test_sync_adapter_works_inside_a_running_loop(tmp_path: Path) -> None:
+    # Configuration loading may call the sync get() from a coroutine: it must not deadlock.
+    keys = write_kbc_file(tmp_path / "keys.json", {"a/b/c": b"x"})
+    assert ResourceResolver([keys]).sync().get("kbs:///a/b/c") == b"x"
+    assert await ResourceResolver([keys]).get("kbs:///a/b/c") == b"x"

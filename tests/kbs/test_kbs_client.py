@@ -5,6 +5,7 @@ The KBS encrypts with joserfc, the client decrypts with jwcrypto (see guestpull.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pytest
 
@@ -216,3 +217,10 @@ def test_bad_kbs_url(url: str, fragment: str) -> None:
 
 def test_kbs_url_trailing_slash_is_trimmed() -> None:
     assert KbsSettings("https://kbs.local:8080/prefix//").url == "https://kbs.local:8080/prefix"
+
+
+async def test_concurrent_fetches_share_one_token(kbs: TestKbs) -> None:
+    aa = TestAttestationAgent(kbs)
+    kbc = kbc_for(kbs, aa, cache_ttl=0)
+    results = await asyncio.gather(*(get(kbc) for _ in range(5)))
+    assert results == [SECRET] * 5 and aa.calls == 1
