@@ -574,14 +574,22 @@ def _image_from_row(row: Sequence[object]) -> ImageRecord:
 
 def _remove_if_unlocked(path: Path, left: list[str] | None = None) -> None:
     """Remove a temporary unless a live process holds its flock."""
+    if is_unlocked(path):
+        _discard(path, left)
+
+
+def is_unlocked(path: Path) -> bool:
+    """True unless a live process holds the flock of the temporary at ``path``.
+
+    A symlink or unreadable debris is nobody's live temporary: True.  (Our own check's lock
+    is released at once; what matters is that no one else held it.)
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        _discard(path, left)  # a symlink or unreadable debris: not anyone's live temporary
-        return
+        return True
     try:
-        if _try_flock(fd):
-            _discard(path, left)
+        return _try_flock(fd)
     finally:
         os.close(fd)
 
