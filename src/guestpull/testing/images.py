@@ -261,6 +261,16 @@ class LayerSpec:
                           media_type=_LAYER_MEDIA_TYPES[self.compression])
 
 
+@dataclass(frozen=True)
+class TarLayerSpec(LayerSpec):
+    """A layer whose tar is given whole (written by GNU tar, or by hand)."""
+
+    tar: bytes = b""
+
+    def tar_bytes(self) -> bytes:
+        return self.tar
+
+
 def compress(data: bytes, compression: Compression) -> bytes:
     """Deterministic compression: gzip header mtime 0 and no name; zstd level 3."""
     if compression == "none":
