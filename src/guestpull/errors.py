@@ -12,6 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
+#: The most characters of a string from the network (a name, a media type, a header) that a
+#: message repeats: a 64 KiB entry name must not become a 64 KiB error line.
+ECHO_LIMIT = 200
+
+
+def clip(text: object, limit: int = ECHO_LIMIT) -> str:
+    """``text`` for a message: at most ``limit`` characters, marked when cut."""
+    value = str(text)
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…(+{len(value) - limit} chars)"
+
+
 class Category(enum.StrEnum):
     """What kind of failure this is; each has its own exit code."""
 
