@@ -24,6 +24,10 @@ from pathlib import Path
 import pytest
 
 from support.cli import GUESTPULL, write_auth_json
+from test_pull_fake import write_cdh
+from guestpull.config import ImageConfig
+from guestpull.errors import Category
+from guestpull.pull import pull_image
 from guestpull.testing.hostile import SCENARIOS, HostileRegistry, Scenario, bomb_image
 from guestpull.testing.images import File, ImageSpec, LayerSpec
 
@@ -51,15 +55,6 @@ _OUTCOMES: list[Outcome] = []
 
 def _image():
     return ImageSpec([LayerSpec([File("hello.txt", b"hello from a hostile test\n" * 40)])]).build()
-
-
-def _cdh(path: Path, host: str, auth_file: Path | None) -> Path:
-    lines = ["[kbc]", 'name = "offline_fs_kbc"', "[image]"]
-    if auth_file:
-        lines.append(f'authenticated_registry_credentials_uri = "file://{auth_file}"')
-    lines += ["[[image.registry_config.registry]]", f'location = "{host}"', "insecure = true"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -149,7 +144,7 @@ async def test_hostile_scenario(scenario: Scenario, shm_path: Path, small_tmpfs)
     async with HostileRegistry(served, scenario) as registry:
         if auth_file:
             write_auth_json(auth_file, registry.host)
-        cdh = _cdh(shm_path / "cdh.toml", registry.host, auth_file)
+        cdh = write_cdh(shm_path / "cdh.toml", registry.host, auth_file=auth_file)
         code, out, seconds, rss = await run_cli_pull(registry.reference, cdh, work, scratch, bundle, bound)
         leaked = registry.credentials_sent_elsewhere()
     category = "ok" if out.get("ok") else out["error"]["category"]
@@ -167,7 +162,7 @@ async def test_hostile_scenario(scenario: Scenario, shm_path: Path, small_tmpfs)
     # The store is still usable: an honest registry, the same work dir.
     honest = SCENARIOS["honest"]
     async with HostileRegistry(image, honest) as registry:
-        cdh = _cdh(shm_path / "cdh.toml", registry.host, None)
+        cdh = write_cdh(shm_path / "cdh.toml", registry.host)
         code, out, _, _ = await run_cli_pull(registry.reference, cdh, work, scratch, None, FAST_BOUND_S)
     assert code == 0, f"the next pull failed after {scenario.name}: {out}"
 
@@ -195,3 +190,18 @@ def reliability_report() -> Iterator[None]:
         lines.append(f"| {o.scenario} | {by_name[o.scenario].description} | {o.category} "
                      f"| {o.seconds:.1f} | {o.peak_rss_mib:.0f} |")
     Path(target).write_text("\n".join(lines) + "\n")
+
+
+async def test_an_absurd_size_does_not_stop_the_other_candidates(shm_path: Path) -> None:
+    """A mirror claiming a 2^62-byte layer fails as unsupported; the original still serves."""
+    image = _image()
+    async with HostileRegistry(image, SCENARIOS["absurd-layer-size"]) as mirror, \
+            HostileRegistry(image, SCENARIOS["honest"]) as origin:
+        config = ImageConfig.model_validate({"registry_config": {"registry": [{
+            "prefix": f"{origin.host}/app", "location": f"{origin.host}/app", "insecure": True,
+            "mirror": [{"location": f"{mirror.host}/app", "insecure": True}],
+        }]}})
+        result = await pull_image(origin.reference, config, work_dir=shm_path / "work")
+    assert result.reference == origin.reference
+    assert [a.error.category for a in result.attempts] == [Category.UNSUPPORTED]
+    assert "larger than any blob" in result.attempts[0].error.message

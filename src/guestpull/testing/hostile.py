@@ -482,6 +482,50 @@ def bomb_image(image: BuiltImage, compression: str, size: int = 1 << 30) -> Buil
                       platform=image.platform)
 
 
+async def _index_lies_about_entry(registry: HostileRegistry, request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+    """The tag is an index whose entry calls our OCI manifest a Docker one."""
+    if not (is_manifest(request) and request.path.endswith("/v1")):
+        return False
+    entry = {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+             "digest": registry.image.digest, "size": len(registry.image.manifest),
+             "platform": {"os": "linux", "architecture": "amd64"}}
+    data = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}).encode()
+    writer.write(response(200, {"Content-Type": OCI_INDEX, "Docker-Content-Digest": sha256(data)}, data))
+    return True
+
+
+async def _endless_manifest(registry: HostileRegistry, request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+    """A manifest without Content-Length that never ends (closed after 6 MiB)."""
+    if not is_manifest(request):
+        return False
+    writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: {OCI_MANIFEST}\r\nConnection: close\r\n\r\n".encode())
+    writer.write(b'{"schemaVersion":2,"pad":"')
+    for _ in range(6 * 16):
+        writer.write(b"a" * (64 << 10))
+        await writer.drain()
+    writer.close()
+    return True
+
+
+async def _blob_too_long(registry: HostileRegistry, request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+    """Each blob with 1 MiB more than its descriptor says."""
+    if not is_blob(request):
+        return False
+    data = registry.blobs.get(request.path.rsplit("/", 1)[1], b"") + bytes(1 << 20)
+    writer.write(response(200, {"Content-Type": "application/octet-stream"}, data))
+    return True
+
+
+async def _huge_token(registry: HostileRegistry, request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+    if not request.path.startswith("/token"):
+        return False
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+    writer.write(b'{"token":"' + b"a" * (2 << 20) + b'"}')
+    await writer.drain()
+    writer.close()
+    return True
+
+
 def _cats(*names: str) -> frozenset[str]:
     return frozenset(names)
 
@@ -526,6 +570,17 @@ _ALL_SCENARIOS: list[Scenario] = [
              description="a layer descriptor of 2^62 bytes"),
     Scenario("huge-config", _cats("unsupported"), _serve_document(_TAG, _with_manifest(_big_config_size)),
              description="a config descriptor of 256 MiB"),
+    Scenario("index-entry-type-mismatch", _cats("unsupported"), _index_lies_about_entry,
+             description="an index entry's mediaType contradicts the manifest it points at"),
+    Scenario("endless-manifest", _cats("unsupported"), _endless_manifest,
+             description="a manifest with no Content-Length that does not end"),
+    Scenario("blob-longer-than-descriptor", _cats("digest"), _blob_too_long,
+             description="blobs 1 MiB longer than their descriptors"),
+    Scenario("huge-token-response", _cats("auth"), _huge_token, auth="bearer",
+             description="a 2 MiB token response"),
+    Scenario("realm-on-other-port", _cats("ok"),
+             _challenge(lambda r: f"http://127.0.0.1:{r.other_port}/token"), auth="bearer",
+             description="the token realm on another port (it gets the credentials, as with docker)"),
     Scenario("redirect-to-file", _cats("network"), _redirect(lambda r: "file:///etc/passwd"),
              description="a blob redirected to file:///etc/passwd"),
     Scenario("redirect-loop", _cats("network"), _redirect(lambda r: f"http://{r.host}/v2/app/blobs/loop"),
