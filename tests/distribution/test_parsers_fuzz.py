@@ -2,7 +2,8 @@
 
 Only GuestpullError subclasses may escape: manifests and indexes (with any Content-Type and
 pointing descriptor), image configs, WWW-Authenticate challenges and the realm URLs built
-from them, token responses, and the strict JSON loader under all of them.  The example
+from them, token responses, redirect locations, Retry-After, and the strict JSON loader
+under all of them.  The example
 counts (EXAMPLES) are reported in docs/threat-model.md.
 """
 
@@ -14,7 +15,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guestpull.distribution import auth
+from yarl import URL
+
+from guestpull.distribution import auth, transport
 from guestpull.errors import GuestpullError
 from guestpull.image import oci
 from guestpull.strictjson import load_json
@@ -121,3 +124,21 @@ def test_www_authenticate(header: str) -> None:
        | st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n))
 def test_strict_json(data: bytes) -> None:
     only_typed(load_json, data, "doc")
+
+
+@FUZZ
+@given(st.text(max_size=120) | st.sampled_from(["file:///etc/passwd", "//other:1/x", "http://[::1",
+                                                 "http://a:99999/", "javascript:x", "https://ok/x"]))
+def test_redirect_locations(location: str) -> None:
+    try:
+        target = transport._redirect_target(URL("https://registry.example/v2/x"), location)
+    except GuestpullError:
+        return
+    assert target.scheme == "https" and target.host
+
+
+@FUZZ
+@given(st.text(max_size=60))
+def test_retry_after(value: str) -> None:
+    delay = transport._retry_after(value)
+    assert delay is None or delay >= 0

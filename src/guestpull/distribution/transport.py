@@ -430,10 +430,11 @@ def _redirect_target(hop: URL, location: str) -> URL:
     """The URL a redirect points at, refused unless it is HTTP(S) and keeps HTTPS."""
     try:
         target = hop.join(URL(location, encoded=True))
-        scheme = target.scheme
+        # yarl parses lazily: touch every part aiohttp will use, so a bad port fails here.
+        scheme, host, _ = target.scheme, target.host, target.port
     except ValueError:
         raise NetworkError(f"refused a redirect from {_safe(hop)} to an invalid URL {clip(location)!r}") from None
-    if scheme not in ("http", "https") or not target.host:
+    if scheme not in ("http", "https") or not host:
         raise NetworkError(
             f"refused a redirect from {_safe(hop)} to {clip(location)!r}: only http(s) URLs with a host"
         )
@@ -465,9 +466,9 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() too, but float("²") fails
         return float(value)
-    with contextlib.suppress(TypeError, ValueError):
+    with contextlib.suppress(TypeError, ValueError, OverflowError):
         when = email.utils.parsedate_to_datetime(value)
         return max(when.timestamp() - time.time(), 0.0)
     return None
