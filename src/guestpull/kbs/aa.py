@@ -8,15 +8,14 @@ several.  The reply's token and key never reach a log or an error message.
 
 from __future__ import annotations
 
-from guestpull.errors import AuthError, ConfigError, Location, NetworkError, PullTimeoutError
-from guestpull.kbs.token import KbsToken, TeeKey, parse_token_reply
+from guestpull.errors import AuthError, ConfigError, Location, NetworkError, PullTimeoutError, clip
+from guestpull.kbs.token import KbsToken, TeeKey, parse_token_reply, printable
 
 AA_SERVICE = "attestation_agent.AttestationAgentService"
 GET_TOKEN = "GetToken"
 TOKEN_TYPE = "kbs"
 #: Upstream's GetToken timeout: the AA attests to the KBS meanwhile.
 GET_TOKEN_TIMEOUT = 50.0
-_MESSAGE_LIMIT = 300
 
 
 class AaTokenProvider:
@@ -53,7 +52,7 @@ class AaTokenProvider:
                         f"the attestation agent did not return a KBS token within {self.timeout:g} s"
                     ) from None
                 raise AuthError(
-                    f"the attestation agent could not get a KBS token: {_short(err.message)}",
+                    f"the attestation agent could not get a KBS token: {clip(printable(err.message))}",
                     hint="the attestation agent's log says why; often the KBS refused its evidence "
                     "or aa.toml [token_configs.kbs] url is wrong",
                 ) from None
@@ -65,8 +64,3 @@ class AaTokenProvider:
         except DecodeError:
             raise AuthError("the attestation agent's GetToken answer is not a GetTokenResponse") from None
         return parse_token_reply(bytes(response.Token))
-
-
-def _short(text: str) -> str:
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
-    return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT] + "…"

@@ -46,9 +46,10 @@ from guestpull.errors import (
     PullTimeoutError,
     TLSError,
     UnsupportedError,
+    clip,
 )
 from guestpull.kbs.jwe import decrypt_response
-from guestpull.kbs.token import KbsToken, TeeKey, TokenProvider
+from guestpull.kbs.token import KbsToken, TeeKey, TokenProvider, printable
 from guestpull.resources.uri import KbsResourceUri, check_kbs_url
 
 if TYPE_CHECKING:
@@ -62,7 +63,6 @@ GET_ATTEMPTS = 3
 #: Resources are configuration files, keys and credentials: far below this.
 MAX_RESOURCE_SIZE = 16 << 20
 _RETRY_STATUSES = (502, 503, 504)
-_DETAIL_LIMIT = 200
 _KBS_CERT_HINT = "put the KBS's CA certificate (PEM) in cdh.toml [kbc] kbs_cert"
 
 
@@ -288,8 +288,7 @@ def _detail(body: bytes) -> str:
     detail = doc.get("detail") if isinstance(doc, dict) else None
     if not isinstance(detail, str):
         return ""
-    text = "".join(ch if ch.isprintable() else " " for ch in detail).strip()
-    return text if len(text) <= _DETAIL_LIMIT else text[:_DETAIL_LIMIT] + "…"
+    return clip(printable(detail))
 
 
 def _origin(url: URL) -> str:

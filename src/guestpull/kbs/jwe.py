@@ -20,7 +20,7 @@ import json
 import logging
 from typing import Any
 
-from guestpull.errors import DigestError, UnsupportedError
+from guestpull.errors import DigestError, UnsupportedError, clip
 from guestpull.kbs.token import TeeKey
 
 log = logging.getLogger(__name__)
@@ -111,5 +111,4 @@ def _reason(err: Exception) -> str:
                 "header (the AAD) was altered, or the content key is wrong")
     if "InvalidUnwrap" in text or "Decryption failed" in text:
         return "the content key does not unwrap with this guest's TEE key"
-    text = text.strip() or type(err).__name__
-    return text[:200]
+    return clip(text.strip() or type(err).__name__)

@@ -107,6 +107,11 @@ def parse_token_reply(data: bytes) -> tuple[KbsToken, TeeKey]:
     return parse_token(token), TeeKey.from_pem(pem)
 
 
+def printable(text: str) -> str:
+    """``text`` a peer sent, fit for a one-line message: control characters become spaces."""
+    return "".join(ch if ch.isprintable() else " " for ch in text).strip()
+
+
 def _timestamp(claims: dict[str, object], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
