@@ -1,0 +1,226 @@
+"""The Confidential Data Hub's ttrpc services, answered the way the real CDH answers them.
+
+- ``api.ImagePullService/PullImage``: pull into ``bundle_path``, reply the manifest digest, then
+  tell the Attestation Agent (:class:`RuntimeMeasurer`);
+- ``api.GetResourceService/GetResource``: a ``kbs://`` resource through the configured KBC;
+- SealedSecret, SecureMount and KeyProvider: registered (so the service exists, as on the real
+  CDH's socket) but answered NOT_FOUND "/<service>/<method> is not supported", the answer of
+  ttrpc-rust's generated default for a method the server does not implement.
+
+Failures are INTERNAL with ``"[CDH] [ERROR]: "`` and the CDH's top-level error text, followed
+by guestpull's category and message on one line (reference/cdh-service.md §2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from google.protobuf.message import DecodeError
+
+from guestpull.errors import GuestpullError, UsageError
+from guestpull.resources import is_kbs_uri
+from guestpull.service import proto
+from guestpull.service.ttrpc import CallContext, Code, Handler, RpcConnectionError, RpcError, TtrpcClient, unix_socket_path
+
+log = logging.getLogger(__name__)
+
+IMAGE_PULL_SERVICE = "api.ImagePullService"
+GET_RESOURCE_SERVICE = "api.GetResourceService"
+AA_SERVICE = "attestation_agent.AttestationAgentService"
+#: What the CDH sends the AA after each pull (hub.rs).
+AA_DOMAIN = "github.com/confidential-containers"
+AA_OPERATION = "PullImage"
+AA_TIMEOUT = 10.0
+
+#: Services on the CDH socket that guestpull answers "not supported": service → (method → request type).
+UNSUPPORTED: dict[str, dict[str, str]] = {
+    "api.SealedSecretService": {"UnsealSecret": "api.UnsealSecretInput"},
+    "api.SecureMountService": {"SecureMount": "api.SecureMountRequest"},
+    "keyprovider.KeyProviderService": {
+        "WrapKey": "keyprovider.KeyProviderKeyWrapProtocolInput",
+        "UnWrapKey": "keyprovider.KeyProviderKeyWrapProtocolInput",
+    },
+}
+
+
+class PulledImage(Protocol):
+    @property
+    def manifest_digest(self) -> str: ...
+
+
+class ImagePuller(Protocol):
+    """What the service needs of the long-lived puller (guestpull.pull.Puller)."""
+
+    async def pull(self, image: str, *, bundle: Path | None = None) -> PulledImage: ...
+
+    async def get_resource(self, uri: str) -> bytes: ...
+
+
+class AttestationAgentError(GuestpullError):
+    """The Attestation Agent could not be reached, or refused the runtime measurement."""
+
+
+# --- the AA -------------------------------------------------------------------------------------
+
+
+def measurement_event(image: str, manifest_digest: str) -> Any:
+    """The ExtendRuntimeMeasurementRequest the CDH sends: the image exactly as requested, no
+    JSON escaping (upstream formats the string by hand), and RegisterIndex unset."""
+    content = '{"image":"' + image + '", "digest":"' + manifest_digest + '"}'
+    return proto.ExtendRuntimeMeasurementRequest(Domain=AA_DOMAIN, Operation=AA_OPERATION, Content=content)
+
+
+Connector = Callable[[str], Any]  # address → awaitable TtrpcClient
+
+
+class RuntimeMeasurer:
+    """Records each pulled image in the AA's event log, as the CDH does after every pull.
+
+    The client is made on first use.  If the socket file does not exist then, measurement is
+    off for the life of this object (upstream caches "no AA" in a OnceCell).  A connection that
+    is lost is made again on the next pull.
+    """
+
+    def __init__(self, aa_socket: str, *, connect: Connector = TtrpcClient.connect) -> None:
+        self._address = aa_socket
+        self._connect = connect
+        self._client: TtrpcClient | None = None
+        self._absent = False
+        self._lock = asyncio.Lock()
+
+    async def extend(self, image: str, manifest_digest: str) -> None:
+        client = await self._get_client()
+        if client is None:
+            return
+        request = measurement_event(image, manifest_digest).SerializeToString()
+        try:
+            reply = await client.call(AA_SERVICE, "ExtendRuntimeMeasurement", request, AA_TIMEOUT)
+        except RpcConnectionError as err:
+            self._client = None
+            raise AttestationAgentError(f"failed to extend runtime measurement: {err.message}") from None
+        except RpcError as err:
+            raise AttestationAgentError(f"failed to extend runtime measurement: {err.message}") from None
+        self._log_result(image, reply)
+
+    async def _get_client(self) -> TtrpcClient | None:
+        async with self._lock:
+            if self._absent or self._client is not None:
+                return self._client
+            path = unix_socket_path(self._address)
+            if not path.exists():
+                log.info("no Attestation Agent socket at %s: pulled images are not measured", path)
+                self._absent = True
+                return None
+            try:
+                self._client = await self._connect(self._address)
+            except GuestpullError as err:
+                raise AttestationAgentError(f"failed to connect to the Attestation Agent: {err.message}") from None
+            return self._client
+
+    def _log_result(self, image: str, reply: bytes) -> None:
+        response = proto.ExtendRuntimeMeasurementResponse()
+        try:
+            response.ParseFromString(reply)
+        except DecodeError:
+            raise AttestationAgentError("failed to extend runtime measurement: undecodable answer") from None
+        if response.Result == proto.MEASUREMENT_OK:
+            log.info("runtime measurement extended for %s", image)
+        else:
+            name = "NOT_SUPPORTED" if response.Result == proto.MEASUREMENT_NOT_SUPPORTED else "NOT_ENABLED"
+            log.warning("runtime measurement for %s not recorded: the Attestation Agent answered %s", image, name)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+# --- the CDH services ----------------------------------------------------------------------------
+
+
+def one_line(err: GuestpullError) -> str:
+    """``<category>: <message>`` on one line (a multi-line list of attempts is joined)."""
+    text = "; ".join(part.strip(" -") for part in str(err).splitlines() if part.strip(" -"))
+    return f"{err.category}: {text}"
+
+
+def _decode(payload: bytes, type_name: str) -> Any:
+    message = proto.message_class(type_name)()
+    try:
+        message.ParseFromString(payload)
+    except DecodeError as err:
+        raise RpcError(Code.INVALID_ARGUMENT, f"failed to decode {type_name}: {err}") from None
+    return message
+
+
+def _internal(text: str) -> RpcError:
+    return RpcError(Code.INTERNAL, f"[CDH] [ERROR]: {text}")
+
+
+class ConfidentialDataHub:
+    """The handlers behind the CDH socket, over an :class:`ImagePuller` and a measurer."""
+
+    def __init__(self, puller: ImagePuller, measurer: RuntimeMeasurer | None) -> None:
+        self._puller = puller
+        self._measurer = measurer
+
+    def services(self) -> dict[str, Mapping[str, Handler]]:
+        services: dict[str, Mapping[str, Handler]] = {
+            IMAGE_PULL_SERVICE: {"PullImage": self.pull_image},
+            GET_RESOURCE_SERVICE: {"GetResource": self.get_resource},
+        }
+        for service, methods in UNSUPPORTED.items():
+            services[service] = {name: _not_supported(service, name, type_name) for name, type_name in methods.items()}
+        return services
+
+    async def pull_image(self, context: CallContext, payload: bytes) -> bytes:
+        request = _decode(payload, "api.ImagePullRequest")
+        context.log_fields.update(image=request.image_url, bundle=request.bundle_path)
+        try:
+            bundle = _bundle_path(request.bundle_path)
+            result = await self._puller.pull(request.image_url, bundle=bundle)
+        except GuestpullError as err:
+            raise _internal(f"Image Pull error: {one_line(err)}") from None
+        context.log_fields["digest"] = result.manifest_digest
+        if self._measurer is not None:
+            try:
+                await self._measurer.extend(request.image_url, result.manifest_digest)
+            except AttestationAgentError as err:
+                raise _internal(f"Attestation Agent client error: {err.message}") from None
+        return proto.ImagePullResponse(manifest_digest=result.manifest_digest).SerializeToString()
+
+    async def get_resource(self, context: CallContext, payload: bytes) -> bytes:
+        request = _decode(payload, "api.GetResourceRequest")
+        uri = request.ResourcePath
+        context.log_fields["resource"] = uri
+        try:
+            if not is_kbs_uri(uri):
+                # The socket serves KBS resources only: never local files.
+                raise UsageError(f"resource URI {uri!r} is not a kbs:// URI")
+            resource = await self._puller.get_resource(uri)
+        except GuestpullError as err:
+            raise _internal(f"Get Resource failed: {one_line(err)}") from None
+        return proto.GetResourceResponse(Resource=resource).SerializeToString()
+
+
+def _bundle_path(text: str) -> Path:
+    # kata-agent always sends /run/kata-containers/<container-id>; anything else is refused
+    # rather than resolved against the service's working directory.
+    if not text:
+        raise UsageError("bundle_path is empty")
+    path = Path(text)
+    if not path.is_absolute():
+        raise UsageError(f"bundle_path {text!r} is not an absolute path")
+    return path
+
+
+def _not_supported(service: str, method: str, type_name: str) -> Handler:
+    async def handler(context: CallContext, payload: bytes) -> bytes:
+        _decode(payload, type_name)  # ttrpc-rust decodes the request before calling the method
+        raise RpcError(Code.NOT_FOUND, f"/{service}/{method} is not supported")
+
+    return handler
