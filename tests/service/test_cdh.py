@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from support.ttrpcpeer import (
     KATA_PULL_TIMEOUT_NS,
+    aa_event_bytes,
     call_async,
     pull_call,
     raw_call,
@@ -175,23 +176,6 @@ async def test_a_client_that_disconnects_mid_call(cdh: Service, ttrpc_peer: Path
 # --- the Attestation Agent ---------------------------------------------------------------------------
 
 
-def expected_event_bytes(image: str, digest: str) -> bytes:
-    """ExtendRuntimeMeasurementRequest written out by hand: Domain, Operation, Content; no field 4."""
-    def field(number: int, text: str) -> bytes:
-        data = text.encode()
-        assert len(data) < 1 << 14
-        length = bytes([len(data)]) if len(data) < 128 else bytes([len(data) & 0x7F | 0x80, len(data) >> 7])
-        return bytes([number << 3 | 2]) + length + data
-
-    content = '{"image":"' + image + '", "digest":"' + digest + '"}'
-    return field(1, "github.com/confidential-containers") + field(2, "PullImage") + field(3, content)
-
-
-@pytest.fixture
-def aa_dir(shm_path: Path) -> Path:
-    return shm_path / "aa"
-
-
 async def pull_with_aa(directory: Path, peer: Path, aa_socket: Path, images: list[str]) -> list[dict]:
     server, service = await start_service(directory, RuntimeMeasurer(f"unix://{aa_socket}"))
     try:
@@ -206,7 +190,7 @@ async def test_each_pull_is_measured_with_upstreams_exact_event(shm_path: Path, 
         events = aa.events()
     assert [r["code"] for r in results] == [0, 0]
     assert sorted(bytes.fromhex(e["raw_hex"]) for e in events) == sorted(
-        [expected_event_bytes("ok/app:v1", DIGEST), expected_event_bytes("ok/other@" + DIGEST, DIGEST)])
+        [aa_event_bytes("ok/app:v1", DIGEST), aa_event_bytes("ok/other@" + DIGEST, DIGEST)])
     assert not any(e["register_index_set"] for e in events)
     assert all(9 < e["deadline_s"] <= 10 for e in events)  # timeout_nano = 10 s
 

@@ -67,6 +67,20 @@ def raw_call(service: str, method: str, payload: bytes = b"", *, timeout_ns: int
             "timeout_ns": timeout_ns}
 
 
+def aa_event_bytes(image: str, digest: str) -> bytes:
+    """The ExtendRuntimeMeasurementRequest the CDH sends, written out by hand (not with
+    guestpull's protobuf code): Domain, Operation, Content, and no field 4 (RegisterIndex)."""
+
+    def field(number: int, text: str) -> bytes:
+        data = text.encode()
+        assert len(data) < 1 << 14
+        length = bytes([len(data)]) if len(data) < 128 else bytes([len(data) & 0x7F | 0x80, len(data) >> 7])
+        return bytes([number << 3 | 2]) + length + data
+
+    content = '{"image":"' + image + '", "digest":"' + digest + '"}'
+    return field(1, "github.com/confidential-containers") + field(2, "PullImage") + field(3, content)
+
+
 def _client_argv(peer: Path, socket: Path, close_after: float | None) -> list[str]:
     argv = [str(peer), "client", "-socket", str(socket)]
     if close_after is not None:

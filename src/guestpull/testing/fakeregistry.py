@@ -32,7 +32,7 @@ from aiohttp import web
 
 from guestpull.testing import TEST_PASSWORD, TEST_USER
 
-FaultKind = Literal["status", "corrupt", "truncate", "reset", "redirect"]
+FaultKind = Literal["status", "corrupt", "truncate", "reset", "redirect", "slow"]
 
 
 @dataclass
@@ -44,7 +44,8 @@ class Fault:
       ``Docker-Content-Digest`` of the real content);
     - ``truncate``: announce the full length, send half, close the connection;
     - ``reset``: send the headers and a few bytes, then abort the connection (RST);
-    - ``redirect``: answer 307 to ``location``.
+    - ``redirect``: answer 307 to ``location``;
+    - ``slow``: send the content correctly, but spread over ``seconds`` (in 16 pieces).
     """
 
     kind: FaultKind
@@ -52,6 +53,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     location: str = ""
     times: int = 1
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -285,13 +287,23 @@ class FakeRegistry:
         response.content_length = len(data)
         response.content_type = "application/octet-stream"
         await response.prepare(request)
-        if fault.kind == "truncate":
+        if fault.kind == "slow":
+            await _trickle(response, data, fault.seconds)
+        elif fault.kind == "truncate":
             await response.write(data[: len(data) // 2])
             request.transport.close()  # type: ignore[union-attr]
         else:  # reset
             await response.write(data[: min(16, len(data) // 2)])
             request.transport.abort()  # type: ignore[union-attr]
         return response
+
+
+async def _trickle(response: web.StreamResponse, data: bytes, seconds: float, pieces: int = 16) -> None:
+    step = max(1, -(-len(data) // pieces))
+    for offset in range(0, len(data), step):
+        await asyncio.sleep(seconds / pieces)
+        await response.write(data[offset : offset + step])
+    await response.write_eof()
 
 
 def _sha256(data: bytes) -> str:

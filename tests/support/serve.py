@@ -1,0 +1,86 @@
+"""Run ``guestpull serve`` as a real process (as systemd would) for the service tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket as socketlib
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from support.cli import GUESTPULL, child_env
+
+from guestpull.testing import wait_for
+
+
+def serve_cdh_toml(registry_cdh: str, socket: Path, aa_socket: Path) -> str:
+    """A cdh.toml for the service: ``registry_cdh`` (support.cli.cdh_for) plus the sockets.
+
+    Top-level keys must come before the first table, so they are put in front."""
+    return f'socket = "unix://{socket}"\n[aa]\naa_socket = "unix://{aa_socket}"\n' + registry_cdh
+
+
+def connects(path: Path) -> bool:
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class ServeProcess:
+    """A running ``guestpull serve``; its stderr (JSON log lines) goes to ``log``."""
+
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    log: Path
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+    def requests(self) -> list[dict[str, Any]]:
+        return [line for line in self.log_lines() if line.get("message") == "request"]
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+def start_serve(directory: Path, cdh_toml: str, socket: Path, *, work_dir: Path,
+                env: dict[str, str] | None = None, timeout: float = 30.0) -> ServeProcess:
+    """Write ``cdh_toml`` into ``directory``, start ``guestpull serve --config`` and wait
+    until its socket answers."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "cdh.toml"
+    config.write_text(cdh_toml)
+    log = directory / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*GUESTPULL, "serve", "--config", str(config), "--work-dir", str(work_dir)],
+            stdout=err, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**child_env(), **(env or {})},
+            start_new_session=True,
+        )
+    served = ServeProcess(proc, socket, log)
+    if not wait_for(lambda: connects(socket) or proc.poll() is not None, timeout=timeout) or proc.poll() is not None:
+        served.__exit__()
+        raise AssertionError(f"guestpull serve did not start:\n{log.read_text(errors='replace')}")
+    return served
