@@ -232,6 +232,23 @@ async def test_no_aa_socket_means_no_measurement_for_the_life_of_the_service(shm
     assert (first["code"], second["code"], events) == (0, 0, [])
 
 
+async def test_a_restarted_aa_is_reconnected(shm_path: Path, ttrpc_peer: Path) -> None:
+    aa_dir = shm_path / "aa"
+    server, service = await start_service(shm_path, RuntimeMeasurer(f"unix://{aa_dir}/aa.sock"))
+    try:
+        with start_aa(ttrpc_peer, aa_dir):
+            [one] = await call_async(ttrpc_peer, service.socket, [pull_call("ok/app:v1", "/run/k/a")])
+        await asyncio.sleep(0.2)  # the service sees the connection close
+        (aa_dir / "aa-events.jsonl").unlink()
+        with start_aa(ttrpc_peer, aa_dir) as second:
+            [two] = await call_async(ttrpc_peer, service.socket, [pull_call("ok/app:v2", "/run/k/b")])
+            events = second.events()
+    finally:
+        await server.shutdown(1)
+    assert (one["code"], two["code"]) == (0, 0), two
+    assert [bytes.fromhex(e["raw_hex"]) for e in events] == [aa_event_bytes("ok/app:v2", DIGEST)]
+
+
 async def test_an_aa_socket_nobody_listens_on_fails_the_pull(shm_path: Path, ttrpc_peer: Path) -> None:
     with start_aa(ttrpc_peer, shm_path / "aa") as aa:
         socket = aa.socket

@@ -100,7 +100,8 @@ class RuntimeMeasurer:
         try:
             reply = await client.call(AA_SERVICE, "ExtendRuntimeMeasurement", request, AA_TIMEOUT)
         except RpcConnectionError as err:
-            self._client = None
+            self._client = None  # made again on the next pull
+            await client.close()
             raise AttestationAgentError(f"failed to extend runtime measurement: {err.message}") from None
         except RpcError as err:
             raise AttestationAgentError(f"failed to extend runtime measurement: {err.message}") from None
@@ -108,6 +109,10 @@ class RuntimeMeasurer:
 
     async def _get_client(self) -> TtrpcClient | None:
         async with self._lock:
+            if self._client is not None and self._client.closed:
+                # The AA restarted since the last pull: nothing was sent on the dead connection.
+                await self._client.close()
+                self._client = None
             if self._absent or self._client is not None:
                 return self._client
             path = unix_socket_path(self._address)

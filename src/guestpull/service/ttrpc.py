@@ -300,11 +300,14 @@ def _context(frame: Frame) -> tuple[CallContext, Any]:
 async def _run_bounded(handler: Handler, context: CallContext, payload: bytes) -> bytes:
     if context.timeout_nano <= 0:
         return await handler(context, payload)
+    deadline = asyncio.timeout(context.timeout_nano / 1e9)
     try:
         # The handler is cancelled (and its clean-up runs) before the answer goes out.
-        async with asyncio.timeout(context.timeout_nano / 1e9):
+        async with deadline:
             return await handler(context, payload)
     except TimeoutError:
+        if not deadline.expired():
+            raise  # the handler's own TimeoutError, not the deadline
         raise RpcError(Code.DEADLINE_EXCEEDED, "timeout") from None
 
 
@@ -438,6 +441,11 @@ class TtrpcClient:
         if status.code != Code.OK:
             raise RpcError(status.code, status.message)
         return bytes(response.payload)
+
+    @property
+    def closed(self) -> bool:
+        """The connection is gone (closed here or by the peer): a call would fail unsent."""
+        return self._closed is not None
 
     async def _receive(self) -> None:
         try:
