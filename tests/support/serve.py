@@ -65,17 +65,21 @@ class ServeProcess:
             self.proc.wait(timeout=30)
 
 
-def start_serve(directory: Path, cdh_toml: str, socket: Path, *, work_dir: Path,
-                env: dict[str, str] | None = None, timeout: float = 30.0) -> ServeProcess:
-    """Write ``cdh_toml`` into ``directory``, start ``guestpull serve --config`` and wait
-    until its socket answers."""
+def start_serve(directory: Path, cdh_toml: str, socket: Path, *, work_dir: Path | None = None,
+                command: list[str] | None = None, env: dict[str, str] | None = None,
+                timeout: float = 30.0) -> ServeProcess:
+    """Write ``cdh_toml`` into ``directory``, start ``guestpull serve --config`` (or
+    ``command`` + the config's path) and wait until its socket answers."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "cdh.toml"
     config.write_text(cdh_toml)
     log = directory / "serve.log"
+    argv = [*command, str(config)] if command else [*GUESTPULL, "serve", "--config", str(config)]
+    if work_dir is not None:
+        argv += ["--work-dir", str(work_dir)]
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            [*GUESTPULL, "serve", "--config", str(config), "--work-dir", str(work_dir)],
+            argv,
             stdout=err, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**child_env(), **(env or {})},
             start_new_session=True,
         )

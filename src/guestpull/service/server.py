@@ -62,7 +62,9 @@ async def serve(cdh: CdhConfig, options: ServeOptions, *, puller_factory: Puller
         server = TtrpcServer(ConfidentialDataHub(puller, measurer).services(), on_call=log_call)
         async with _listening(server, path), _stop_on_signals(stop):
             log.info("serving the CDH API on %s", address)
+            notify_systemd("READY=1")
             await stop.wait()
+            notify_systemd("STOPPING=1")
             log.info("stopping: %d call(s) running, %.0f s to finish", server.in_flight(), options.grace)
             await server.shutdown(options.grace)
         await measurer.close()
@@ -124,6 +126,19 @@ async def _stop_on_signals(stop: asyncio.Event) -> AsyncIterator[None]:
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+def notify_systemd(state: str) -> None:
+    """sd_notify(3) for ``Type=notify`` units: READY=1 once the socket accepts calls."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    address = "\0" + target[1:] if target.startswith("@") else target  # "@" = abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as err:
+            log.warning("could not notify systemd (%s): %s", target, err)
 
 
 def log_call(record: CallRecord) -> None:
