@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket as socketlib
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from bench.images import GeneratedImage
 from bench.measure import Sample, daemon_cpu_seconds, daemon_peak_rss_kib, reset_peak_rss
 from bench.tools import DEFAULT_TIMEOUT, Attempt, Registry, Tool, unmount_under, write_cdh_config
 from guestpull.service import proto
+from guestpull.service.server import socket_answers
 from guestpull.service.ttrpc import RpcError, TtrpcClient
 from guestpull.testing import ManagedProcess, wait_for
 
@@ -62,15 +62,6 @@ async def pull_all(socket: Path, refs: Sequence[str], bundles: Sequence[Path]) -
             return str(proto.ImagePullResponse.FromString(reply).manifest_digest)
 
         return list(await asyncio.gather(*(one(r, b) for r, b in zip(refs, bundles, strict=True))))
-
-
-def _accepts(path: Path) -> bool:
-    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 class GuestpullServeTool(Tool):
@@ -123,7 +114,7 @@ class GuestpullServeTool(Tool):
             log_path=work / "serve.log",
         )
         service = self._service
-        ready = wait_for(lambda: _accepts(socket) or not service.running(), timeout=_START_TIMEOUT, interval=0.02)
+        ready = wait_for(lambda: socket_answers(socket) or not service.running(), timeout=_START_TIMEOUT, interval=0.02)
         return socket if ready and service.running() else None
 
     def release(self, work: Path) -> None:

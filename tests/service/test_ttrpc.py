@@ -181,27 +181,20 @@ async def test_oversized_frame_answers_and_the_connection_keeps_working(served) 
     writer.close()
 
 
-async def test_unknown_service_method_type_and_garbage(served) -> None:
-    _, socket, _, _ = served
+@pytest.mark.parametrize(("frame", "code", "message"), [
+    (request_frame(1, "no.Such", "Echo"), Code.INVALID_ARGUMENT, "no.Such service does not exist"),
+    (request_frame(1, "test.Svc", "Nope"), Code.UNIMPLEMENTED, "Nope method"),
+    (encode_frame(1, FrameType.DATA, b""), Code.INVALID_ARGUMENT, "ttrpc: unexpected message type"),
+    (encode_frame(1, FrameType.REQUEST, b"\xff\xff\xff"), Code.INVALID_ARGUMENT, "failed to decode the ttrpc Request"),
+    (request_frame(1, "test.Svc", "Fail"), Code.NOT_FOUND, "no such thing"),
+    (request_frame(1, "test.Svc", "Crash"), Code.UNKNOWN, "ValueError: bug"),
+], ids=["unknown-service", "unknown-method", "data-frame", "garbage", "handler-status", "handler-bug"])
+async def test_what_cannot_be_served_is_answered(served, frame: bytes, code: Code, message: str) -> None:
+    _, socket, _, records = served
     reader, writer = await asyncio.open_unix_connection(str(socket))
-    writer.write(request_frame(1, "no.Such", "Echo"))
-    assert await answer(reader) == (1, Code.INVALID_ARGUMENT, "no.Such service does not exist", b"")
-    writer.write(request_frame(3, "test.Svc", "Nope"))
-    assert await answer(reader) == (3, Code.UNIMPLEMENTED, "Nope method", b"")
-    writer.write(encode_frame(5, FrameType.DATA, b""))
-    assert await answer(reader) == (5, Code.INVALID_ARGUMENT, "ttrpc: unexpected message type", b"")
-    writer.write(encode_frame(7, FrameType.REQUEST, b"\xff\xff\xff"))
-    assert (await answer(reader))[:2] == (7, Code.INVALID_ARGUMENT)
-    writer.close()
-
-
-async def test_handler_status_and_handler_bug(served) -> None:
-    _, socket, _, _ = served
-    reader, writer = await asyncio.open_unix_connection(str(socket))
-    writer.write(request_frame(1, "test.Svc", "Fail"))
-    assert await answer(reader) == (1, Code.NOT_FOUND, "no such thing", b"")
-    writer.write(request_frame(3, "test.Svc", "Crash"))
-    assert await answer(reader) == (3, Code.UNKNOWN, "ValueError: bug", b"")
+    writer.write(frame)
+    assert await answer(reader) == (1, code, message, b"")
+    assert records[-1].code == code  # every request gets its log record
     writer.close()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket as socketlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from support.cli import GUESTPULL, child_env
 
+from guestpull.service.server import socket_answers
 from guestpull.testing import wait_for
 
 
@@ -21,15 +21,6 @@ def serve_cdh_toml(registry_cdh: str, socket: Path, aa_socket: Path) -> str:
 
     Top-level keys must come before the first table, so they are put in front."""
     return f'socket = "unix://{socket}"\n[aa]\naa_socket = "unix://{aa_socket}"\n' + registry_cdh
-
-
-def connects(path: Path) -> bool:
-    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass
@@ -84,7 +75,7 @@ def start_serve(directory: Path, cdh_toml: str, socket: Path, *, work_dir: Path 
             start_new_session=True,
         )
     served = ServeProcess(proc, socket, log)
-    if not wait_for(lambda: connects(socket) or proc.poll() is not None, timeout=timeout) or proc.poll() is not None:
+    if not wait_for(lambda: socket_answers(socket) or proc.poll() is not None, timeout=timeout) or proc.poll() is not None:
         served.__exit__()
         raise AssertionError(f"guestpull serve did not start:\n{log.read_text(errors='replace')}")
     return served

@@ -81,13 +81,14 @@ def claim_socket_path(path: Path) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise ExistsError(f"{path} exists and is not a socket", hint="remove it, or choose another --socket")
-    if _answers(path):
+    if socket_answers(path):
         raise ExistsError(f"another server is listening on {path}",
                           hint="stop it first (is the CDH's image service still running?)")
     path.unlink()
 
 
-def _answers(path: Path) -> bool:
+def socket_answers(path: Path) -> bool:
+    """Whether a server accepts connections on the unix socket ``path``."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(2.0)
         try:
