@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.cli import GUESTPULL, write_initdata
 from support.serve import start_serve
 from support.ttrpcpeer import call, raw_call
 
@@ -63,3 +64,22 @@ def test_the_cdh_stand_in_refuses_arguments_it_does_not_know() -> None:
     done = subprocess.run(["sh", str(CONTRIB / "confidential-data-hub"), "--frobnicate"], capture_output=True,
                           text=True, timeout=30, check=False)
     assert done.returncode == 2 and "unsupported arguments: --frobnicate" in done.stderr
+
+
+
+def test_serve_reads_the_cdh_toml_of_an_init_data(shm_path: Path, ttrpc_peer: Path) -> None:
+    socket = shm_path / "from-initdata.sock"
+    initdata = write_initdata(shm_path / "initdata.toml", minimal_cdh(socket, shm_path / "work"))
+    with start_serve(shm_path / "serve", initdata.read_text(), socket,
+                     command=[*GUESTPULL, "serve", "--initdata"]) as svc:
+        [answer] = call(ttrpc_peer, socket, [raw_call("api.ImagePullService", "Nope")])
+        assert (answer["code"], answer["message"]) == (Code.UNIMPLEMENTED, "Nope method")
+        assert svc.terminate() == 0
+
+
+def test_serve_takes_one_configuration(shm_path: Path) -> None:
+    config = shm_path / "cdh.toml"
+    config.write_text(minimal_cdh(shm_path / "x.sock", shm_path / "work"))
+    done = subprocess.run([*GUESTPULL, "serve", "--config", str(config), "--initdata", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "give --initdata or --config, not both" in done.stderr

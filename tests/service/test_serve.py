@@ -269,7 +269,7 @@ def test_removes_a_stale_socket_and_refuses_a_file_that_is_not_one(fake: FakeReg
         assert socket_answers(svc.socket)
         assert svc.terminate() == 0
     socket.write_text("not a socket")
-    config = shm_path / "serve" / "cdh.toml"
+    config = shm_path / "serve" / "config.toml"
     done = subprocess.run(_serve_argv(config, shm_path), capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 17 and f"{socket} exists and is not a socket" in done.stderr
     assert socket.read_text() == "not a socket"

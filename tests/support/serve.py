@@ -56,14 +56,15 @@ class ServeProcess:
             self.proc.wait(timeout=30)
 
 
-def start_serve(directory: Path, cdh_toml: str, socket: Path, *, work_dir: Path | None = None,
+def start_serve(directory: Path, config_text: str, socket: Path, *, work_dir: Path | None = None,
                 command: list[str] | None = None, env: dict[str, str] | None = None,
                 timeout: float = 30.0) -> ServeProcess:
-    """Write ``cdh_toml`` into ``directory``, start ``guestpull serve --config`` (or
-    ``command`` + the config's path) and wait until its socket answers."""
+    """Write ``config_text`` (a cdh.toml) into ``directory``, start ``guestpull serve --config``
+    on it (or ``command`` + its path: e.g. ``--initdata`` and an Init-Data text) and wait until
+    ``socket`` answers."""
     directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "cdh.toml"
-    config.write_text(cdh_toml)
+    config = directory / "config.toml"
+    config.write_text(config_text)
     log = directory / "serve.log"
     argv = [*command, str(config)] if command else [*GUESTPULL, "serve", "--config", str(config)]
     if work_dir is not None:

@@ -340,6 +340,7 @@ class _Connection:
             try:
                 frame = await read_frame(self.reader)
             except FrameTooLarge as err:
+                log.warning("ttrpc: dropped a frame of %d bytes on stream %d", err.length, err.stream_id)
                 await self.send(encode_response(err.stream_id, Code.INVALID_ARGUMENT, err.message))
                 continue
             if frame is None:
