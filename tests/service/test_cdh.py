@@ -130,6 +130,16 @@ async def test_get_resource_serves_kbs_uris_only(cdh: Service, ttrpc_peer: Path)
         Code.INTERNAL, "[CDH] [ERROR]: Get Resource failed: usage: resource URI '/etc/shadow' is not a kbs:// URI")
 
 
+async def test_a_resource_too_big_for_one_frame_is_refused(cdh: Service, ttrpc_peer: Path) -> None:
+    cdh.puller.resources["kbs:///default/big/one"] = b"\0" * (4 << 20)
+    big, small = await call_async(ttrpc_peer, cdh.socket, [
+        resource_call("kbs:///default/big/one"), resource_call("kbs:///default/key/one")])
+    assert big["code"] == Code.INVALID_ARGUMENT
+    assert big["message"].startswith("response message length 41943") and big["message"].endswith(
+        "exceed maximum message size of 4194304")
+    assert small["code"] == 0  # the connection is fine
+
+
 async def test_unknown_and_unsupported_calls_answer_as_the_real_cdh(cdh: Service, ttrpc_peer: Path) -> None:
     wrap = proto.message_class("keyprovider.KeyProviderKeyWrapProtocolInput")(
         KeyProviderKeyWrapProtocolInput=b"{}").SerializeToString()

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">IIBB")
 MESSAGE_LENGTH_MAX = 4 << 20
-#: Requests of one connection handled at once; more wait until one finishes (back-pressure).
-MAX_IN_FLIGHT = 128
+#: Requests of one connection handled at once; more wait unread until one finishes
+#: (back-pressure).  Bounds what a peer can make us hold: 64 × a 4 MiB frame.
+MAX_IN_FLIGHT = 64
 
 
 class FrameType(enum.IntEnum):
