@@ -8,7 +8,9 @@ the real one behind ``guestpull serve`` against real registries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +26,11 @@ from support.ttrpcpeer import (
     start_aa,
 )
 
-from guestpull.errors import AllCandidatesFailed, Attempt, GuestpullError, NotFoundError
+from guestpull.config import CdhConfig, KbcConfig, KbsCredential
+from guestpull.errors import AllCandidatesFailed, Attempt, ConfigError, GuestpullError, NotFoundError
 from guestpull.service import proto
-from guestpull.service.cdh import ConfidentialDataHub, RuntimeMeasurer, measurement_event
+from guestpull.service.cdh import ConfidentialDataHub, RuntimeMeasurer, measurement_event, write_kbs_credentials
+from guestpull.service.server import ServeOptions, serve
 from guestpull.service.ttrpc import CallRecord, Code, TtrpcServer
 
 DIGEST = "sha256:" + "ab" * 32
@@ -272,3 +276,41 @@ async def test_an_aa_socket_nobody_listens_on_fails_the_pull(shm_path: Path, ttr
 def test_stub_errors_are_guestpull_errors() -> None:
     # The handler maps GuestpullError only; the stub must raise what the real puller raises.
     assert issubclass(AllCandidatesFailed, GuestpullError) and issubclass(NotFoundError, GuestpullError)
+
+
+# --- start-up: [[credentials]] ---------------------------------------------------------------------
+
+CREDENTIAL_PATH = "/run/confidential-containers/cdh/kbs/auth.json"
+
+
+async def test_credentials_are_written_private_and_whole(shm_path: Path) -> None:
+    puller = StubPuller()
+    target = shm_path / CREDENTIAL_PATH.lstrip("/")
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"old")
+    await write_kbs_credentials([KbsCredential(resource_uri="kbs:///default/key/one", path=CREDENTIAL_PATH)],
+                                puller, root=shm_path)
+    assert target.read_bytes() == b"\x00secret\xff"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(p.name for p in target.parent.iterdir()) == ["auth.json"]
+
+
+async def test_credentials_from_anything_but_kbs_are_refused(shm_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a kbs:// URI"):
+        await write_kbs_credentials([KbsCredential(resource_uri="/etc/shadow", path=CREDENTIAL_PATH)],
+                                    StubPuller(), root=shm_path)
+    assert not (shm_path / "run").exists()
+
+
+async def test_serve_does_not_start_when_a_credential_cannot_be_fetched(shm_path: Path) -> None:
+    socket = shm_path / "cdh.sock"
+    cdh = CdhConfig(socket=f"unix://{socket}", kbc=KbcConfig(name="offline_fs_kbc"),
+                    credentials=[KbsCredential(resource_uri="kbs:///default/key/absent", path=CREDENTIAL_PATH)])
+
+    @contextlib.asynccontextmanager
+    async def stub_factory(config: CdhConfig, work_dir: Path | None) -> AsyncIterator[StubPuller]:
+        yield StubPuller()
+
+    with pytest.raises(NotFoundError, match="kbs:///default/key/absent"):
+        await serve(cdh, ServeOptions(), puller_factory=stub_factory, stop=asyncio.Event())
+    assert not socket.exists()

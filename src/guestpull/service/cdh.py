@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 
-from guestpull.errors import GuestpullError, UsageError
+from guestpull.config import KbsCredential
+from guestpull.errors import ConfigError, GuestpullError, Location, UsageError
 from guestpull.resources import is_kbs_uri
 from guestpull.service import proto
 from guestpull.service.ttrpc import CallContext, Code, Handler, RpcConnectionError, RpcError, TtrpcClient, unix_socket_path
@@ -142,6 +144,35 @@ class RuntimeMeasurer:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+# --- start-up ---------------------------------------------------------------------------------------
+
+
+async def write_kbs_credentials(credentials: Sequence[KbsCredential], puller: ImagePuller, *,
+                                root: Path = Path("/")) -> None:
+    """What the CDH does at start: fetch each ``[[credentials]]`` resource and write it to its
+    ``path`` (under /run/confidential-containers/cdh/kbs, checked by the config model).
+
+    A failure stops the start, as upstream.  Files are written 0600 and replaced whole.
+    """
+    for credential in credentials:
+        if not is_kbs_uri(credential.resource_uri):
+            raise ConfigError(f"credentials resource_uri {credential.resource_uri!r} is not a kbs:// URI",
+                              location=Location(field="credentials.resource_uri"))
+        data = await puller.get_resource(credential.resource_uri)
+        target = root / credential.path.lstrip("/")
+        await asyncio.to_thread(_write_private, target, data)
+        log.info("wrote %s from %s", credential.path, credential.resource_uri)
+
+
+def _write_private(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = target.with_name(f".{target.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(partial, target)
 
 
 # --- the CDH services ----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 
 from guestpull.config import CdhConfig
 from guestpull.errors import ConfigError, ExistsError, Location
-from guestpull.service.cdh import ConfidentialDataHub, ImagePuller, RuntimeMeasurer
+from guestpull.service.cdh import ConfidentialDataHub, ImagePuller, RuntimeMeasurer, write_kbs_credentials
 from guestpull.service.ttrpc import CallRecord, Code, TtrpcServer, code_name, unix_socket_path
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ async def serve(cdh: CdhConfig, options: ServeOptions, *, puller_factory: Puller
     claim_socket_path(path)
     measurer = RuntimeMeasurer(cdh.aa.aa_socket)
     async with puller_factory(cdh, options.work_dir) as puller:
+        await write_kbs_credentials(cdh.credentials, puller)
         server = TtrpcServer(ConfidentialDataHub(puller, measurer).services(), on_call=log_call)
         async with _listening(server, path), _stop_on_signals(stop):
             log.info("serving the CDH API on %s", address)
