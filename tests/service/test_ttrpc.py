@@ -8,11 +8,15 @@ server is driven over a raw unix socket where a real client would refuse to send
 from __future__ import annotations
 
 import asyncio
+import shutil
 import struct
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guestpull.service import proto
 from guestpull.service.ttrpc import (
@@ -310,3 +314,50 @@ async def test_client_gives_up_after_its_timeout(served) -> None:
         with pytest.raises(RpcError) as caught:
             await client.call("test.Svc", "Slow", b"30", timeout=0.2)
         assert caught.value.code == Code.DEADLINE_EXCEEDED
+
+
+# --- hostile bytes ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(min_value=1, max_value=16))
+def test_any_bytes_read_as_frames_or_a_protocol_error(data: bytes, chunk: int) -> None:
+    async def read_all() -> None:
+        reader = reader_of(data, chunk=chunk)
+        for _ in range(len(data) + 1):  # every frame takes at least 10 bytes
+            try:
+                frame = await read_frame(reader)
+            except FrameTooLarge:
+                continue
+            except ProtocolError:
+                return
+            if frame is None:
+                return
+            assert len(frame.data) <= MESSAGE_LENGTH_MAX
+        raise AssertionError("read_frame did not consume its input")
+
+    asyncio.run(read_all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=10, max_size=300))
+def test_the_server_survives_any_bytes(data: bytes) -> None:
+    async def scenario(socket: Path) -> None:
+        server = TtrpcServer({"test.Svc": {"Echo": Handlers().echo}})
+        await server.start_unix(socket)
+        try:
+            _, writer = await asyncio.open_unix_connection(str(socket))
+            writer.write(data)
+            await writer.drain()
+            writer.close()
+            async with await TtrpcClient.connect(f"unix://{socket}") as client:
+                assert await client.call("test.Svc", "Echo", b"ok", timeout=10) == b"ok"
+        finally:
+            await server.shutdown(1)
+            socket.unlink(missing_ok=True)
+
+    directory = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        asyncio.run(scenario(directory / "s.sock"))
+    finally:
+        shutil.rmtree(directory)

@@ -177,10 +177,14 @@ def configure_logging(level: str) -> None:
     root.setLevel(_level(level))
 
 
+#: cdh.toml [log] level (env_logger's names) → logging level.
+LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+              "warning": logging.WARNING, "error": logging.ERROR, "off": logging.CRITICAL + 10}
+
+
 def _level(name: str) -> int:
-    value = logging.getLevelName(name.upper())
-    if name.lower() == "trace":
-        return logging.DEBUG
-    if not isinstance(value, int):
-        raise ConfigError(f"unknown log level {name!r}", location=Location(field="log.level"))
-    return value
+    try:
+        return LOG_LEVELS[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown log level {name!r} (expected one of {', '.join(LOG_LEVELS)})",
+                          location=Location(field="log.level")) from None
