@@ -25,7 +25,8 @@ from typing import Any
 
 from guestpull.config import CdhConfig
 from guestpull.errors import ConfigError, ExistsError, Location
-from guestpull.service.cdh import ConfidentialDataHub, ImagePuller, RuntimeMeasurer, write_kbs_credentials
+from guestpull.service.aa import RuntimeMeasurer
+from guestpull.service.cdh import ConfidentialDataHub, ImagePuller, write_kbs_credentials
 from guestpull.service.ttrpc import CallRecord, Code, TtrpcServer, code_name, unix_socket_path
 
 log = logging.getLogger(__name__)
