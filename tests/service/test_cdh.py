@@ -48,6 +48,7 @@ class StubPuller:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.pulls: list[tuple[str, Path | None]] = []
+        self.removed: list[Path] = []
         self.resources = {"kbs:///default/key/one": b"\x00secret\xff"}
 
     async def pull(self, image: str, *, bundle: Path | None = None) -> Pulled:
@@ -57,6 +58,9 @@ class StubPuller:
             attempts = [Attempt(image, "https", "registry", NotFoundError(f"manifest unknown: {image}"))]
             raise AllCandidatesFailed(image, attempts)
         return Pulled(DIGEST)
+
+    async def remove_bundle(self, bundle: Path) -> None:
+        self.removed.append(bundle)
 
     async def get_resource(self, uri: str) -> bytes:
         if uri not in self.resources:
@@ -99,6 +103,7 @@ async def test_pull_and_resource_calls_as_kata_agent_makes_them(cdh: Service, tt
     assert {r["digest"] for r in results[:4]} == {DIGEST}
     assert bytes.fromhex(results[4]["resource_hex"]) == b"\x00secret\xff"
     assert sorted(cdh.puller.pulls) == [("ok/app:v1", Path(b)) for b in bundles]
+    assert cdh.puller.removed == []
     # One connection, all at once: the resource call did not wait for the pulls.
     assert results[4]["elapsed_s"] < 0.3
     pulls = [r for r in cdh.records if r.context.method == "PullImage"]
@@ -191,10 +196,12 @@ async def test_a_client_that_disconnects_mid_call(cdh: Service, ttrpc_peer: Path
 # --- the Attestation Agent ---------------------------------------------------------------------------
 
 
-async def pull_with_aa(directory: Path, peer: Path, aa_socket: Path, images: list[str]) -> list[dict]:
-    server, service = await start_service(directory, RuntimeMeasurer(f"unix://{aa_socket}"))
+async def pull_with_aa(directory: Path, peer: Path, aa_socket: Path, images: list[str], *,
+                       puller: StubPuller | None = None, timeout_ns: int = KATA_PULL_TIMEOUT_NS) -> list[dict]:
+    server, service = await start_service(directory, RuntimeMeasurer(f"unix://{aa_socket}"), puller)
     try:
-        return await call_async(peer, service.socket, [pull_call(i, f"/run/k/{n}") for n, i in enumerate(images)])
+        return await call_async(peer, service.socket, [pull_call(i, f"/run/k/{n}", timeout_ns=timeout_ns)
+                                                       for n, i in enumerate(images)])
     finally:
         await server.shutdown(1)
 
@@ -226,12 +233,23 @@ async def test_an_aa_that_does_not_record_is_a_warning(shm_path: Path, ttrpc_pee
     assert f"the Attestation Agent answered {answer.upper().replace('-', '_')}" in caplog.text
 
 
-async def test_an_aa_error_fails_the_pull(shm_path: Path, ttrpc_peer: Path) -> None:
+async def test_an_aa_error_fails_the_pull_and_removes_its_bundle(shm_path: Path, ttrpc_peer: Path) -> None:
+    puller = StubPuller()
     with start_aa(ttrpc_peer, shm_path / "aa", answer="error") as aa:
-        [result] = await pull_with_aa(shm_path, ttrpc_peer, aa.socket, ["ok/app:v1"])
+        [result] = await pull_with_aa(shm_path, ttrpc_peer, aa.socket, ["ok/app:v1"], puller=puller)
     assert (result["code"], result["message"]) == (
         Code.INTERNAL, "[CDH] [ERROR]: Attestation Agent client error: failed to extend runtime measurement: "
         "INTERNAL: [ERROR:attestation-agent] AA extend runtime measurement failed")
+    assert puller.removed == [Path("/run/k/0")]
+
+
+async def test_a_deadline_during_the_measurement_removes_the_bundle(shm_path: Path, ttrpc_peer: Path) -> None:
+    puller = StubPuller()
+    with start_aa(ttrpc_peer, shm_path / "aa", delay=30) as aa:
+        [result] = await pull_with_aa(shm_path, ttrpc_peer, aa.socket, ["ok/app:v1"], puller=puller,
+                                      timeout_ns=500_000_000)
+    assert (result["code"], result["message"]) == (Code.DEADLINE_EXCEEDED, "timeout")
+    assert puller.removed == [Path("/run/k/0")]
 
 
 async def test_no_aa_socket_means_no_measurement_for_the_life_of_the_service(shm_path: Path, ttrpc_peer: Path) -> None:

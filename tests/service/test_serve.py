@@ -133,6 +133,23 @@ def test_pull_from_http_registry_and_a_missing_image(
     assert_empty_bundle(missing)
 
 
+@pytest.mark.parametrize("failure", ["aa-error", "deadline-in-aa"])
+def test_a_call_that_fails_after_its_pull_leaves_no_bundle(
+    http_registry, repo_name: str, shm_path: Path, ttrpc_peer: Path, bundles: Bundles, failure: str
+) -> None:
+    push_spec(shm_path / "layout", http_registry, repo_name, spec(10))
+    bundle = bundles.new("c1")
+    answer, delay, timeout_ns = ("error", 0.0, 1_200_000_000_000) if failure == "aa-error" else ("ok", 60.0, 8_000_000_000)
+    with start_aa(ttrpc_peer, shm_path / "aa", answer=answer, delay=delay) as aa, \
+            serve(shm_path, http_registry, aa.socket) as svc:
+        [result] = call(ttrpc_peer, svc.socket, [pull_call(image_ref(http_registry, repo_name), bundle,
+                                                           timeout_ns=timeout_ns)])
+        assert len(aa.events()) == 1  # the pull itself succeeded
+    expected = Code.INTERNAL if failure == "aa-error" else Code.DEADLINE_EXCEEDED
+    assert result["code"] == expected, result
+    assert_empty_bundle(bundle)  # unmounted and removed before the answer
+
+
 # --- the FAKE registry: request counts and faults ------------------------------------------------------
 
 

@@ -143,12 +143,12 @@ class FakeAttestationAgent:
         self.stop()
 
 
-def start_aa(peer: Path, directory: Path, *, answer: str = "ok") -> FakeAttestationAgent:
-    """Start the stand-in AA (answer: ok | not-supported | not-enabled | error)."""
+def start_aa(peer: Path, directory: Path, *, answer: str = "ok", delay: float = 0.0) -> FakeAttestationAgent:
+    """Start the stand-in AA (answer: ok | not-supported | not-enabled | error, after ``delay`` s)."""
     directory.mkdir(parents=True, exist_ok=True)
     socket, record = directory / "aa.sock", directory / "aa-events.jsonl"
-    process = ManagedProcess([str(peer), "aa", "-socket", str(socket), "-record", str(record), "-answer", answer],
-                             log_path=directory / "aa.log")
+    process = ManagedProcess([str(peer), "aa", "-socket", str(socket), "-record", str(record), "-answer", answer,
+                              "-delay", f"{int(delay * 1000)}ms"], log_path=directory / "aa.log")
     if not wait_for(lambda: socket.exists() or not process.running(), timeout=10) or not process.running():
         process.stop()
         raise HarnessError(f"the stand-in AA did not start: {process.log_tail()}")

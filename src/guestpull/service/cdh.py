@@ -57,6 +57,8 @@ class ImagePuller(Protocol):
 
     async def get_resource(self, uri: str) -> bytes: ...
 
+    async def remove_bundle(self, bundle: Path) -> None: ...
+
 
 # --- start-up ---------------------------------------------------------------------------------------
 
@@ -134,12 +136,22 @@ class ConfidentialDataHub:
         except GuestpullError as err:
             raise _internal(f"Image Pull error: {one_line(err)}") from None
         context.log_fields["digest"] = result.manifest_digest
-        if self._measurer is not None:
-            try:
-                await self._measurer.extend(request.image_url, result.manifest_digest)
-            except AttestationAgentError as err:
-                raise _internal(f"Attestation Agent client error: {err.message}") from None
+        try:
+            await self._measure(request.image_url, result.manifest_digest)
+        except BaseException:
+            # The call fails (AA error, deadline, client gone) after the bundle was built: a
+            # container that will not run must not leave a mounted rootfs behind.
+            await self._puller.remove_bundle(bundle)
+            raise
         return proto.ImagePullResponse(manifest_digest=result.manifest_digest).SerializeToString()
+
+    async def _measure(self, image: str, manifest_digest: str) -> None:
+        if self._measurer is None:
+            return
+        try:
+            await self._measurer.extend(image, manifest_digest)
+        except AttestationAgentError as err:
+            raise _internal(f"Attestation Agent client error: {err.message}") from None
 
     async def get_resource(self, context: CallContext, payload: bytes) -> bytes:
         request = _decode(payload, "api.GetResourceRequest")

@@ -3,7 +3,7 @@
 //	ttrpcpeer client -socket PATH [-close-after 500ms] < calls.json > results.json
 //	    Makes every call of the JSON array on ONE connection, all at once, as kata-agent does,
 //	    and prints one result per call, in order.
-//	ttrpcpeer aa -socket PATH -record FILE -answer ok|not-enabled|not-supported|error
+//	ttrpcpeer aa -socket PATH -record FILE -answer ok|not-enabled|not-supported|error [-delay 5s]
 //	    Stands in for the Attestation Agent: records each ExtendRuntimeMeasurement request
 //	    (its exact bytes and decoded fields) as a JSON line in FILE, and answers as told.
 //
@@ -211,6 +211,7 @@ func aaMain(args []string) error {
 	socket := flags.String("socket", "", "unix socket to listen on")
 	record := flags.String("record", "", "append each request here as a JSON line")
 	answer := flags.String("answer", "ok", "ok | not-supported | not-enabled | error")
+	delay := flags.Duration("delay", 0, "answer after this long (the deadline permitting)")
 	flags.Parse(args)
 	results := map[string]uint64{"ok": 0, "not-supported": 1, "not-enabled": 2}
 	out, err := os.OpenFile(*record, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
@@ -238,6 +239,11 @@ func aaMain(args []string) error {
 		out.Write(append(line, '\n'))
 		out.Sync()
 		mu.Unlock()
+		select {
+		case <-time.After(*delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 		if *answer == "error" {
 			return nil, status.Errorf(codes.Internal, "[ERROR:attestation-agent] AA extend runtime measurement failed")
 		}
