@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from guestpull.errors import ConfigError, ExistsError
+from guestpull.service.aa import RuntimeMeasurer
 from guestpull.service.server import JsonLogFormatter, _level, claim_socket_path, log_call
 from guestpull.service.ttrpc import CallContext, CallRecord, Code
 
@@ -55,3 +56,8 @@ def test_claiming_the_socket_path(shm_path: Path) -> None:
         with pytest.raises(ExistsError, match="another server is listening"):
             claim_socket_path(live)
     assert live.exists()
+
+
+def test_an_aa_socket_that_is_not_unix_stops_the_start() -> None:
+    with pytest.raises(ConfigError, match="unsupported ttrpc socket address 'vsock://3:1'"):
+        RuntimeMeasurer("vsock://3:1")

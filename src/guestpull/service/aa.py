@@ -53,6 +53,7 @@ class RuntimeMeasurer:
 
     def __init__(self, aa_socket: str, *, connect: Connector = TtrpcClient.connect) -> None:
         self._address = aa_socket
+        self._path = unix_socket_path(aa_socket)  # a bad address stops the start, not a pull
         self._connect = connect
         self._client: TtrpcClient | None = None
         self._absent = False
@@ -81,9 +82,8 @@ class RuntimeMeasurer:
                 self._client = None
             if self._absent or self._client is not None:
                 return self._client
-            path = unix_socket_path(self._address)
-            if not path.exists():
-                log.info("no Attestation Agent socket at %s: pulled images are not measured", path)
+            if not self._path.exists():
+                log.info("no Attestation Agent socket at %s: pulled images are not measured", self._path)
                 self._absent = True
                 return None
             try:
