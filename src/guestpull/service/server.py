@@ -9,6 +9,7 @@ seconds, cancel the rest (their partial bundles are removed by the puller), remo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -34,6 +35,8 @@ request_log = logging.getLogger("guestpull.service.requests")
 
 #: How long running calls may go on after SIGTERM before they are cancelled.
 SHUTDOWN_GRACE = 30.0
+#: Threads for the puller's blocking work (see _size_thread_pool).
+THREAD_POOL_SIZE = 32
 
 PullerFactory = Callable[[CdhConfig, Path | None], AbstractAsyncContextManager[ImagePuller]]
 
@@ -55,6 +58,7 @@ async def serve(cdh: CdhConfig, options: ServeOptions, *, puller_factory: Puller
                 stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM / SIGINT (or ``stop`` is set)."""
     stop = stop or asyncio.Event()
+    _size_thread_pool()
     address = options.socket or cdh.socket
     path = unix_socket_path(address)
     claim_socket_path(path)
@@ -71,6 +75,15 @@ async def serve(cdh: CdhConfig, options: ServeOptions, *, puller_factory: Puller
             await server.shutdown(options.grace)
         await measurer.close()
     log.info("stopped")
+
+
+def _size_thread_pool() -> None:
+    # The puller runs blocking work on the loop's default executor: every downloaded chunk's
+    # write and hash, store locks, and whole-layer unpacks.  Python's default (cores + 4
+    # threads) lets a few concurrent pulls' unpacks hold every thread while the other pulls'
+    # chunk writes queue behind them: downloads stall with the CPU idle.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=THREAD_POOL_SIZE, thread_name_prefix="guestpull"))
 
 
 def claim_socket_path(path: Path) -> None:
