@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from support.cli import cdh_toml
 from support.storecheck import store_problems
+
 from guestpull.image.bundle import umount_bundle
 from guestpull.image.rootfs import is_mountpoint, overlay_supported
 from guestpull.testing import hostiletar

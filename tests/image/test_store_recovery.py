@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from support.storecheck import store_problems
+
 from guestpull.cli import main
 from guestpull.errors import EXIT_CODES, Category, StoreError
 from guestpull.image import store as store_module

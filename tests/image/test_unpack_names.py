@@ -40,6 +40,7 @@ from .conftest import add_image
 from .test_umoci_equality import umoci_unpack
 from .treewalk import describe_tree, diff_trees
 
+
 def raw(name: str, kind: bytes = tarfile.REGTYPE, data: bytes | None = None,
         linkname: str = "", mode: int = 0o644) -> RawTarInfo:
     info = tarfile.TarInfo(name)
@@ -60,7 +61,8 @@ def gnu_tar_absolute(shm_path: Path) -> bytes:
     os.symlink("/etc/conf", src / "etc" / "abs-link")
     done = subprocess.run(["tar", "-P", "--format=gnu", "-cf", "-", str(src)],
                           capture_output=True, check=True)
-    names = [m.name for m in tarfile.open(fileobj=io.BytesIO(done.stdout))]
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        names = archive.getnames()
     assert all(name.startswith("/") for name in names), names  # really absolute
     return done.stdout
 

@@ -289,7 +289,7 @@ class LayerStore:
     def has(self, diff_id: str) -> bool:
         return self.get(diff_id) is not None
 
-    def ensure(self, diff_id: str, fill: Callable[[Path], None]) -> Path:
+    def ensure(self, diff_id: str, fill: Callable[[Path], object]) -> Path:
         """The layer's directory, calling ``fill(tmpdir)`` to create it if it is missing.
 
         Concurrent callers for one diff_id (threads or processes) serialise on a file lock:

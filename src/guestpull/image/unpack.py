@@ -41,12 +41,17 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from guestpull.errors import GuestpullError, NoSpaceError, UnpackError, shown
 from guestpull.image.decode import LayerReader
-from guestpull.image.fsops import ParentNotDirectory, Tree, link_target, split_entry_name
-from guestpull.image.tarstream import Entry, iter_entries
+from guestpull.image.fsops import (
+    ParentNotDirectory,
+    Tree,
+    link_target,
+    split_entry_name,
+)
+from guestpull.image.tarstream import Entry, Readable, iter_entries
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,7 @@ class LayerStats:
 
 
 def apply_layer(
-    tar_stream: BinaryIO,
+    tar_stream: Readable,
     layer_dir: str | os.PathLike[str],
     *,
     mode: Mode = "overlay",
