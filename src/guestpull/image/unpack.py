@@ -500,17 +500,30 @@ class _PathSet:
     one (about n²/2⁶⁴) could only spare one lower-layer file from a whiteout.
     """
 
-    __slots__ = ("_ids",)
+    __slots__ = ("_ids", "_parent", "_parent_id")
 
     def __init__(self) -> None:
         self._ids: set[int] = set()
+        # Entries come directory by directory: the last parent's id saves re-hashing it.
+        self._parent: tuple[str, ...] = ()
+        self._parent_id = 0
 
     def add(self, parts: tuple[str, ...]) -> None:
+        if not parts:
+            return
+        parent = parts[:-1]
+        if parent != self._parent:
+            self._parent, self._parent_id = parent, self._add_chain(parent)
+        self._ids.add(hash((self._parent_id, parts[-1])))
+
+    def _add_chain(self, parts: tuple[str, ...]) -> int:
+        """Add ``parts`` and its ancestors; returns its id."""
         ids = list(_chain(parts))
         for node in reversed(ids):  # deepest first: stop at the first ancestor already known
             if node in self._ids:
-                return
+                break
             self._ids.add(node)
+        return ids[-1] if ids else 0
 
     def __contains__(self, parts: tuple[str, ...]) -> bool:
         node = 0
