@@ -22,6 +22,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from support.cli import config_args, image_ref, invoke, pull_args
 
 from guestpull.errors import UnpackError
 from guestpull.image import create_bundle, umount_bundle
@@ -40,7 +41,6 @@ from guestpull.testing.images import (
     write_layout,
 )
 
-from support.cli import config_args, image_ref, invoke, pull_args
 from .conftest import add_image
 from .test_umoci_equality import umoci_unpack
 from .treewalk import describe_tree, diff_trees
