@@ -281,11 +281,10 @@ class ImageManifest:
 
     @classmethod
     def parse(cls, data: bytes, doc: str = "image manifest") -> ImageManifest:
-        return cls._from_obj(_parse_as(data, doc, IMAGE_MANIFEST_TYPES, "an image manifest"), doc)
+        return cls._from_obj(*_parse_as(data, doc, IMAGE_MANIFEST_TYPES, "an image manifest"), doc)
 
     @classmethod
-    def _from_obj(cls, obj: dict[str, Any], doc: str) -> ImageManifest:
-        media_type = _check_schema(obj, doc, IMAGE_MANIFEST_TYPES)
+    def _from_obj(cls, obj: dict[str, Any], media_type: str, doc: str) -> ImageManifest:
         config = Descriptor.from_json(obj.get("config"), doc, "config")
         if config.size > MAX_CONFIG_SIZE:
             # Refused before the download: the config is read whole into memory.
@@ -295,7 +294,7 @@ class ImageManifest:
             )
         layers = _get(obj, "layers", list, doc, "", required=True)
         return cls(
-            media_type=media_type or OCI_MANIFEST,
+            media_type=media_type,
             config=config,
             layers=tuple(Descriptor.from_json(d, doc, f"layers[{i}]") for i, d in enumerate(layers)),
             annotations=_str_map(obj, "annotations", doc, ""),
@@ -310,14 +309,13 @@ class ImageIndex:
 
     @classmethod
     def parse(cls, data: bytes, doc: str = "image index") -> ImageIndex:
-        return cls._from_obj(_parse_as(data, doc, INDEX_TYPES, "an image index"), doc)
+        return cls._from_obj(*_parse_as(data, doc, INDEX_TYPES, "an image index"), doc)
 
     @classmethod
-    def _from_obj(cls, obj: dict[str, Any], doc: str) -> ImageIndex:
-        media_type = _check_schema(obj, doc, INDEX_TYPES)
+    def _from_obj(cls, obj: dict[str, Any], media_type: str, doc: str) -> ImageIndex:
         entries = _get(obj, "manifests", list, doc, "", required=True)
         return cls(
-            media_type=media_type or OCI_INDEX,
+            media_type=media_type,
             manifests=tuple(
                 Descriptor.from_json(d, doc, f"manifests[{i}]") for i, d in enumerate(entries)
             ),
@@ -330,9 +328,10 @@ def parse_manifest_document(
 ) -> ImageManifest | ImageIndex:
     """An image manifest or an index; the one place that tells them apart (see document_media_type)."""
     obj = _load_json(data, doc)
-    if document_media_type(obj, content_type, doc, expected_media_type) in INDEX_TYPES:
-        return ImageIndex._from_obj(obj, doc)
-    return ImageManifest._from_obj(obj, doc)
+    media_type = document_media_type(obj, content_type, doc, expected_media_type)
+    if media_type in INDEX_TYPES:
+        return ImageIndex._from_obj(obj, media_type, doc)
+    return ImageManifest._from_obj(obj, media_type, doc)
 
 
 def document_media_type(
@@ -384,12 +383,12 @@ def _ambiguous(doc: str, why: str) -> UnsupportedError:
     )
 
 
-def _parse_as(data: bytes, doc: str, kinds: frozenset[str], noun: str) -> dict[str, Any]:
+def _parse_as(data: bytes, doc: str, kinds: frozenset[str], noun: str) -> tuple[dict[str, Any], str]:
     obj = _load_json(data, doc)
     media_type = document_media_type(obj, "", doc)
     if media_type not in kinds:
         raise UnsupportedError(f"expected {noun}, got {media_type!r}", location=Location(file=doc))
-    return obj
+    return obj, media_type
 
 
 def select_platform(index: ImageIndex, wanted: Platform) -> Descriptor:
