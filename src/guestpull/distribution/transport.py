@@ -359,7 +359,7 @@ class Transport:
         if isinstance(err, aiohttp.ClientResponseError):
             # aiohttp's parser refused the response: header too long, too many headers, bad
             # status line (the "status" is aiohttp's 400, not the server's).
-            return NetworkError(f"malformed HTTP response from {host}: {clip(err.message)}")
+            return NetworkError(f"malformed HTTP response from {host}: {clip(' '.join(str(err.message).split()))}")
         if isinstance(err, aiohttp.ClientPayloadError):
             return NetworkError(f"malformed HTTP body from {host}: {_error_text(err)}")
         if isinstance(err, aiohttp.ClientConnectorCertificateError):
