@@ -29,7 +29,6 @@ from guestpull.errors import (
     NetworkError,
     NotFoundError,
     UnsupportedError,
-    clip,
 )
 
 log = logging.getLogger(__name__)

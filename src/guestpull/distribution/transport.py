@@ -33,7 +33,7 @@ import aiohttp
 from yarl import URL
 
 from guestpull import __version__, tls
-from guestpull.errors import GuestpullError, NetworkError, PullTimeoutError, TLSError, clip
+from guestpull.errors import GuestpullError, NetworkError, PullTimeoutError, TLSError, clip, shown
 
 log = logging.getLogger(__name__)
 
@@ -433,10 +433,10 @@ def _redirect_target(hop: URL, location: str) -> URL:
         # yarl parses lazily: touch every part aiohttp will use, so a bad port fails here.
         scheme, host, _ = target.scheme, target.host, target.port
     except ValueError:
-        raise NetworkError(f"refused a redirect from {_safe(hop)} to an invalid URL {clip(location)!r}") from None
+        raise NetworkError(f"refused a redirect from {_safe(hop)} to an invalid URL {shown(location)}") from None
     if scheme not in ("http", "https") or not host:
         raise NetworkError(
-            f"refused a redirect from {_safe(hop)} to {clip(location)!r}: only http(s) URLs with a host"
+            f"refused a redirect from {_safe(hop)} to {shown(location)}: only http(s) URLs with a host"
         )
     if hop.scheme == "https" and scheme != "https":
         raise TLSError(

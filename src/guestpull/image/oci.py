@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from guestpull.errors import ConfigError, DigestError, Location, PlatformError, UnsupportedError, clip
+from guestpull.errors import ConfigError, DigestError, Location, PlatformError, UnsupportedError, clip, shown
 from guestpull.strictjson import load_json
 
 # --- media types -----------------------------------------------------------------------------
@@ -88,9 +88,9 @@ def split_digest(digest: str) -> tuple[str, str]:
     algorithm, sep, hexpart = digest.partition(":")
     expected = _DIGEST_HEX_LEN.get(algorithm)
     if not sep or expected is None:
-        raise DigestError(f"unsupported or malformed digest {clip(repr(digest))} (want sha256/384/512:<hex>)")
+        raise DigestError(f"unsupported or malformed digest {shown(digest)} (want sha256/384/512:<hex>)")
     if len(hexpart) != expected or not _HEX.match(hexpart):
-        raise DigestError(f"malformed digest {clip(repr(digest))}: want {expected} lowercase hex characters")
+        raise DigestError(f"malformed digest {shown(digest)}: want {expected} lowercase hex characters")
     return algorithm, hexpart
 
 
@@ -266,7 +266,7 @@ def _check_schema(obj: dict[str, Any], doc: str, allowed: frozenset[str]) -> str
     media_type = _get(obj, "mediaType", str, doc, "", default="")
     if media_type and media_type not in allowed:
         raise UnsupportedError(
-            f"unsupported media type {clip(repr(media_type))}",
+            f"unsupported media type {shown(media_type)}",
             location=Location(file=doc, field="mediaType"),
         )
     return media_type
@@ -364,7 +364,7 @@ def document_media_type(
         ("the descriptor that points at it", expected_media_type if expected_media_type in known else ""),
     ) if value]
     if len({value for _, value in declared}) > 1:
-        listing = ", ".join(f"{what} says {clip(value)!r}" for what, value in declared)
+        listing = ", ".join(f"{what} says {shown(value)}" for what, value in declared)
         raise _ambiguous(doc, listing)
     if declared:
         media_type = declared[0][1]
