@@ -38,6 +38,11 @@ from guestpull.errors import GuestpullError, NetworkError, PullTimeoutError, TLS
 log = logging.getLogger(__name__)
 
 _REDIRECTS = {301, 302, 303, 307, 308}
+#: Response status line and each header: 8 KiB, as nginx's default large_client_header_buffers
+#: and aiohttp's own default (set here so the limit is ours, not an accident of a version).
+MAX_HEADER_LINE = 8190
+#: Response headers per response: a registry sends about a dozen.
+MAX_HEADERS = 128
 # Go's net/http answers a plain request on a TLS port with this 400 body.
 _GO_TLS_PORT_BODY = b"client sent an http request to an https server"
 
@@ -235,6 +240,9 @@ def new_session(settings: TransportSettings) -> aiohttp.ClientSession:
         trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": settings.user_agent},
+        max_line_size=MAX_HEADER_LINE,
+        max_field_size=MAX_HEADER_LINE,
+        max_headers=MAX_HEADERS,
     )
 
 
