@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import GUESTPULL, write_auth_json
+from support.processes import tree_rss_kib
 from test_pull_fake import write_cdh
 from guestpull.config import ImageConfig
 from guestpull.errors import Category
@@ -55,21 +56,6 @@ _OUTCOMES: list[Outcome] = []
 
 def _image():
     return ImageSpec([LayerSpec([File("hello.txt", b"hello from a hostile test\n" * 40)])]).build()
-
-
-def tree_rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants, from /proc."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            continue
-    return total
 
 
 async def run_cli_pull(reference: str, cdh: Path, work: Path, scratch: Path, bundle: Path | None,
