@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import GUESTPULL, write_auth_json
+from distribution.helpers import server_context
+from support.cli import GUESTPULL, cdh_toml, write_auth_json
 from support.processes import tree_rss_kib
 from test_pull_fake import write_cdh
 from guestpull.config import ImageConfig
@@ -116,8 +117,19 @@ def _scenario_params() -> list:
     ]
 
 
+def _config(path: Path, host: str, auth_file: Path | None, ca_pem: bytes | None) -> Path:
+    """cdh.toml for the registry: insecure HTTP, or HTTPS trusting ``ca_pem``."""
+    if ca_pem is None:
+        return write_cdh(path, host, auth_file=auth_file)
+    text = cdh_toml(host, ca_pem=ca_pem)
+    if auth_file:
+        text = text.replace("[image]\n", f'[image]\nauthenticated_registry_credentials_uri = "file://{auth_file}"\n', 1)
+    path.write_text(text)
+    return path
+
+
 @pytest.mark.parametrize("scenario", _scenario_params())
-async def test_hostile_scenario(scenario: Scenario, shm_path: Path, small_tmpfs) -> None:
+async def test_hostile_scenario(scenario: Scenario, shm_path: Path, small_tmpfs, ca_chain) -> None:
     image = _image()
     served = bomb_image(image, scenario.bomb) if scenario.bomb else image
     root = small_tmpfs(scenario.tmpfs_mib) if scenario.tmpfs_mib else shm_path
@@ -127,10 +139,11 @@ async def test_hostile_scenario(scenario: Scenario, shm_path: Path, small_tmpfs)
     auth_file = write_auth_json(shm_path / "auth.json", "PLACEHOLDER") if scenario.auth != "none" else None
     bound = SLOW_BOUND_S if scenario.slow else FAST_BOUND_S
 
-    async with HostileRegistry(served, scenario) as registry:
+    tls = server_context(ca_chain) if scenario.tls else None
+    async with HostileRegistry(served, scenario, ssl_context=tls) as registry:
         if auth_file:
             write_auth_json(auth_file, registry.host)
-        cdh = write_cdh(shm_path / "cdh.toml", registry.host, auth_file=auth_file)
+        cdh = _config(shm_path / "cdh.toml", registry.host, auth_file, ca_chain.ca_cert_pem if tls else None)
         code, out, seconds, rss = await run_cli_pull(registry.reference, cdh, work, scratch, bundle, bound)
         leaked = registry.credentials_sent_elsewhere()
     category = "ok" if out.get("ok") else out["error"]["category"]
