@@ -17,9 +17,7 @@ CLI in a subprocess.  The fake registry (fakeregistry.py) stays the tool for hon
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import secrets
 import ssl
@@ -32,7 +30,8 @@ from typing import Any, Self
 import zstandard
 
 from guestpull.testing import TEST_PASSWORD, TEST_USER
-from guestpull.testing.images import BuiltImage, BuiltLayer
+from guestpull.testing.fakeregistry import basic_header
+from guestpull.testing.images import BuiltImage, BuiltLayer, sha256_digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -224,7 +223,7 @@ class HostileRegistry:
         if self.scenario.auth == "none" or request.port != self.port:
             return None
         if self.scenario.auth == "basic":
-            if header == basic(TEST_USER, TEST_PASSWORD):
+            if header == basic_header(TEST_USER, TEST_PASSWORD):
                 return None
             challenge = 'Basic realm="hostile"'
         else:
@@ -243,12 +242,7 @@ def response(status: int, headers: dict[str, str], body: bytes, *, reason: str =
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+sha256 = sha256_digest
 
 
 def _parse_head(port: int, head: bytes) -> RawRequest:
