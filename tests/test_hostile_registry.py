@@ -228,6 +228,7 @@ def reliability_report() -> Iterator[None]:
         "Written by `make reliability` (tests/test_hostile_registry.py): each scenario of",
         "`guestpull.testing.hostile` against `python -m guestpull pull` in a subprocess, with",
         "guestpull's default limits.  Peak RSS is the whole process tree, sampled every 50 ms.",
+        f"Scenarios run {CONCURRENCY} at a time on a shared 2-core machine: times include that contention.",
         f"Bounds asserted: {FAST_BOUND_S:g} s (fast) / {SLOW_BOUND_S:g} s (slow), {RSS_BOUND_MIB} MiB.",
         "",
         "| scenario | what the registry does | outcome | time (s) | peak RSS (MiB) |",
