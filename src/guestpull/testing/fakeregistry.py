@@ -203,7 +203,7 @@ class FakeRegistry:
         if self.token_status is not None:
             return web.json_response({"errors": [{"code": "DENIED"}]}, status=self.token_status)
         header = request.headers.get("Authorization", "")
-        if header and header != _basic(self.username, self.password):
+        if header and header != basic_header(self.username, self.password):
             return web.json_response({"errors": [{"code": "UNAUTHORIZED"}]}, status=401)
         token = secrets.token_urlsafe(16)
         self._tokens[token] = time.monotonic() + self.token_ttl
@@ -256,7 +256,7 @@ class FakeRegistry:
         if self.auth == "none":
             return None
         if self.auth == "basic":
-            if header == _basic(self.username, self.password):
+            if header == basic_header(self.username, self.password):
                 return None
             challenge = 'Basic realm="fake-registry"'
         else:
@@ -310,5 +310,6 @@ def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _basic(user: str, password: str) -> str:
+def basic_header(user: str, password: str) -> str:
+    """The ``Authorization`` value a client sends for ``user``/``password``."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
