@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from guestpull.errors import ConfigError, Location, NotFoundError
+from guestpull.strictjson import load_json
 from guestpull.resources.uri import KbsResourceUri
 
 OFFLINE_FS_KEYS_FILE = Path("/etc/aa-offline_fs_kbc-keys.json")
@@ -66,11 +66,9 @@ def load_offline_fs(files: list[Path]) -> dict[str, bytes]:
 
 def _parse_offline_fs(raw: bytes, source: str) -> dict[str, bytes]:
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        line = getattr(err, "lineno", None)
-        raise ConfigError(f"offline_fs KBC file is not valid JSON: {err}",
-                          location=Location(file=source, line=line)) from None
+        data = load_json(raw, source)
+    except ConfigError as err:
+        raise ConfigError(f"offline_fs KBC file: {err.message}", location=err.location) from None
     if not isinstance(data, dict):
         raise ConfigError("offline_fs KBC file must be a JSON object of \"repo/type/tag\": base64",
                           location=Location(file=source))
