@@ -74,3 +74,11 @@ def test_protected_header_must_be_json() -> None:
     doc["protected"] = base64.urlsafe_b64encode(b"nope").decode()
     with pytest.raises(DigestError, match="protected header is not base64url JSON"):
         decrypt_response(body(doc), key, "kbs:///a/b/c")
+
+
+def test_duplicate_members_are_refused() -> None:
+    # Two "ciphertext" members: readers that keep the first and the last would disagree.
+    doc, key = encrypt("ec-p256", "ECDH-ES+A256KW")
+    raw = body(doc)[:-1] + b', "ciphertext": "AAAA"}'
+    with pytest.raises(DigestError, match="duplicate key 'ciphertext'"):
+        decrypt_response(raw, key, "kbs:///a/b/c")

@@ -68,3 +68,10 @@ def test_bad_replies_name_no_secret(reply: bytes, fragment: str) -> None:
 
 def test_token_text_is_not_in_repr() -> None:
     assert "eyJ" not in repr(KbsToken(jwt({"exp": 1})))
+
+
+def test_duplicate_token_in_the_reply_is_refused() -> None:
+    reply = b'{"token": "a.b.c", "token": "d.e.f", "tee_keypair": ""}'
+    with pytest.raises(AuthError, match="duplicate key 'token'") as info:
+        parse_token_reply(reply)
+    assert "a.b.c" not in str(info.value)

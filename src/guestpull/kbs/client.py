@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import ssl
 import time
@@ -51,6 +50,7 @@ from guestpull.errors import (
 from guestpull.kbs.jwe import decrypt_response
 from guestpull.kbs.token import KbsToken, TeeKey, TokenProvider, printable
 from guestpull.resources.uri import KbsResourceUri, check_kbs_url
+from guestpull.strictjson import load_json
 
 if TYPE_CHECKING:
     from guestpull.config import KbcConfig
@@ -282,8 +282,8 @@ def _status_error(status: int, body: bytes, uri: str, url: URL) -> GuestpullErro
 def _detail(body: bytes) -> str:
     """The ``detail`` of a KBS error body ``{"type", "detail"}``, printable and truncated."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = load_json(body, "KBS error")
+    except ConfigError:
         return ""
     detail = doc.get("detail") if isinstance(doc, dict) else None
     if not isinstance(detail, str):

@@ -20,8 +20,9 @@ import json
 import logging
 from typing import Any
 
-from guestpull.errors import DigestError, UnsupportedError, clip
+from guestpull.errors import ConfigError, DigestError, UnsupportedError, clip
 from guestpull.kbs.token import TeeKey
+from guestpull.strictjson import load_json
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,9 @@ def decrypt_response(body: bytes, key: TeeKey, what: str) -> bytes:
 
 def _members(body: bytes, what: str) -> dict[str, str]:
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise DigestError(f"the KBS response for {what} is not JSON (expected a JWE)") from None
+        doc = load_json(body, "KBS response")
+    except ConfigError as err:
+        raise DigestError(f"the KBS response for {what} is not JSON (expected a JWE): {err.message}") from None
     if not isinstance(doc, dict):
         raise DigestError(f"the KBS response for {what} is not a JSON object (expected a JWE)")
     missing = [name for name in _MEMBERS if not isinstance(doc.get(name), str)]
@@ -74,8 +75,8 @@ def _members(body: bytes, what: str) -> dict[str, str]:
 
 def _protected_header(text: str, what: str) -> dict[str, Any]:
     try:
-        header = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, ValueError):
+        header = load_json(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "JWE header")
+    except (binascii.Error, ValueError, ConfigError):
         raise DigestError(f"the KBS response for {what}: the JWE protected header is not "
                           "base64url JSON") from None
     if not isinstance(header, dict):

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from guestpull.errors import AuthError
+from guestpull.errors import AuthError, ConfigError
+from guestpull.strictjson import load_json
 
 if TYPE_CHECKING:
     from jwcrypto.jwk import JWK
@@ -85,8 +85,8 @@ def parse_token(text: str) -> KbsToken:
     if len(parts) != 3:
         raise AuthError(_bad_reply("the token is not a JWT (header.claims.signature)"))
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
+        claims = load_json(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)), "JWT claims")
+    except (binascii.Error, ValueError, ConfigError):
         raise AuthError(_bad_reply("the token's claims are not base64url JSON")) from None
     if not isinstance(claims, dict):
         raise AuthError(_bad_reply("the token's claims are not a JSON object"))
@@ -96,9 +96,9 @@ def parse_token(text: str) -> KbsToken:
 def parse_token_reply(data: bytes) -> tuple[KbsToken, TeeKey]:
     """The AA's ``GetTokenResponse.Token``: JSON ``{"token", "tee_keypair"}``."""
     try:
-        reply = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise AuthError(_bad_reply("it is not JSON")) from None
+        reply = load_json(data, "GetToken reply")
+    except ConfigError as err:
+        raise AuthError(_bad_reply(f"it is not JSON: {err.message}")) from None
     if not isinstance(reply, dict):
         raise AuthError(_bad_reply("it is not a JSON object"))
     token, pem = reply.get("token"), reply.get("tee_keypair")
