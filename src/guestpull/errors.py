@@ -190,6 +190,18 @@ class PolicyError(GuestpullError):
     category = Category.POLICY
 
 
+class PolicyRejected(PolicyError):
+    """The signature policy rejected an image; ``decision`` is the verdict as plain data
+    (scope, requirements, why)."""
+
+    def __init__(self, message: str, *, decision: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.decision = decision
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "decision": self.decision}
+
+
 class UnpackError(GuestpullError):
     category = Category.UNPACK
 

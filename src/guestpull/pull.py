@@ -37,7 +37,6 @@ from guestpull.errors import (
     GuestpullError,
     Location,
     NoSpaceError,
-    PolicyError,
     UnsupportedError,
 )
 from guestpull.image import oci
@@ -47,6 +46,7 @@ from guestpull.image.store import LayerRef, Store, open_store
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
 from guestpull.resources import ResourceResolver
+from guestpull.signature import PolicyDecision, Verifier, VerifyTarget, build_verifier
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class PullResult:
     layers: tuple[PulledLayer, ...]
     attempts: tuple[Attempt, ...] = ()
     bundle: BundleResult | None = None
+    policy: PolicyDecision | None = None  # None: no signature policy configured
 
     def to_dict(self) -> dict[str, Any]:
         bundle = self.bundle
@@ -100,6 +101,7 @@ class PullResult:
             "bundle": str(bundle.rootfs.parent) if bundle else None,
             "rootfs_mode": bundle.mode_used if bundle else None,
             "warnings": list(bundle.warnings) if bundle else [],
+            "policy": self.policy.to_dict() if self.policy else None,
         }
 
 
@@ -149,7 +151,6 @@ async def pull_image(
     occupied bundle is refused (ExistsError) before anything is fetched, unless ``force``.
     """
     emit = events or _no_events
-    refuse_unimplemented(image_config)
     wanted_bundle = None
     if bundle is not None:
         check_bundle_target(bundle, force)
@@ -157,12 +158,15 @@ async def pull_image(
     reference = parse_reference(image)
     wanted = oci.Platform.parse(platform) if isinstance(platform, str) else platform or oci.default_platform()
     resolver = resolver or ResourceResolver()
+    work_dir = work_dir if work_dir is not None else image_config.work_dir
+    # Read before anything is fetched: a policy that cannot be read refuses the pull.
+    verifier = build_verifier(image_config, resolver, Path(work_dir))
     candidates = resolve_candidates(reference, image_config.registries(resolver))
     auth_file = load_auth_file(image_config, resolver)
     trust = load_trust(image_config, resolver)
     proxies = ProxySettings.from_config(image_config.image_pull_proxy)
     settings = transport_settings or TransportSettings()
-    store = open_store(work_dir if work_dir is not None else image_config.work_dir)
+    store = open_store(work_dir)
 
     attempts: list[Attempt] = []
     # Shared with other pulls, exclusive for prune: blobs committed but not yet recorded
@@ -174,6 +178,7 @@ async def pull_image(
             puller = _CandidatePull(
                 candidate, transport, store, auth_file, wanted,
                 image_config.max_concurrent_layer_downloads_per_image, emit, wanted_bundle,
+                verifier=verifier, requested=reference,
             )
             try:
                 result = await puller.run()
@@ -207,21 +212,6 @@ def pull_image_sync(image: str, image_config: ImageConfig, **kwargs: Any) -> Pul
     return asyncio.run(pull_image(image, image_config, **kwargs))
 
 
-def refuse_unimplemented(image_config: ImageConfig) -> None:
-    """Fail closed: a configured signature policy that nothing checks refuses the pull.
-
-    Pulling anyway would run an image its owner's policy may reject; see issue 8.
-    """
-    for key in ("image_security_policy_uri", "image_security_policy"):
-        if getattr(image_config, key):
-            raise PolicyError(
-                f"cdh.toml [image] {key} is set, but this guestpull cannot verify image "
-                "signatures yet; refusing to pull rather than ignore the policy",
-                location=Location(field=f"image.{key}"),
-                hint="remove the policy only if unsigned images are acceptable",
-            )
-
-
 def load_auth_file(image_config: ImageConfig, resolver: ResourceGetter) -> AuthFile | None:
     uri = image_config.authenticated_registry_credentials_uri
     return AuthFile.parse(resolver.get(uri), uri) if uri else None
@@ -252,8 +242,13 @@ class _CandidatePull:
         concurrency: int,
         emit: EventCallback,
         bundle: BundleRequest | None = None,
+        *,
+        verifier: Verifier | None = None,
+        requested: Reference | None = None,
     ) -> None:
         self.bundle = bundle
+        self.verifier = verifier
+        self.requested = requested or candidate.reference
         self.ref: Reference = candidate.reference
         self.candidate = candidate
         self.store = store
@@ -267,6 +262,8 @@ class _CandidatePull:
 
     async def run(self) -> dict[str, Any]:
         manifest, index_digest = await self._resolve_manifest()
+        # Before the config or any layer is fetched, and before the bundle builder starts.
+        policy = await self._verify(manifest.digest, index_digest)
         parsed = oci.ImageManifest.parse(manifest.data, f"image manifest {manifest.digest}")
         config_bytes = await self._fetch_config(parsed.config)
         config = oci.ImageConfig.parse(config_bytes, f"image config {parsed.config.digest}")
@@ -311,7 +308,17 @@ class _CandidatePull:
             "platform": _platform_text(config),
             "layers": layers,
             "bundle": made,
+            "policy": policy,
         }
+
+    async def _verify(self, manifest_digest: str, index_digest: str | None) -> PolicyDecision | None:
+        """The signature policy's verdict on every pull (PolicyError if it rejects)."""
+        if self.verifier is None:
+            return None
+        decision = await self.verifier.verify(
+            VerifyTarget(self.requested, self.ref, self.client, manifest_digest, index_digest))
+        self.emit(PullEvent("policy", str(self.ref), decision.to_dict()))
+        return decision
 
     async def _resolve_manifest(self) -> tuple[FetchedManifest, str | None]:
         repo = self.ref.repository

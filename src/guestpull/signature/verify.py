@@ -1,0 +1,196 @@
+"""The verification step of a pull: the policy's decision for one image, or PolicyError.
+
+:func:`build_verifier` reads the configuration once (policy, sigstore config); the puller calls
+:meth:`Verifier.verify` for every pull, after the manifest is resolved and before the config or
+any layer is fetched.  The scope and identity checks use the reference the user asked for; the
+signatures are read where the image was actually fetched (the candidate: its registry client
+for cosign, its repository for the lookaside path, as containers/image does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guestpull.config import ImageConfig, ResourceGetter
+from guestpull.distribution import RegistryClient
+from guestpull.errors import PolicyRejected
+from guestpull.reference import Reference
+from guestpull.signature import cosign, simple
+from guestpull.signature.keys import KeyLoader
+from guestpull.signature.payload import COSIGN_TYPE, SIMPLE_SIGNING_TYPE, PayloadError, SignedClaim, parse_payload
+from guestpull.signature.policy import Policy, Requirement
+from guestpull.signature.sigstore_config import SigstoreConfig, load_sigstore_config
+
+INLINE_POLICY = "cdh.toml [image] image_security_policy"
+INLINE_SIGSTORE = "cdh.toml [image] sigstore_config"
+
+
+@dataclass(frozen=True)
+class VerifyTarget:
+    """What is being pulled: the name asked for, and the candidate the manifest came from."""
+
+    requested: Reference
+    fetched: Reference
+    client: RegistryClient
+    manifest_digest: str  # the platform image manifest
+    index_digest: str | None = None
+
+
+@dataclass
+class RequirementOutcome:
+    type: str
+    accepted: bool
+    detail: str
+    keys: list[str] = field(default_factory=list)  # fingerprints of the keys that verified
+    signature: str | None = None  # where the accepted signature was read
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "accepted": self.accepted, "detail": self.detail,
+                "keys": self.keys, "signature": self.signature}
+
+
+@dataclass
+class PolicyDecision:
+    """The policy's verdict for one pull (in PullResult and ``--json``)."""
+
+    policy: str
+    scope: str
+    accepted: bool
+    requirements: list[RequirementOutcome]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "scope": self.scope, "accepted": self.accepted,
+                "requirements": [r.to_dict() for r in self.requirements]}
+
+
+class Verifier:
+    """Evaluates a policy for each pull; keys are loaded on first use and kept."""
+
+    def __init__(self, policy: Policy, sigstore: SigstoreConfig, resolver: ResourceGetter) -> None:
+        self.policy = policy
+        self.sigstore = sigstore
+        self.keys = KeyLoader(resolver, policy.source)
+
+    async def verify(self, target: VerifyTarget) -> PolicyDecision:
+        """Every requirement of the matching scope must hold; else PolicyError saying why."""
+        match = self.policy.scope_for(target.requested)
+        decision = PolicyDecision(self.policy.source, match.scope, True, [])
+        for requirement in match.requirements:
+            outcome = await self._evaluate(requirement, target)
+            decision.requirements.append(outcome)
+            if not outcome.accepted:
+                decision.accepted = False
+                raise PolicyRejected(
+                    f"signature policy rejects {target.requested}: scope {match.scope!r} "
+                    f"requirement {requirement.describe()}: {outcome.detail}",
+                    hint=f"policy {self.policy.source}, {requirement.where}",
+                    decision=decision.to_dict(),
+                )
+        return decision
+
+    async def _evaluate(self, requirement: Requirement, target: VerifyTarget) -> RequirementOutcome:
+        if requirement.type == "insecureAcceptAnything":
+            return RequirementOutcome(requirement.type, True, "accepts any image")
+        if requirement.type == "reject":
+            return RequirementOutcome(requirement.type, False, "the policy rejects every image here")
+        if requirement.type == "signedBy":
+            return await self._signed_by(requirement, target)
+        return await self._sigstore_signed(requirement, target)
+
+    async def _signed_by(self, requirement: Requirement, target: VerifyTarget) -> RequirementOutcome:
+        assert requirement.keys is not None
+        keyring = self.keys.gpg(requirement.keys)
+        lookaside = self.sigstore.lookaside_for(target.fetched)
+        if lookaside is None:
+            return RequirementOutcome(
+                requirement.type, False,
+                f"no signature store (sigstore/lookaside) is configured for {target.fetched.name} "
+                "in the sigstore config, so no signature can be found")
+        stored = await simple.read_signatures(
+            lookaside.url, target.fetched.repository, target.manifest_digest, target.client.transport)
+        rejections = []
+        for signature in stored:
+            try:
+                message = simple.verify_message(signature.data, keyring)
+                claim = parse_payload(message.payload, SIMPLE_SIGNING_TYPE)
+                self._check_claim(requirement, claim, target, (target.manifest_digest,))
+            except (simple.SignatureInvalid, PayloadError) as err:
+                rejections.append(f"{signature.location}: {err}")
+                continue
+            return RequirementOutcome(requirement.type, True,
+                                      f"signed by {message.fingerprint} as {claim.docker_reference}",
+                                      [message.fingerprint], signature.location)
+        where = simple.signature_url(lookaside.url, target.fetched.repository, target.manifest_digest, 1)
+        return _none_accepted(requirement, rejections, f"no signature at {where} "
+                              f"(lookaside from {lookaside.source}, scope {lookaside.scope})")
+
+    async def _sigstore_signed(self, requirement: Requirement, target: VerifyTarget) -> RequirementOutcome:
+        assert requirement.keys is not None
+        keys = self.keys.cosign(requirement.keys)
+        # The platform manifest, and the index the tag may point at (upstream image-rs reads the
+        # signature of the digest the tag resolves to; a signed index pins its manifests).
+        digests = (target.manifest_digest,) + ((target.index_digest,) if target.index_digest else ())
+        rejections = []
+        for digest in digests:
+            for signature in await cosign.read_cosign_signatures(
+                    target.client, target.fetched.repository, digest):
+                try:
+                    key = cosign.verify_cosign(signature, keys)
+                    claim = parse_payload(signature.payload, COSIGN_TYPE)
+                    self._check_claim(requirement, claim, target, digests)
+                except (simple.SignatureInvalid, PayloadError) as err:
+                    rejections.append(f"{signature.location}: {err}")
+                    continue
+                return RequirementOutcome(requirement.type, True,
+                                          f"signed by {key.source} as {claim.docker_reference}",
+                                          [key.fingerprint], signature.location)
+        tags = " or ".join(f"{target.fetched.name}:{cosign.signature_tag(d)}" for d in digests)
+        return _none_accepted(requirement, rejections, f"no cosign signature ({tags} not found)")
+
+    @staticmethod
+    def _check_claim(requirement: Requirement, claim: SignedClaim, target: VerifyTarget,
+                     digests: tuple[str, ...]) -> None:
+        if claim.manifest_digest not in digests:
+            raise PayloadError(f"it signs manifest {claim.manifest_digest}, not {target.manifest_digest} "
+                               "(a signature of another image)")
+        assert requirement.identity is not None
+        if not requirement.identity.matches(target.requested, claim.docker_reference):
+            raise PayloadError(f"its identity {claim.docker_reference!r} does not match "
+                               f"{target.requested} under signedIdentity {requirement.identity}")
+
+
+def _none_accepted(requirement: Requirement, rejections: list[str], missing: str) -> RequirementOutcome:
+    if not rejections:
+        return RequirementOutcome(requirement.type, False, missing)
+    return RequirementOutcome(requirement.type, False,
+                              f"no signature is accepted: {'; '.join(rejections)}")
+
+
+def build_verifier(image_config: ImageConfig, resolver: ResourceGetter, work_dir: Path) -> Verifier | None:
+    """The verifier for ``[image]``, or None when no policy is configured (no verification step,
+    as upstream).  A policy URI that cannot be read refuses the pull (its error propagates)."""
+    policy = load_policy(image_config, resolver)
+    if policy is None:
+        return None
+    return Verifier(policy, load_sigstore(image_config, resolver, work_dir), resolver)
+
+
+def load_policy(image_config: ImageConfig, resolver: ResourceGetter) -> Policy | None:
+    uri = image_config.image_security_policy_uri
+    if uri:
+        return Policy.parse(resolver.get(uri), uri)
+    if image_config.image_security_policy:
+        return Policy.parse(image_config.image_security_policy.encode(), INLINE_POLICY)
+    return None
+
+
+def load_sigstore(image_config: ImageConfig, resolver: ResourceGetter, work_dir: Path) -> SigstoreConfig:
+    uri = image_config.sigstore_config_uri
+    inline: tuple[bytes, str] | None = None
+    if uri:
+        inline = (resolver.get(uri), uri)
+    elif image_config.sigstore_config:
+        inline = (image_config.sigstore_config.encode(), INLINE_SIGSTORE)
+    return load_sigstore_config(inline, work_dir)
