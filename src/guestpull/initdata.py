@@ -33,6 +33,8 @@ from guestpull.config import (
     parse_toml,
 )
 from guestpull.errors import ConfigError, GuestpullError, Location, UsageError
+from guestpull.signature.policy import Policy
+from guestpull.signature.sigstore_config import SigstoreConfig
 
 VERSION = "0.1.0"
 ALGORITHMS: tuple[str, ...] = ("sha256", "sha384", "sha512")
@@ -556,9 +558,6 @@ def _image_table(options: BuildOptions) -> dict[str, Any]:
 
 def _signature_settings(options: BuildOptions) -> dict[str, str]:
     """Policy and sigstore config, inline (checked as the guest will read them) or by URI."""
-    from guestpull.signature.policy import Policy
-    from guestpull.signature.sigstore_config import SigstoreConfig
-
     out: dict[str, str] = {}
     pairs = (("policy", "image_security_policy", Policy.parse),
              ("sigstore-config", "sigstore_config", SigstoreConfig.parse))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from guestpull.errors import ConfigError
+from guestpull.errors import ConfigError, UnsupportedError
 from guestpull.reference import parse_reference
 from guestpull.signature.policy import Policy, policy_scopes
 
@@ -107,8 +107,6 @@ def test_requirements_parse() -> None:
     ({"default": [{"type": "signedBy", "keyType": "GPGKeys"}]}, "default[0]", "exactly one"),
     ({"default": [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/a", "keyData": "AA"}]},
      "default[0]", "exactly one"),
-    ({"default": [{"type": "sigstoreSigned", "fulcio": {}, "rekorPublicKeyPath": "/r"}]},
-     "default[0].fulcio", "keyless"),
     ({"default": [{"type": "reject", "keyPath": "/a"}]}, "default[0].keyPath", "unknown field"),
     ({"default": ACCEPT, "transports": {"docker": {"reg": [{"type": "nope"}]}}},
      "transports.docker['reg'][0].type", "unknown requirement type"),
@@ -133,3 +131,9 @@ def test_duplicate_keys_and_bad_json_are_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         Policy.parse(b'{\n"default": [\n', "p")
     assert caught.value.location.line is not None
+
+
+def test_keyless_sigstore_is_unsupported() -> None:
+    with pytest.raises(UnsupportedError, match="keyless") as caught:
+        parse({"default": [{"type": "sigstoreSigned", "fulcio": {}, "rekorPublicKeyPath": "/r"}]})
+    assert caught.value.location.field == "default[0].fulcio"

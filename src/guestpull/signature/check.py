@@ -46,7 +46,7 @@ def check_policy(raw: bytes, source: str) -> tuple[Policy | None, list[Problem]]
     problems = list(_unknown_types(raw))
     try:
         policy = Policy.parse(raw, source)
-    except ConfigError as err:
+    except GuestpullError as err:
         if not problems:
             problems.append(Problem(ERROR, "invalid-signature-policy", str(err)))
         return None, problems

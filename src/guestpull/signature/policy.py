@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from guestpull.errors import ConfigError, Location
+from guestpull.errors import ConfigError, Location, UnsupportedError
 from guestpull.reference import Reference
 from guestpull.signature.identity import IdentityRule, parse_identity_rule
 
@@ -207,9 +207,10 @@ def _requirement(value: Any, where: _Where, field: str) -> Requirement:
     elif kind == "sigstoreSigned":
         keyless = [k for k in KEYLESS_FIELDS if k in item]
         if keyless:
-            raise where.error(f"{field}.{keyless[0]}", "keyless sigstore verification (Fulcio "
-                              "certificates, Rekor) is not supported: use a public key "
-                              "(keyPath or keyData)")
+            raise UnsupportedError(
+                "keyless sigstore verification (Fulcio certificates, Rekor) is not supported: "
+                "use a public key (keyPath or keyData)",
+                location=Location(file=where.source, field=f"{field}.{keyless[0]}"))
         _only_keys(item, ("type", "keyPath", "keyData", "signedIdentity"), where, field)
         keys = _key_source(item, ("keyPath", "keyData"), where, field)
     else:
