@@ -107,7 +107,8 @@ class PullResult:
 
 @dataclass(frozen=True)
 class PullEvent:
-    """Progress: ``kind`` is one of candidate, attempt-failed, manifest, layer-cached,
+    """Progress: ``kind`` is one of candidate, attempt-failed, manifest, policy (the signature
+    policy accepted the image; ``detail`` is the decision), layer-cached,
     layer-start, layer-progress (``detail["bytes"]`` so far), layer-done, bundle-start,
     bundle-done, done."""
 

@@ -25,10 +25,6 @@ POLICY_EXIT = EXIT_CODES[Category.POLICY]
 Case = Callable[[World], tuple[str, list[dict[str, Any]], dict[str, list[dict[str, Any]]] | None]]
 
 
-def only(default: list[dict[str, Any]]) -> Callable[[World], Any]:
-    return lambda w: default
-
-
 SIMPLE_CASES: dict[str, tuple[Case, bool]] = {
     "unsigned": (lambda w: (w.ref("unsigned"), [w.signed_by()], None), False),
     "trusted-key": (lambda w: (w.ref("signed"), [w.signed_by()], None), True),

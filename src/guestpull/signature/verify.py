@@ -9,6 +9,8 @@ for cosign, its repository for the lookaside path, as containers/image does).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,15 @@ class PolicyDecision:
                 "requirements": [r.to_dict() for r in self.requirements]}
 
 
+@dataclass(frozen=True)
+class _Signed:
+    """A signature that verified cryptographically: its payload, and who signed it."""
+
+    payload: bytes
+    signer: str  # for messages: a fingerprint or a key's source
+    fingerprint: str
+
+
 class Verifier:
     """Evaluates a policy for each pull; keys are loaded on first use and kept."""
 
@@ -110,21 +121,16 @@ class Verifier:
                 "in the sigstore config, so no signature can be found")
         stored = await simple.read_signatures(
             lookaside.url, target.fetched.repository, target.manifest_digest, target.client.transport)
-        rejections = []
-        for signature in stored:
-            try:
-                message = simple.verify_message(signature.data, keyring)
-                claim = parse_payload(message.payload, SIMPLE_SIGNING_TYPE)
-                self._check_claim(requirement, claim, target, (target.manifest_digest,))
-            except (simple.SignatureInvalid, PayloadError) as err:
-                rejections.append(f"{signature.location}: {err}")
-                continue
-            return RequirementOutcome(requirement.type, True,
-                                      f"signed by {message.fingerprint} as {claim.docker_reference}",
-                                      [message.fingerprint], signature.location)
+
+        def gpg(signature: simple.StoredSignature) -> _Signed:
+            message = simple.verify_message(signature.data, keyring)
+            return _Signed(message.payload, message.fingerprint, message.fingerprint)
+
+        candidates = [(s.location, functools.partial(gpg, s)) for s in stored]
         where = simple.signature_url(lookaside.url, target.fetched.repository, target.manifest_digest, 1)
-        return _none_accepted(requirement, rejections, f"no signature at {where} "
-                              f"(lookaside from {lookaside.source}, scope {lookaside.scope})")
+        return self._first_accepted(
+            requirement, target, candidates, SIMPLE_SIGNING_TYPE, (target.manifest_digest,),
+            f"no signature at {where} (lookaside from {lookaside.source}, scope {lookaside.scope})")
 
     async def _sigstore_signed(self, requirement: Requirement, target: VerifyTarget) -> RequirementOutcome:
         assert requirement.keys is not None
@@ -132,22 +138,40 @@ class Verifier:
         # The platform manifest, and the index the tag may point at (upstream image-rs reads the
         # signature of the digest the tag resolves to; a signed index pins its manifests).
         digests = (target.manifest_digest,) + ((target.index_digest,) if target.index_digest else ())
-        rejections = []
-        for digest in digests:
-            for signature in await cosign.read_cosign_signatures(
-                    target.client, target.fetched.repository, digest):
-                try:
-                    key = cosign.verify_cosign(signature, keys)
-                    claim = parse_payload(signature.payload, COSIGN_TYPE)
-                    self._check_claim(requirement, claim, target, digests)
-                except (simple.SignatureInvalid, PayloadError) as err:
-                    rejections.append(f"{signature.location}: {err}")
-                    continue
-                return RequirementOutcome(requirement.type, True,
-                                          f"signed by {key.source} as {claim.docker_reference}",
-                                          [key.fingerprint], signature.location)
+        attached = [signature for digest in digests for signature in
+                    await cosign.read_cosign_signatures(target.client, target.fetched.repository, digest)]
+
+        def verify(signature: cosign.CosignSignature) -> _Signed:
+            key = cosign.verify_cosign(signature, keys)
+            return _Signed(signature.payload, key.source, key.fingerprint)
+
+        candidates = [(s.location, functools.partial(verify, s)) for s in attached]
         tags = " or ".join(f"{target.fetched.name}:{cosign.signature_tag(d)}" for d in digests)
-        return _none_accepted(requirement, rejections, f"no cosign signature ({tags} not found)")
+        return self._first_accepted(requirement, target, candidates, COSIGN_TYPE, digests,
+                                    f"no cosign signature ({tags} not found)")
+
+    def _first_accepted(
+        self, requirement: Requirement, target: VerifyTarget,
+        candidates: list[tuple[str, Callable[[], _Signed]]], payload_type: str,
+        digests: tuple[str, ...], missing: str,
+    ) -> RequirementOutcome:
+        """The first signature that verifies and whose claim fits; else why none did."""
+        rejections = []
+        for location, check in candidates:
+            try:
+                signed = check()
+                claim = parse_payload(signed.payload, payload_type)
+                self._check_claim(requirement, claim, target, digests)
+            except (simple.SignatureInvalid, PayloadError) as err:
+                rejections.append(f"{location}: {err}")
+                continue
+            return RequirementOutcome(requirement.type, True,
+                                      f"signed by {signed.signer} as {claim.docker_reference}",
+                                      [signed.fingerprint], location)
+        if not rejections:
+            return RequirementOutcome(requirement.type, False, missing)
+        return RequirementOutcome(requirement.type, False,
+                                  f"no signature is accepted: {'; '.join(rejections)}")
 
     @staticmethod
     def _check_claim(requirement: Requirement, claim: SignedClaim, target: VerifyTarget,
@@ -159,13 +183,6 @@ class Verifier:
         if not requirement.identity.matches(target.requested, claim.docker_reference):
             raise PayloadError(f"its identity {claim.docker_reference!r} does not match "
                                f"{target.requested} under signedIdentity {requirement.identity}")
-
-
-def _none_accepted(requirement: Requirement, rejections: list[str], missing: str) -> RequirementOutcome:
-    if not rejections:
-        return RequirementOutcome(requirement.type, False, missing)
-    return RequirementOutcome(requirement.type, False,
-                              f"no signature is accepted: {'; '.join(rejections)}")
 
 
 def build_verifier(image_config: ImageConfig, resolver: ResourceGetter, work_dir: Path) -> Verifier | None:
