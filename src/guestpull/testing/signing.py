@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -175,16 +176,25 @@ class _RegistryApi:
 
 
 @contextlib.contextmanager
-def serve_directory(directory: Path) -> Iterator[str]:
-    """A static HTTP server for ``directory`` on 127.0.0.1; yields its base URL."""
+def serve_directory(directory: Path, errors: dict[str, int] | None = None) -> Iterator[str]:
+    """A static HTTP server for ``directory`` on 127.0.0.1; yields its base URL.  ``errors``
+    maps request paths to the error status to answer instead."""
+    failing = dict(errors or {})
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
             pass
 
+        def send_head(self) -> object:
+            status = failing.get(urllib.parse.unquote(self.path))
+            if status is not None:
+                self.send_error(status)
+                return None
+            return super().send_head()
+
     handler = functools.partial(Quiet, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
