@@ -121,23 +121,28 @@ class World:
             req["signedIdentity"] = identity
         return req
 
-    def cdh(self, policy: Path, registries_dir: Path | None = None) -> Path:
+    def cdh(self, policy: Path, registries_dir: Path | None = None, remap: str | None = None) -> Path:
+        """A cdh.toml with the policy and sigstore config; ``remap`` is a registry whose images
+        come from this one (a rule with ``location``)."""
         self._counter += 1
         lines = ["[kbc]", 'name = "offline_fs_kbc"', "[image]",
                  f'image_security_policy_uri = "file://{policy}"',
                  f'sigstore_config_uri = "{(registries_dir or self.registries_d) / "default.yaml"}"']
         if self.registry.tls is not None:
             lines.append(f'extra_root_certificates = ["""{self.registry.tls.ca_cert_pem.decode()}"""]')
-        else:
-            lines += ["[[image.registry_config.registry]]", f'location = "{self.host}"', "insecure = true"]
+        insecure = str(self.registry.tls is None).lower()
+        lines += ["[[image.registry_config.registry]]", f'location = "{self.host}"', f"insecure = {insecure}"]
+        if remap is not None:
+            lines += ["[[image.registry_config.registry]]", f'prefix = "{remap}"',
+                      f'location = "{self.host}"', f"insecure = {insecure}"]
         path = self.root / f"cdh-{self._counter}.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
 
     def pull(self, image: str, policy: Path, *, work: Path | None = None, bundle: Path | None = None,
-             registries_dir: Path | None = None) -> Any:
+             registries_dir: Path | None = None, remap: str | None = None) -> Any:
         self._counter += 1
-        args = ["pull", image, "--config", str(self.cdh(policy, registries_dir)), "--json",
+        args = ["pull", image, "--config", str(self.cdh(policy, registries_dir, remap)), "--json",
                 "--work-dir", str(work or self.root / f"work-{self._counter}")]
         if bundle is not None:
             args += ["--bundle", str(bundle)]

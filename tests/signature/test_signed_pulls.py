@@ -164,6 +164,26 @@ def test_stored_image_pulled_under_a_rejected_name(world: World, shm_path: Path)
     assert third.exit_code == POLICY_EXIT, third
 
 
+def test_remapped_pull_is_judged_by_the_name_asked_for(https_world: World) -> None:
+    """sig/signed asked for as origin.invalid:5000/sig/signed, fetched from the test registry."""
+    w = https_world
+    origin = "origin.invalid:5000"
+    image = f"{origin}/sig/signed:v1"
+    asked = w.policy([ACCEPT], {f"{origin}/sig/signed": [REJECT]})
+    result = w.pull(image, asked, remap=origin)
+    assert result.exit_code == POLICY_EXIT, result
+    fetched_scope = w.policy([ACCEPT], {f"{w.host}/sig/signed": [REJECT]})
+    assert w.pull(image, fetched_scope, remap=origin).exit_code == 0
+    # The signature names the test registry; the name asked for differs, unless remapped.
+    plain = w.policy([w.signed_by()])
+    assert w.pull(image, plain, remap=origin).exit_code == POLICY_EXIT
+    remapped = w.policy([w.signed_by(identity={
+        "type": "remapIdentity", "prefix": origin, "signedPrefix": w.host})])
+    result = w.pull(image, remapped, remap=origin)
+    assert result.exit_code == 0, result
+    assert result.json["result"]["reference"] == w.ref("signed")
+
+
 # --- cosign (key-based): decided by design, Debian's skopeo has no cosign ------------------------
 
 

@@ -4,7 +4,8 @@
 :meth:`Verifier.verify` for every pull, after the manifest is resolved and before the config or
 any layer is fetched.  The scope and identity checks use the reference the user asked for; the
 signatures are read where the image was actually fetched (the candidate: its registry client
-for cosign, its repository for the lookaside path, as containers/image does).
+for cosign, its repository for the lookaside path, as containers/image does) and, for simple
+signing from a mirror, also under the name asked for (where upstream image-rs reads them).
 """
 
 from __future__ import annotations
@@ -113,24 +114,29 @@ class Verifier:
     async def _signed_by(self, requirement: Requirement, target: VerifyTarget) -> RequirementOutcome:
         assert requirement.keys is not None
         keyring = self.keys.gpg(requirement.keys)
-        lookaside = self.sigstore.lookaside_for(target.fetched)
-        if lookaside is None:
+        # Where the image was fetched (containers/image), then, for a mirror or remapped
+        # candidate, where the name asked for keeps them (upstream image-rs).
+        stores = [(ref, self.sigstore.lookaside_for(ref))
+                  for ref in dict.fromkeys((target.fetched, target.requested))]
+        stores = [(ref, lookaside) for ref, lookaside in stores if lookaside is not None]
+        if not stores:
             return RequirementOutcome(
                 requirement.type, False,
                 f"no signature store (sigstore/lookaside) is configured for {target.fetched.name} "
                 "in the sigstore config, so no signature can be found")
-        stored = await simple.read_signatures(
-            lookaside.url, target.fetched.repository, target.manifest_digest, target.client.transport)
+        stored = [signature for ref, lookaside in stores for signature in await simple.read_signatures(
+            lookaside.url, ref.repository, target.manifest_digest, target.client.transport)]
 
         def gpg(signature: simple.StoredSignature) -> _Signed:
             message = simple.verify_message(signature.data, keyring)
             return _Signed(message.payload, message.fingerprint, message.fingerprint)
 
         candidates = [(s.location, functools.partial(gpg, s)) for s in stored]
-        where = simple.signature_url(lookaside.url, target.fetched.repository, target.manifest_digest, 1)
-        return self._first_accepted(
-            requirement, target, candidates, SIMPLE_SIGNING_TYPE, (target.manifest_digest,),
-            f"no signature at {where} (lookaside from {lookaside.source}, scope {lookaside.scope})")
+        where = " or ".join(
+            f"{simple.signature_url(lookaside.url, ref.repository, target.manifest_digest, 1)} "
+            f"(lookaside from {lookaside.source}, scope {lookaside.scope})" for ref, lookaside in stores)
+        return self._first_accepted(requirement, target, candidates, SIMPLE_SIGNING_TYPE,
+                                    (target.manifest_digest,), f"no signature at {where}")
 
     async def _sigstore_signed(self, requirement: Requirement, target: VerifyTarget) -> RequirementOutcome:
         assert requirement.keys is not None
