@@ -35,7 +35,6 @@ from guestpull.errors import (
     Attempt,
     DigestError,
     GuestpullError,
-    Location,
     NoSpaceError,
     UnsupportedError,
 )

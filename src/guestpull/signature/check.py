@@ -34,11 +34,14 @@ class _HostFiles:
     """Reads key files on the host: bare paths and file:// (kbs:// is the guest's business)."""
 
     def get(self, uri: str) -> bytes:
-        path = Path(unquote(urlsplit(uri).path)) if "://" in uri else Path(uri)
         try:
-            return path.read_bytes()
+            return _host_path(uri).read_bytes()
         except OSError as err:
             raise ConfigError(f"cannot read {uri}: {err.strerror}") from None
+
+
+def _host_path(uri: str) -> Path:
+    return Path(unquote(urlsplit(uri).path)) if "://" in uri else Path(uri)
 
 
 def check_policy(raw: bytes, source: str) -> tuple[Policy | None, list[Problem]]:
@@ -114,6 +117,12 @@ def _key_problems(policy: Policy) -> Iterator[Problem]:
             yield Problem(INFO, "key-in-kbs", (
                 f"{requirement.where}: {keys.describe()} is fetched from the KBS in the guest; "
                 "it is not checked here"))
+            continue
+        missing = [p for p in keys.paths if not _host_path(p).exists()]
+        if missing:
+            yield Problem(WARNING, "key-not-found", (
+                f"{requirement.where}: {', '.join(missing)} does not exist on this host: the guest "
+                "refuses every pull this requirement applies to unless it has the file"))
             continue
         try:
             _load(loader, requirement)

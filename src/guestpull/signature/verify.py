@@ -11,7 +11,7 @@ signing from a mirror, also under the name asked for (where upstream image-rs re
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,9 +116,8 @@ class Verifier:
         keyring = self.keys.gpg(requirement.keys)
         # Where the image was fetched (containers/image), then, for a mirror or remapped
         # candidate, where the name asked for keeps them (upstream image-rs).
-        stores = [(ref, self.sigstore.lookaside_for(ref))
-                  for ref in dict.fromkeys((target.fetched, target.requested))]
-        stores = [(ref, lookaside) for ref, lookaside in stores if lookaside is not None]
+        stores = [(ref, lookaside) for ref in dict.fromkeys((target.fetched, target.requested))
+                  if (lookaside := self.sigstore.lookaside_for(ref)) is not None]
         if not stores:
             return RequirementOutcome(
                 requirement.type, False,
@@ -158,7 +157,7 @@ class Verifier:
 
     def _first_accepted(
         self, requirement: Requirement, target: VerifyTarget,
-        candidates: list[tuple[str, Callable[[], _Signed]]], payload_type: str,
+        candidates: Sequence[tuple[str, Callable[[], _Signed]]], payload_type: str,
         digests: tuple[str, ...], missing: str,
     ) -> RequirementOutcome:
         """The first signature that verifies and whose claim fits; else why none did."""

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -185,7 +186,7 @@ def serve_directory(directory: Path, errors: dict[str, int] | None = None) -> It
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-        def send_head(self) -> object:
+        def send_head(self) -> Any:
             status = failing.get(urllib.parse.unquote(self.path))
             if status is not None:
                 self.send_error(status)
