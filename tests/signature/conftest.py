@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from support.cli import invoke
+from guestpull.image.oci import default_platform
 from guestpull.testing.images import File, ImageSpec, LayerSpec, LayoutDigests, Signing, push, write_layout
 from guestpull.testing.registry import RegistryProcess
 from guestpull.testing.signing import (
@@ -78,6 +79,26 @@ class World:
         self.images[name or repo] = digests
         self.contents[name or repo] = text
         return digests
+
+    def push_index(self, repo: str, *, key: str | None = None) -> LayoutDigests:
+        """A two-platform index (this machine's architecture and another) at sig/REPO:v1;
+        ``key`` signs the index and every platform manifest (skopeo --multi-arch all)."""
+        here = default_platform().architecture
+        arches = (here, "s390x" if here != "s390x" else "amd64")
+        specs = [ImageSpec([LayerSpec([File("id.txt", f"{repo} {arch}".encode())])], architecture=arch)
+                 for arch in arches]
+        layout = self.root / "layouts" / repo
+        digests = write_layout(layout, specs, "v1", index=True)
+        signing = Signing(self.fingerprints[key], self.gpg.path, self.registries_d) if key else None
+        push(layout, "v1", self.ref(repo), tls_ca=self.registry.ca_path,
+             tls_verify=self.registry.tls is not None, all_platforms=True, signing=signing)
+        self.images[repo] = digests
+        return digests
+
+    def platform_digest(self, repo: str) -> str:
+        """The manifest a pull on this machine selects from sig/REPO's index."""
+        here = default_platform().architecture
+        return next(m.digest for m in self.images[repo].manifests if m.platform["architecture"] == here)
 
     def signature_path(self, repo: str, digest: str, number: int = 1) -> Path:
         algorithm, _, hex_part = digest.partition(":")
@@ -165,6 +186,7 @@ def _build_world(registry: RegistryProcess, root: Path) -> World:
         world.cosign_pem[name].write_bytes(world.cosign[name].public_pem)
     _simple_signed_images(world)
     _cosign_signed_images(world)
+    _multi_platform_images(world)
     return world
 
 
@@ -202,6 +224,25 @@ def _simple_signed_images(world: World) -> None:
     # The image of sig/signed again under another name, unsigned there.
     world.push("alias", content=world.contents["signed"])
     assert world.images["alias"].manifest_digest == world.images["signed"].manifest_digest
+
+
+def _multi_platform_images(world: World) -> None:
+    """Indexes: signed throughout; with the index's signature only; with the platform's only.
+    (containers/image checks the platform manifest's signature, as guestpull does.)"""
+    world.push_index("index-signed", key="a")
+    index_only = world.push_index("index-signature-only", key="a")
+    shutil.rmtree(world.signature_path("index-signature-only", world.platform_digest("index-signature-only")).parent)
+    world.push_index("platform-signature-only", key="a")
+    shutil.rmtree(world.signature_path("platform-signature-only",
+                                       world.images["platform-signature-only"].digest).parent)
+    assert index_only.is_index
+    for repo in ("cosign-index", "cosign-platform", "cosign-other-platform"):
+        world.push_index(repo)
+    world.cosign_sign("cosign-index", "k", digest=world.images["cosign-index"].digest)
+    world.cosign_sign("cosign-platform", "k", digest=world.platform_digest("cosign-platform"))
+    other = next(m.digest for m in world.images["cosign-other-platform"].manifests
+                 if m.digest != world.platform_digest("cosign-other-platform"))
+    world.cosign_sign("cosign-other-platform", "k", digest=other)
 
 
 def _rewrite_two(world: World, by_c: bytes) -> None:

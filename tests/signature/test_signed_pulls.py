@@ -84,6 +84,12 @@ SIMPLE_CASES: dict[str, tuple[Case, bool]] = {
     "wildcard-domain": (lambda w: (w.ref("signed"), [ACCEPT], {"*.0.0.1": [REJECT]}), False),
     "registry-over-wildcard": (lambda w: (w.ref("signed"), [ACCEPT], {"*.0.0.1": [REJECT], w.host: [ACCEPT]}), True),
     "transport-default": (lambda w: (w.ref("signed"), [ACCEPT], {"": [REJECT]}), False),
+    # multi-platform: the platform manifest's signature counts, not the index's
+    "index-signed": (lambda w: (w.ref("index-signed"), [w.signed_by()], None), True),
+    "index-signature-only": (lambda w: (w.ref("index-signature-only"), [w.signed_by()], None), False),
+    "platform-signature-only": (lambda w: (w.ref("platform-signature-only"), [w.signed_by()], None), True),
+    "platform-by-digest": (lambda w: (f"{w.host}/sig/index-signed@{w.platform_digest('index-signed')}",
+                                      [w.signed_by()], None), True),
 }
 
 
@@ -209,6 +215,10 @@ COSIGN_CASES: dict[str, tuple[Case, bool]] = {
     "mixed-both-present": (lambda w: (w.ref("mixed"), [w.signed_by(), w.sigstore_signed()], None), True),
     "mixed-gpg-only": (lambda w: (w.ref("signed"), [w.signed_by(), w.sigstore_signed()], None), False),
     "mixed-cosign-only": (lambda w: (w.ref("cosigned"), [w.signed_by(), w.sigstore_signed()], None), False),
+    # an index pulled by tag: the index's signature (what upstream image-rs reads) or the platform's
+    "index-signature": (lambda w: (w.ref("cosign-index"), [w.sigstore_signed()], None), True),
+    "platform-signature": (lambda w: (w.ref("cosign-platform"), [w.sigstore_signed()], None), True),
+    "other-platform-signature": (lambda w: (w.ref("cosign-other-platform"), [w.sigstore_signed()], None), False),
 }
 
 
