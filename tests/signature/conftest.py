@@ -280,8 +280,3 @@ def _world(request: pytest.FixtureRequest, fixture: str) -> Iterator[World]:
 def world(request: pytest.FixtureRequest) -> Iterator[World]:
     """The signed-image world on the HTTPS and on the plain-HTTP registry."""
     yield from _world(request, request.param)
-
-
-@pytest.fixture(scope="module")
-def https_world(request: pytest.FixtureRequest) -> Iterator[World]:
-    yield from _world(request, "https_registry")

@@ -170,9 +170,9 @@ def test_stored_image_pulled_under_a_rejected_name(world: World, shm_path: Path)
     assert third.exit_code == POLICY_EXIT, third
 
 
-def test_remapped_pull_is_judged_by_the_name_asked_for(https_world: World) -> None:
+def test_remapped_pull_is_judged_by_the_name_asked_for(world: World) -> None:
     """sig/signed asked for as origin.invalid:5000/sig/signed, fetched from the test registry."""
-    w = https_world
+    w = world
     origin = "origin.invalid:5000"
     image = f"{origin}/sig/signed:v1"
     asked = w.policy([ACCEPT], {f"{origin}/sig/signed": [REJECT]})
@@ -235,9 +235,9 @@ def test_cosign(world: World, name: str) -> None:
         assert result.exit_code == POLICY_EXIT, result
 
 
-def test_keyless_cosign_is_refused_clearly(https_world: World) -> None:
-    policy = https_world.policy([{"type": "sigstoreSigned", "fulcio": {"caPath": "/x"},
-                                  "rekorPublicKeyPath": "/y"}])
-    result = https_world.pull(https_world.ref("cosigned"), policy)
+def test_keyless_cosign_is_refused_clearly(world: World) -> None:
+    policy = world.policy([{"type": "sigstoreSigned", "fulcio": {"caPath": "/x"},
+                            "rekorPublicKeyPath": "/y"}])
+    result = world.pull(world.ref("cosigned"), policy)
     assert result.exit_code == EXIT_CODES[Category.UNSUPPORTED], result
     assert "keyless" in result.json["error"]["message"]
