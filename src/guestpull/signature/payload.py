@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from guestpull.errors import clip
+
 SIMPLE_SIGNING_TYPE = "atomic container signature"
 COSIGN_TYPE = "cosign container image signature"
 
@@ -40,9 +42,9 @@ def parse_payload(data: bytes, expected_type: str) -> SignedClaim:
     critical = _object(doc, "payload").get("critical")
     critical = _object(critical, "critical")
     if set(critical) != {"type", "image", "identity"}:
-        raise PayloadError(f"critical has fields {sorted(critical)}, expected identity, image and type")
+        raise PayloadError(f"critical has fields {clip(sorted(critical))}, expected identity, image and type")
     if critical["type"] != expected_type:
-        raise PayloadError(f"critical.type is {critical['type']!r}, expected {expected_type!r}")
+        raise PayloadError(f"critical.type is {clip(repr(critical['type']))}, expected {expected_type!r}")
     digest = _object(critical["image"], "critical.image").get("docker-manifest-digest")
     reference = _object(critical["identity"], "critical.identity").get("docker-reference")
     if not isinstance(digest, str) or not isinstance(reference, str):

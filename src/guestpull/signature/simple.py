@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import aiohttp
 import pysequoia
 from yarl import URL
 
 from guestpull.distribution import Transport
-from guestpull.errors import ConfigError, HTTPStatusError, NetworkError, UnsupportedError
+from guestpull.distribution.transport import deadline, read_body
+from guestpull.errors import ConfigError, HTTPStatusError, UnsupportedError
 from guestpull.signature.keys import GpgKeyring, first_line
 
 #: A simple signature is a few hundred bytes; anything near this is not one.
@@ -83,17 +83,16 @@ def _read_file(url: str) -> bytes | None:
 
 
 async def _read_http(url: str, transport: Transport) -> bytes | None:
-    async with transport.request(URL(url, encoded=True)) as response:
+    what = f"signature {url}"
+    # A store that drips bytes cannot hold the pull longer than a small document may take.
+    async with deadline(transport.settings.document_timeout, what), \
+            transport.request(URL(url, encoded=True)) as response:
         if response.status == 404:
             return None
         if response.status != 200:
-            raise HTTPStatusError(f"signature {url}: HTTP {response.status}", status=response.status)
-        if (response.content_length or 0) > MAX_SIGNATURE_SIZE:
-            _check_size(b"", url, response.content_length)
-        try:
-            data = await response.content.read(MAX_SIGNATURE_SIZE + 1)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as err:
-            raise NetworkError(f"signature {url}: the connection broke: {err}") from None
+            raise HTTPStatusError(f"{what}: HTTP {response.status}", status=response.status)
+        _check_size(b"", url, response.content_length)
+        data = await read_body(response, MAX_SIGNATURE_SIZE, what)
     _check_size(data, url)
     return data
 

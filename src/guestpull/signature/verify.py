@@ -18,7 +18,7 @@ from typing import Any
 
 from guestpull.config import ImageConfig, ResourceGetter
 from guestpull.distribution import RegistryClient
-from guestpull.errors import PolicyRejected
+from guestpull.errors import PolicyRejected, clip, shown
 from guestpull.reference import Reference
 from guestpull.signature import cosign, simple
 from guestpull.signature.keys import KeyLoader
@@ -171,7 +171,7 @@ class Verifier:
                 rejections.append(f"{location}: {err}")
                 continue
             return RequirementOutcome(requirement.type, True,
-                                      f"signed by {signed.signer} as {claim.docker_reference}",
+                                      f"signed by {signed.signer} as {shown(claim.docker_reference)}",
                                       [signed.fingerprint], location)
         if not rejections:
             return RequirementOutcome(requirement.type, False, missing)
@@ -182,11 +182,11 @@ class Verifier:
     def _check_claim(requirement: Requirement, claim: SignedClaim, target: VerifyTarget,
                      digests: tuple[str, ...]) -> None:
         if claim.manifest_digest not in digests:
-            raise PayloadError(f"it signs manifest {claim.manifest_digest}, not {target.manifest_digest} "
+            raise PayloadError(f"it signs manifest {clip(claim.manifest_digest)}, not {target.manifest_digest} "
                                "(a signature of another image)")
         assert requirement.identity is not None
         if not requirement.identity.matches(target.requested, claim.docker_reference):
-            raise PayloadError(f"its identity {claim.docker_reference!r} does not match "
+            raise PayloadError(f"its identity {shown(claim.docker_reference)} does not match "
                                f"{target.requested} under signedIdentity {requirement.identity}")
 
 
