@@ -7,6 +7,8 @@ skopeo has no cosign support, so the cosign cases are decided by design alone.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,7 @@ SIMPLE_CASES: dict[str, tuple[Case, bool]] = {
         "type": "remapIdentity", "prefix": f"{w.host}/other", "signedPrefix": f"{w.host}/sig"})], None), False),
     "keyData-inline": (lambda w: (w.ref("signed"), [{
         "type": "signedBy", "keyType": "GPGKeys",
-        "keyData": __import__("base64").b64encode(w.keyrings["a"].read_bytes()).decode()}], None), True),
+        "keyData": base64.b64encode(w.keyrings["a"].read_bytes()).decode()}], None), True),
     "keyPaths": (lambda w: (w.ref("signed"), [{
         "type": "signedBy", "keyType": "GPGKeys",
         "keyPaths": [str(w.keyrings["c"]), str(w.keyrings["a"])]}], None), True),
@@ -190,6 +192,23 @@ def test_remapped_pull_is_judged_by_the_name_asked_for(world: World) -> None:
     assert result.json["result"]["reference"] == w.ref("signed")
 
 
+def test_keys_from_the_kbs(world: World, shm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """keyPath kbs:///… resolves through the configured KBC (offline_fs here), as upstream."""
+    resources = shm_path / "offline-fs.json"
+    resources.write_text(json.dumps({
+        "default/keys/gpg": base64.b64encode(world.keyrings["a"].read_bytes()).decode(),
+        "default/keys/cosign": base64.b64encode(world.cosign_pem["k"].read_bytes()).decode(),
+    }))
+    monkeypatch.setenv("OFFLINE_FS_KBC_EXTRA_FILE_PATH", str(resources))
+    gpg = {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "kbs:///default/keys/gpg"}
+    cosigned = {"type": "sigstoreSigned", "keyPath": "kbs:///default/keys/cosign"}
+    assert world.pull(world.ref("mixed"), world.policy([gpg, cosigned])).exit_code == 0
+    missing = {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "kbs:///default/keys/nope"}
+    result = world.pull(world.ref("signed"), world.policy([missing]))
+    assert result.exit_code == EXIT_CODES[Category.NOT_FOUND], result
+    assert "default/keys/nope" in result.stdout
+
+
 # --- cosign (key-based): decided by design, Debian's skopeo has no cosign ------------------------
 
 
@@ -211,7 +230,7 @@ COSIGN_CASES: dict[str, tuple[Case, bool]] = {
         "type": "sigstoreSigned", "keyData": w.cosign_pem["k"].read_text()}], None), True),
     "keyData-base64": (lambda w: (w.ref("cosigned"), [{
         "type": "sigstoreSigned",
-        "keyData": __import__("base64").b64encode(w.cosign_pem["k"].read_bytes()).decode()}], None), True),
+        "keyData": base64.b64encode(w.cosign_pem["k"].read_bytes()).decode()}], None), True),
     "mixed-both-present": (lambda w: (w.ref("mixed"), [w.signed_by(), w.sigstore_signed()], None), True),
     "mixed-gpg-only": (lambda w: (w.ref("signed"), [w.signed_by(), w.sigstore_signed()], None), False),
     "mixed-cosign-only": (lambda w: (w.ref("cosigned"), [w.signed_by(), w.sigstore_signed()], None), False),

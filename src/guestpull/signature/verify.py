@@ -10,6 +10,7 @@ signing from a mirror, also under the name asked for (where upstream image-rs re
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ class Verifier:
 
     async def _signed_by(self, requirement: Requirement, target: VerifyTarget) -> RequirementOutcome:
         assert requirement.keys is not None
-        keyring = self.keys.gpg(requirement.keys)
+        keyring = await asyncio.to_thread(self.keys.gpg, requirement.keys)  # may read a kbs:// resource
         # Where the image was fetched (containers/image), then, for a mirror or remapped
         # candidate, where the name asked for keeps them (upstream image-rs).
         stores = [(ref, lookaside) for ref in dict.fromkeys((target.fetched, target.requested))
@@ -139,7 +140,7 @@ class Verifier:
 
     async def _sigstore_signed(self, requirement: Requirement, target: VerifyTarget) -> RequirementOutcome:
         assert requirement.keys is not None
-        keys = self.keys.cosign(requirement.keys)
+        keys = await asyncio.to_thread(self.keys.cosign, requirement.keys)
         # The platform manifest, and the index the tag may point at (upstream image-rs reads the
         # signature of the digest the tag resolves to; a signed index pins its manifests).
         digests = (target.manifest_digest,) + ((target.index_digest,) if target.index_digest else ())
