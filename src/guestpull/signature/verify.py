@@ -29,6 +29,8 @@ from guestpull.signature.sigstore_config import SigstoreConfig, load_sigstore_co
 
 INLINE_POLICY = "cdh.toml [image] image_security_policy"
 INLINE_SIGSTORE = "cdh.toml [image] sigstore_config"
+#: Rejected signatures a message explains one by one (a store may hold dozens).
+MAX_REASONS = 3
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Verifier:
         self.keys = KeyLoader(resolver, policy.source)
 
     async def verify(self, target: VerifyTarget) -> PolicyDecision:
-        """Every requirement of the matching scope must hold; else PolicyError saying why."""
+        """Every requirement of the matching scope must hold; else PolicyRejected saying why."""
         match = self.policy.scope_for(target.requested)
         decision = PolicyDecision(self.policy.source, match.scope, True, [])
         for requirement in match.requirements:
@@ -117,8 +119,10 @@ class Verifier:
         keyring = await asyncio.to_thread(self.keys.gpg, requirement.keys)  # may read a kbs:// resource
         # Where the image was fetched (containers/image), then, for a mirror or remapped
         # candidate, where the name asked for keeps them (upstream image-rs).
-        stores = [(ref, lookaside) for ref in dict.fromkeys((target.fetched, target.requested))
-                  if (lookaside := self.sigstore.lookaside_for(ref)) is not None]
+        found = {(lookaside.url, ref.repository): (ref, lookaside)
+                 for ref in (target.fetched, target.requested)
+                 if (lookaside := self.sigstore.lookaside_for(ref)) is not None}
+        stores = list(found.values())  # each store and repository once
         if not stores:
             return RequirementOutcome(
                 requirement.type, False,
@@ -176,8 +180,9 @@ class Verifier:
                                       [signed.fingerprint], location)
         if not rejections:
             return RequirementOutcome(requirement.type, False, missing)
+        more = f" (and {len(rejections) - MAX_REASONS} more)" if len(rejections) > MAX_REASONS else ""
         return RequirementOutcome(requirement.type, False,
-                                  f"no signature is accepted: {'; '.join(rejections)}")
+                                  f"no signature is accepted: {'; '.join(rejections[:MAX_REASONS])}{more}")
 
     @staticmethod
     def _check_claim(requirement: Requirement, claim: SignedClaim, target: VerifyTarget,
