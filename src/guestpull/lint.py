@@ -219,7 +219,8 @@ def _check_signatures(context: _Context, image: ImageConfig) -> None:
     if sigstore_raw is not None:
         for problem in check_sigstore_config(sigstore_raw, sigstore_field):
             context.add_in(problem.severity, problem.code, problem.message, sigstore_field)
-    if policy is not None and sigstore_raw is None and any(
+    configured = image.sigstore_config_uri or image.sigstore_config
+    if policy is not None and not configured and any(
             r.type == "signedBy" for r in policy.all_requirements()):
         context.add_in(WARNING, "no-signature-store",
                        "the policy has signedBy requirements but no sigstore config says where "

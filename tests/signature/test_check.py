@@ -114,6 +114,9 @@ def test_bad_sigstore_config_and_missing_store(shm_path: Path, keys: dict[str, P
     assert bad["invalid-sigstore-config"][0].startswith("error")
     missing = findings(document(shm_path, policy, sigstore=None))
     assert missing["no-signature-store"][0].startswith("warning")
+    in_kbs = findings(document(shm_path, policy, 'sigstore_config_uri = "kbs:///default/sigstore/c"',
+                               sigstore=None))
+    assert "no-signature-store" not in in_kbs, in_kbs
 
 
 def test_policy_uri_on_this_host_is_checked(shm_path: Path) -> None:
