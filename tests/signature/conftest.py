@@ -106,7 +106,7 @@ class World:
 
     def cosign_sign(self, repo: str, key: str, *, identity: str | None = None,
                     digest: str | None = None, payload_digest: str | None = None,
-                    tamper: str | None = None, cosign_cli: bool = False) -> None:
+                    tamper: str | None = None, cosign_cli: bool = False, wrap: bool = False) -> None:
         """Attach a cosign signature to sig/REPO's image (or ``digest``)."""
         digest = digest or self.images[repo].manifest_digest
         payload = cosign_payload(identity or self.ref(repo), payload_digest or digest, cosign_cli=cosign_cli)
@@ -117,6 +117,8 @@ class World:
             raw = bytearray(base64.b64decode(signature))
             raw[-3] ^= 0x01
             signature = base64.b64encode(bytes(raw)).decode()
+        if wrap:  # line breaks in the annotation, which readers strip
+            signature = "\r\n".join(signature[i:i + 40] for i in range(0, len(signature), 40))
         push_cosign_signatures(self.registry, f"sig/{repo}", digest, [CosignLayer(payload, signature)])
 
     # --- policies and pulls ---
@@ -254,10 +256,11 @@ def _rewrite_two(world: World, by_c: bytes) -> None:
 
 def _cosign_signed_images(world: World) -> None:
     for repo in ("cosigned", "cosign-untrusted", "cosign-tampered-payload", "cosign-tampered-signature",
-                 "cosign-replay", "cosign-cli", "cosign-unsigned"):
+                 "cosign-replay", "cosign-cli", "cosign-unsigned", "cosign-wrapped"):
         world.push(repo)
     world.cosign_sign("cosigned", "k")
     world.cosign_sign("cosign-untrusted", "other")
+    world.cosign_sign("cosign-wrapped", "k", wrap=True)
     world.cosign_sign("cosign-tampered-payload", "k", tamper="payload")
     world.cosign_sign("cosign-tampered-signature", "k", tamper="signature")
     # signed correctly, but for another image's digest

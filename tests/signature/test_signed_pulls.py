@@ -220,6 +220,7 @@ COSIGN_CASES: dict[str, tuple[Case, bool]] = {
     "trusted-key": (lambda w: (w.ref("cosigned"), [w.sigstore_signed()], None), True),
     "by-digest": (lambda w: (w.digest_ref("cosigned"), [w.sigstore_signed()], None), True),
     "unsigned": (lambda w: (w.ref("cosign-unsigned"), [w.sigstore_signed()], None), False),
+    "annotation-with-line-breaks": (lambda w: (w.ref("cosign-wrapped"), [w.sigstore_signed()], None), True),
     "untrusted-key": (lambda w: (w.ref("cosign-untrusted"), [w.sigstore_signed()], None), False),
     "tampered-payload": (lambda w: (w.ref("cosign-tampered-payload"), [w.sigstore_signed()], None), False),
     "tampered-signature": (lambda w: (w.ref("cosign-tampered-signature"), [w.sigstore_signed()], None), False),
