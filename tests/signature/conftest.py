@@ -144,13 +144,14 @@ class World:
             req["signedIdentity"] = identity
         return req
 
-    def cdh(self, policy: Path, registries_dir: Path | None = None, remap: str | None = None) -> Path:
+    def cdh(self, policy: Path, registries_dir: Path | None = None, remap: str | None = None,
+            sigstore: bool = True) -> Path:
         """A cdh.toml with the policy and sigstore config; ``remap`` is a registry whose images
         come from this one (a rule with ``location``)."""
         self._counter += 1
-        lines = ["[kbc]", 'name = "offline_fs_kbc"', "[image]",
-                 f'image_security_policy_uri = "file://{policy}"',
-                 f'sigstore_config_uri = "{(registries_dir or self.registries_d) / "default.yaml"}"']
+        lines = ["[kbc]", 'name = "offline_fs_kbc"', "[image]", f'image_security_policy_uri = "file://{policy}"']
+        if sigstore:
+            lines.append(f'sigstore_config_uri = "{(registries_dir or self.registries_d) / "default.yaml"}"')
         if self.registry.tls is not None:
             lines.append(f'extra_root_certificates = ["""{self.registry.tls.ca_cert_pem.decode()}"""]')
         insecure = str(self.registry.tls is None).lower()
@@ -163,9 +164,9 @@ class World:
         return path
 
     def pull(self, image: str, policy: Path, *, work: Path | None = None, bundle: Path | None = None,
-             registries_dir: Path | None = None, remap: str | None = None) -> Any:
+             registries_dir: Path | None = None, remap: str | None = None, sigstore: bool = True) -> Any:
         self._counter += 1
-        args = ["pull", image, "--config", str(self.cdh(policy, registries_dir, remap)), "--json",
+        args = ["pull", image, "--config", str(self.cdh(policy, registries_dir, remap, sigstore)), "--json",
                 "--work-dir", str(work or self.root / f"work-{self._counter}")]
         if bundle is not None:
             args += ["--bundle", str(bundle)]

@@ -126,6 +126,22 @@ def test_lookaside_over_http(world: World, shm_path: Path) -> None:
             assert (result.exit_code == 0) is expected, result
 
 
+def test_sigstore_config_from_the_work_dir(world: World, shm_path: Path) -> None:
+    """Upstream's extra directory: <work_dir>/image-security/simple_signing/sigstore_config/*.yaml."""
+    work = shm_path / "work"
+    policy = world.policy([world.signed_by()])
+    assert world.pull(world.ref("signed"), policy, work=work, sigstore=False).exit_code == POLICY_EXIT
+    directory = work / "image-security" / "simple_signing" / "sigstore_config"
+    directory.mkdir(parents=True)
+    (directory / "local.yaml").write_text(f"docker:\n  {world.host}/sig:\n    sigstore: file://{world.lookaside}\n")
+    result = world.pull(world.ref("signed"), policy, work=work, sigstore=False)
+    assert result.exit_code == 0, result
+    # ... merged with the configured one: the same scope twice is an error
+    (directory / "again.yaml").write_text(f"docker:\n  {world.host}/sig:\n    sigstore: file:///elsewhere\n")
+    clash = world.pull(world.ref("signed"), policy, work=work, sigstore=False)
+    assert clash.exit_code == EXIT_CODES[Category.CONFIG] and "also defined" in clash.stdout, clash
+
+
 def test_accepted_pull_reports_the_decision(world: World, shm_path: Path) -> None:
     policy = world.policy([REJECT], {f"{world.host}/sig": [world.signed_by("ab")]})
     result = world.pull(world.ref("signed-b"), policy, bundle=shm_path / "bundle")
