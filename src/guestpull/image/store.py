@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
-from guestpull.errors import DigestError, NoSpaceError, NotFoundError
+from guestpull.errors import DigestError, Location, NoSpaceError, NotFoundError, UsageError, from_os_error
 from guestpull.image.oci import split_digest
 
 DEFAULT_WORK_DIR = Path("/run/kata-containers/image")
@@ -571,6 +571,12 @@ def _human(n: int) -> str:
 def open_store(work_dir: str | os.PathLike[str] = DEFAULT_WORK_DIR) -> Store:
     """Open (creating if needed) the store at ``work_dir`` and repair what a killed pull left."""
     store = Store(Path(work_dir))
-    store._init()
-    store.recover()
+    try:
+        store._init()
+        store.recover()
+    except OSError as err:
+        raise from_os_error(err, "open the image store", work_dir) from None
+    except sqlite3.OperationalError as err:  # e.g. a read-only directory
+        raise UsageError(f"cannot open the image store database: {err}",
+                         location=Location(file=str(store.db_path))) from None
     return store
