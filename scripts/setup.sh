@@ -6,8 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: the real registry, the reference client and unpacker, a forward proxy,
-# containerd (a benchmark peer), compressors and GnuPG.
-debs=(docker-registry skopeo umoci tinyproxy containerd zstd pigz gpg gpgv openssl apache2-utils time)
+# containerd (a benchmark peer), compressors and GnuPG; the image builders of the real-tool
+# corpus (buildah, podman), the OCI runtime that runs our bundles (runc), a static busybox
+# to put in those images, and getfattr/setfattr (attr) for xattr layers.
+debs=(docker-registry skopeo umoci tinyproxy containerd zstd pigz gpg gpgv openssl apache2-utils time
+      buildah podman runc busybox-static attr tar)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,7 +16,7 @@ def _xattrs(path: str) -> dict[str, bytes]:
         return {}
     out = {}
     for name in names:
-        if name.startswith("security."):
+        if name == "security.selinux":  # the host's label, not the image's
             continue
         try:
             out[name] = os.getxattr(path, name, follow_symlinks=False)

@@ -1,0 +1,437 @@
+"""Images built by real tools pull, in copy and overlay mode, into the rootfs umoci unpacks.
+
+The corpus is built here, by the tools people use, and pushed to a real registry:
+
+* GNU tar layers (``./`` names, ``-P`` absolute names, sparse files in every format GNU tar
+  writes, long names in GNU and PAX form, hard links (to a symlink too), fifos, devices,
+  setuid/setgid/sticky, uids past 2^31, xattrs including ``security.capability``, NFC and
+  NFD spellings of one name, empty layers);
+* umoci (``insert`` at ``/``, ``repack`` after deletions: whiteouts; a directory replaced
+  by a file);
+* buildah (``from scratch`` + ``copy`` + ``commit``; OCI and docker formats; gzip, zstd,
+  zstd:chunked and uncompressed layers);
+* podman and skopeo (a docker-archive, an OCI image converted to v2s2, a manifest list).
+
+Each is pulled with ``guestpull pull --bundle`` and its rootfs compared with ``umoci raw
+unpack`` of the same image (GNU tar extraction where umoci cannot read a layer) on paths,
+types, modes, owners, sizes, content hashes, link targets, hard-link groups, xattrs and file
+mtimes.  Images are built once per module, when a test first asks for them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image.treewalk import describe_tree, diff_trees
+from support.cli import config_args, invoke, pull_args
+from guestpull.testing.images import ImageSpec, TarLayer, push, skopeo_copy, write_layout
+from guestpull.testing.realtools import (
+    Containers,
+    gnu_tar,
+    gnu_tar_extract,
+    reference_rootfs,
+    registry_to_layout,
+    umoci,
+    umoci_new,
+)
+from guestpull.testing.registry import RegistryProcess
+
+pytestmark = [
+    pytest.mark.privileged,
+    pytest.mark.skipif(os.geteuid() != 0, reason="buildah, mknod, chown and overlay need root"),
+    pytest.mark.skipif(
+        not all(shutil.which(t) for t in ("buildah", "podman", "skopeo", "umoci", "tar")),
+        reason="the corpus needs buildah, podman, skopeo, umoci and GNU tar (scripts/setup.sh)",
+    ),
+]
+
+MTIME = 1_600_000_000
+#: security.capability for cap_net_raw+ep (struct vfs_cap_data, revision 2).
+CAP_NET_RAW_EP = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+BUSYBOX = Path("/bin/busybox")
+
+
+# --- trees to archive ------------------------------------------------------------------------
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def _settle_mtimes(root: Path) -> None:
+    """Fixed mtimes everywhere (links too), so layers do not depend on when they were built."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (MTIME, MTIME + 7), follow_symlinks=False)
+    os.utime(root, (MTIME, MTIME))
+
+
+def feature_tree(root: Path) -> Path:
+    """Every entry type and attribute GNU tar can carry."""
+    _write(root / "dir/file", b"hello\n")
+    _write(root / "usr/bin/su", b"su", 0o4755)
+    _write(root / "usr/bin/wall", b"wall", 0o2755)
+    os.chown(root / "usr/bin/wall", 0, 5)
+    (root / "tmp").mkdir(mode=0o1777)
+    (root / "tmp").chmod(0o1777)
+    (root / "shared").mkdir()
+    (root / "shared").chmod(0o2775)
+    long_dir = root / ("d" * 120) / ("e" * 90)
+    _write(long_dir / ("f" * 150), b"long\n")
+    os.symlink("t" * 160, root / "long-target")  # a dangling symlink with a long target
+    os.symlink("dir/file", root / "sym")
+    os.link(root / "sym", root / "hardlink-to-sym", follow_symlinks=False)
+    os.link(root / "dir/file", root / "dir/hardlink")
+    os.link(long_dir / ("f" * 150), root / "hardlink-to-long")
+    os.mkfifo(root / "fifo", 0o640)
+    (root / "dev").mkdir()
+    os.mknod(root / "dev/null", 0o666 | 0o020000, os.makedev(1, 3))
+    os.mknod(root / "dev/loop9", 0o660 | 0o060000, os.makedev(7, 9))
+    _write(root / "bigid", b"big", 0o640)
+    os.chown(root / "bigid", 3_000_000_000, 4_000_000_001)
+    os.chown(root / "shared", 1000, 1000)
+    _write(root / "caps", b"#!ping\n", 0o755)
+    os.setxattr(root / "caps", "security.capability", CAP_NET_RAW_EP)
+    os.setxattr(root / "dir/file", "user.bin", b"\x00\xff\x01")
+    os.setxattr(root / "dir", "user.dir", b"1")
+    _write(root / "names/caf\u00e9", b"nfc\n")  # NFC: one code point
+    _write(root / "names/cafe\u0301", b"nfd\n")  # NFD: e + combining accent, another file
+    _write(root / "empty", b"")
+    _settle_mtimes(root)
+    return root
+
+
+def sparse_file(path: Path, size: int = 3 * 1024 * 1024) -> Path:
+    """A file with holes: data at the start, in the middle and at the end."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in ((0, b"head"), (size // 2, b"middle"), (size - 4, b"tail")):
+            f.seek(offset)
+            f.write(data)
+    os.utime(path, (MTIME, MTIME))
+    return path
+
+
+def busybox_tree(root: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """A minimal system: static busybox, sh and id links, passwd/group, a few files."""
+    _write(root / "bin/busybox", BUSYBOX.read_bytes(), 0o755)
+    for applet in ("sh", "id", "env", "pwd", "cat", "ls"):
+        os.symlink("busybox", root / "bin" / applet)
+    _write(root / "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
+    _write(root / "etc/group", b"root:x:0:\nwheel:x:10:app\napp:x:1000:\n")
+    (root / "home/app").mkdir(parents=True)
+    os.chown(root / "home/app", 1000, 1000)
+    for name, data in (extra or {}).items():
+        _write(root / name, data)
+    _settle_mtimes(root)
+    return root
+
+
+# --- the corpus ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[Corpus, str], Path]  # pushes REPO:v1, returns the reference rootfs
+    must_have: tuple[str, ...]  # paths the reference must have (the case is not vacuous)
+    needs_sto: str | None = None  # while the tar-layer fix is not merged: why it fails
+
+
+@dataclass
+class Corpus:
+    """Builds each case once, on first use, into ``base``; pushes to ``registry``."""
+
+    base: Path
+    registry: RegistryProcess
+    tools: Containers
+    built: dict[str, Path] = field(default_factory=dict)
+
+    def ref(self, repo: str) -> str:
+        return f"{self.registry.host}/corpus/{repo}:v1"
+
+    def reference(self, name: str) -> Path:
+        if name not in self.built:
+            self.built[name] = CASES[name].build(self, name)
+        return self.built[name]
+
+    def dir(self, *parts: str) -> Path:
+        path = self.base.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # pushing and reference trees
+
+    def push_tars(self, name: str, tars: list[tuple[bytes, str]]) -> Path:
+        """An image of these (tar, compression) layers, pushed; the layout written."""
+        layout = self.base / name / "layout"
+        spec = ImageSpec(layers=[TarLayer(tar, compression) for tar, compression in tars])  # type: ignore[arg-type]
+        write_layout(layout, spec, tag="v1")
+        self.push_layout(layout, "v1", name)
+        return layout
+
+    def push_layout(self, layout: Path, tag: str, name: str) -> None:
+        push(layout, tag, self.ref(name), tls_verify=False)
+
+    def umoci_reference(self, layout: Path, tag: str, name: str) -> Path:
+        return reference_rootfs(layout, tag, self.base / name / "reference")
+
+    def registry_reference(self, name: str, *recompress: str) -> Path:
+        """What the registry holds for NAME, copied back with skopeo and unpacked by umoci."""
+        layout = self.base / name / "reference-layout"
+        registry_to_layout(self.ref(name), layout, "v1", *recompress)
+        return self.umoci_reference(layout, "v1", name)
+
+    def tar_of(self, src: Path, name: str, *args: str, members: tuple[str, ...] = (".",)) -> bytes:
+        return gnu_tar(src, self.base / f"{name}.tar", *args, members=members)
+
+
+PAX = ("--format=posix", "--xattrs", "--xattrs-include=*")
+UNZSTD = ("--dest-compress", "--dest-compress-format", "gzip")  # umoci 0.4 predates zstd
+
+
+def build_gnutar_pax(c: Corpus, name: str) -> Path:
+    tree = feature_tree(c.dir(name, "src"))
+    layout = c.push_tars(name, [(c.tar_of(tree, name, *PAX), "gzip")])
+    return c.umoci_reference(layout, "v1", name)
+
+
+def build_gnutar_gnu(c: Corpus, name: str) -> Path:
+    tree = feature_tree(c.dir(name, "src"))
+    c.push_tars(name, [(c.tar_of(tree, name, "--format=gnu", members=tuple(sorted(os.listdir(tree)))), "zstd")])
+    return c.registry_reference(name, *UNZSTD)
+
+
+def build_gnutar_absolute(c: Corpus, name: str) -> Path:
+    """``tar -P``: every name (and hard-link target) starts with ``/``."""
+    tree = feature_tree(c.dir(name, "src"))
+    prefix = str(tree).lstrip("/")
+    tar = c.tar_of(Path("/"), name, "-P", *PAX, f"--transform=s,^/*{prefix},,", members=(str(tree),))
+    layout = c.push_tars(name, [(tar, "gzip")])
+    return c.umoci_reference(layout, "v1", name)
+
+
+def build_sparse_pax(c: Corpus, name: str) -> Path:
+    tars = []
+    for version in ("0.0", "0.1", "1.0"):
+        src = c.dir(name, f"src{version}")
+        sparse_file(src / f"sparse-{version}")
+        tars.append((c.tar_of(src, f"{name}-{version}", "--format=posix", "--sparse",
+                              f"--sparse-version={version}", members=(f"sparse-{version}",)), "gzip"))
+    layout = c.push_tars(name, tars)
+    return c.umoci_reference(layout, "v1", name)
+
+
+def build_sparse_gnu(c: Corpus, name: str) -> Path:
+    """Old GNU sparse (``S`` entries): umoci cannot read them, GNU tar is the reference."""
+    src = c.dir(name, "src")
+    sparse_file(src / "sparse-gnu")
+    _write(src / "after", b"after the sparse entry\n")
+    tar = c.tar_of(src, name, "--format=gnu", "--sparse", members=("sparse-gnu", "after"))
+    c.push_tars(name, [(tar, "gzip")])
+    reference = c.base / name / "reference"
+    gnu_tar_extract([c.base / f"{name}.tar"], reference)
+    return reference
+
+
+def build_empty_layers(c: Corpus, name: str) -> Path:
+    empty_dir = c.dir(name, "empty")
+    empty = c.tar_of(empty_dir, f"{name}-empty", "--format=gnu", members=())  # 10240 zero bytes
+    src = c.dir(name, "src")
+    _write(src / "only", b"the one file\n")
+    _settle_mtimes(src)
+    c.push_tars(name, [(empty, "gzip"), (c.tar_of(src, name, *PAX), "none"), (empty, "zstd")])
+    return c.registry_reference(name, *UNZSTD)
+
+
+def build_umoci_insert(c: Corpus, name: str) -> Path:
+    """``umoci insert ROOTFS /``: the first entry is named ``/``."""
+    layout = c.base / name / "layout"
+    image = umoci_new(layout, "v1")
+    umoci("insert", "--image", image, str(busybox_tree(c.dir(name, "root"))), "/")
+    _write(c.dir(name, "motd") / "motd", b"inserted\n")
+    umoci("insert", "--image", image, str(c.base / name / "motd" / "motd"), "/etc/motd")
+    c.push_layout(layout, "v1", name)
+    return c.umoci_reference(layout, "v1", name)
+
+
+def build_umoci_insert_dir(c: Corpus, name: str) -> Path:
+    """``umoci insert DIR /data``: umoci 0.4 ends such a layer right after the last file's data
+    (no padding, no end-of-archive blocks); Go's archive/tar (umoci, containerd) reads it."""
+    layout = c.base / name / "layout"
+    image = umoci_new(layout, "v1")
+    umoci("insert", "--image", image, str(busybox_tree(c.dir(name, "root"))), "/data")
+    _write(c.dir(name, "motd") / "motd", b"inserted\n")  # 9 bytes: the layer ends mid-block
+    umoci("insert", "--image", image, str(c.base / name / "motd" / "motd"), "/etc/motd")
+    c.push_layout(layout, "v1", name)
+    return c.umoci_reference(layout, "v1", name)
+
+
+def _umoci_repack(c: Corpus, name: str, change: Callable[[Path], None]) -> Path:
+    """A GNU tar base layer, ``umoci unpack``, CHANGE, ``umoci repack``: umoci's diff layer."""
+    layout = c.base / name / "layout"
+    image = umoci_new(layout, "base")
+    src = c.dir(name, "src")
+    _write(src / "data/keep", b"kept\n")
+    _write(src / "data/gone", b"deleted in the next layer\n")
+    _write(src / "data/tree/inner", b"inner\n")
+    _write(src / "data/tree/deeper/x", b"x\n")
+    _write(src / "data/opt/a", b"a\n")
+    _settle_mtimes(src)
+    c.tar_of(src, name, *PAX, members=("data",))
+    umoci("raw", "add-layer", "--image", image, str(c.base / f"{name}.tar"))
+    bundle = c.base / name / "bundle"
+    umoci("unpack", "--image", image, str(bundle))
+    change(bundle / "rootfs" / "data")
+    umoci("repack", "--image", f"{layout}:v1", str(bundle))
+    c.push_layout(layout, "v1", name)
+    return c.umoci_reference(layout, "v1", name)
+
+
+def _delete_some(data: Path) -> None:
+    (data / "gone").unlink()
+    shutil.rmtree(data / "opt")
+    (data / "tree/deeper/x").unlink()
+    _write(data / "tree/new", b"new\n")
+
+
+def _dir_to_file(data: Path) -> None:
+    shutil.rmtree(data / "tree")
+    _write(data / "tree", b"a file where a directory was\n")
+
+
+def build_umoci_whiteouts(c: Corpus, name: str) -> Path:
+    return _umoci_repack(c, name, _delete_some)
+
+
+def build_umoci_dir_to_file(c: Corpus, name: str) -> Path:
+    return _umoci_repack(c, name, _dir_to_file)
+
+
+def _buildah_image(c: Corpus, name: str, fmt: str = "oci") -> str:
+    lower = busybox_tree(c.dir(name, "lower"), {"etc/motd": b"lower\n", "srv/data": b"d" * 5000})
+    upper = c.dir(name, "upper")
+    _write(upper / "etc/motd", b"upper\n", 0o600)
+    _write(upper / "usr/local/bin/tool", b"#!/bin/sh\necho tool\n", 0o755)
+    os.symlink("/usr/local/bin/tool", upper / "tool")
+    _settle_mtimes(upper)
+    return c.tools.build(name, [lower, upper], ["--env", "A=1", "--workingdir", "/srv"], fmt=fmt)
+
+
+def buildah_case(compression: list[str], fmt: str = "oci", recompress: bool = False) -> Callable[[Corpus, str], Path]:
+    def build(c: Corpus, name: str) -> Path:
+        image = _buildah_image(c, name, fmt)
+        push_format = ["--format", "v2s2"] if fmt == "docker" else ["--format", "oci"]
+        c.tools.push(image, f"docker://{c.ref(name)}", *push_format, *compression)
+        return c.registry_reference(name, *(UNZSTD if recompress else ()))
+    return build
+
+
+def build_docker_archive(c: Corpus, name: str) -> Path:
+    image = _buildah_image(c, name, "docker")
+    archive = c.base / name / "image.tar"
+    c.tools.podman("save", "--format", "docker-archive", "-o", str(archive), image)
+    skopeo_copy(f"docker-archive:{archive}", c.ref(name), tls_verify=False)
+    return c.registry_reference(name)
+
+
+def build_v2s2_conversion(c: Corpus, name: str) -> Path:
+    image = _buildah_image(c, name)
+    layout = c.base / name / "oci"
+    c.tools.push(image, f"oci:{layout}:v1")
+    skopeo_copy(f"oci:{layout}:v1", c.ref(name), "--format", "v2s2", tls_verify=False)
+    return c.registry_reference(name)
+
+
+def build_manifest_list(c: Corpus, name: str) -> Path:
+    """A docker manifest list of an amd64 and an arm64 image (different content)."""
+    amd = _buildah_image(c, name)
+    other = busybox_tree(c.dir(name, "arm64"), {"etc/motd": b"the arm64 image\n"})
+    arm = c.tools.build(f"{name}-arm64", [other], ["--arch", "arm64"])
+    listing = f"localhost/{name}-list"
+    c.tools.buildah("manifest", "create", listing)
+    c.tools.buildah("manifest", "add", "--arch", "amd64", "--os", "linux", listing, amd)
+    c.tools.buildah("manifest", "add", "--arch", "arm64", "--os", "linux", listing, arm)
+    c.tools.buildah("manifest", "push", "--quiet", "--all", "--format", "v2s2", "--tls-verify=false",
+                    *c.tools.policy_flag(), listing, f"docker://{c.ref(name)}")
+    return c.registry_reference(name, "--override-arch", "amd64", "--override-os", "linux")
+
+
+BUSYBOX_PATHS = ("bin/busybox", "bin/sh", "etc/passwd", "etc/motd", "tool")
+FEATURE_PATHS = ("usr/bin/su", "hardlink-to-sym", "fifo", "dev/loop9", "bigid", "caps",
+                 "names/caf\u00e9", "names/cafe\u0301", "hardlink-to-long")
+
+CASES: dict[str, Case] = {
+    "gnutar-pax": Case(build_gnutar_pax, FEATURE_PATHS),
+    "gnutar-gnu-zstd": Case(build_gnutar_gnu, FEATURE_PATHS),
+    "gnutar-absolute": Case(build_gnutar_absolute, FEATURE_PATHS,
+                            needs_sto="needs sto: tar -P absolute names"),
+    "gnutar-sparse-pax": Case(build_sparse_pax, ("sparse-0.0", "sparse-0.1", "sparse-1.0"),
+                              needs_sto="needs sto: PAX sparse formats"),
+    "gnutar-sparse-gnu": Case(build_sparse_gnu, ("sparse-gnu", "after"),
+                              needs_sto="needs sto: old GNU sparse entries"),
+    "gnutar-empty-layers": Case(build_empty_layers, ("only",)),
+    "umoci-insert-root": Case(build_umoci_insert, ("bin/busybox", "etc/motd"),
+                              needs_sto="needs sto: an entry named /, and a layer without end-of-archive"),
+    "umoci-insert-dir": Case(build_umoci_insert_dir, ("data/bin/busybox", "etc/motd"),
+                             needs_sto="needs sto: a layer without end-of-archive blocks (umoci insert)"),
+    "umoci-repack-whiteouts": Case(build_umoci_whiteouts, ("data/keep", "data/tree/new")),
+    "umoci-repack-dir-to-file": Case(build_umoci_dir_to_file, ("data/tree", "data/keep"),
+                                     needs_sto="needs sto: a file over a directory, then a whiteout under it"),
+    "buildah-oci-gzip": Case(buildah_case(["--compression-format", "gzip"]), BUSYBOX_PATHS),
+    "buildah-oci-zstd": Case(buildah_case(["--compression-format", "zstd"], recompress=True), BUSYBOX_PATHS),
+    "buildah-oci-zstd-chunked": Case(buildah_case(["--compression-format", "zstd:chunked"], recompress=True),
+                                     BUSYBOX_PATHS),
+    "buildah-oci-uncompressed": Case(buildah_case(["--disable-compression"]), BUSYBOX_PATHS),
+    "buildah-docker-gzip": Case(buildah_case([], fmt="docker"), BUSYBOX_PATHS),
+    "podman-docker-archive": Case(build_docker_archive, BUSYBOX_PATHS),
+    "skopeo-v2s2-conversion": Case(build_v2s2_conversion, BUSYBOX_PATHS),
+    "buildah-manifest-list": Case(build_manifest_list, BUSYBOX_PATHS),
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(http_registry: RegistryProcess) -> Iterator[Corpus]:
+    base = Path("/dev/shm") / f"guestpull-corpus-{os.getpid()}"
+    base.mkdir()
+    try:
+        yield Corpus(base, http_registry, Containers(base / "containers"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _params() -> list[Any]:
+    out = []
+    for name, case in CASES.items():
+        marks = [pytest.mark.xfail(strict=True, reason=case.needs_sto)] if case.needs_sto else []
+        out += [pytest.param(name, mode, id=f"{name}-{mode}", marks=marks) for mode in ("copy", "overlay")]
+    return out
+
+
+@pytest.mark.parametrize(("name", "mode"), _params())
+def test_pulled_rootfs_equals_reference(corpus: Corpus, shm_path: Path, name: str, mode: str) -> None:
+    reference = corpus.reference(name)
+    expected = describe_tree(reference)
+    missing = [p for p in CASES[name].must_have if p not in expected]
+    assert missing == [], f"the reference of {name} lacks {missing}: the case is vacuous"
+
+    bundle = shm_path / "bundle"
+    config = config_args(shm_path / "config", corpus.registry)
+    result = invoke(*pull_args(corpus.ref(name), config, shm_path / "work", bundle, "--rootfs-mode", mode))
+    try:
+        assert result.exit_code == 0, result
+        assert result.json["result"]["rootfs_mode"] == mode
+        assert diff_trees(expected, describe_tree(bundle / "rootfs")) == []
+    finally:
+        if mode == "overlay":
+            invoke("umount", str(bundle))
