@@ -14,6 +14,21 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
+#: How much of an untrusted name (a tar entry, a path) an error message repeats.
+SHOWN_NAME_LIMIT = 200
+
+
+def shown(value: str, limit: int = SHOWN_NAME_LIMIT) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters with ``…`` and the length.
+
+    A layer can carry a 64 KiB entry name; repeating all of it makes one error line unreadable
+    (and the log a place an attacker writes into).
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
 class Category(enum.StrEnum):
     """What kind of failure this is; each has its own exit code."""
 
@@ -198,6 +213,10 @@ class UnpackError(GuestpullError):
 
 class NoSpaceError(GuestpullError):
     category = Category.NO_SPACE
+
+
+class StoreError(UnpackError):
+    """The image store on disk is damaged (meta.db unreadable); ``store check`` repairs it."""
 
 
 class PullTimeoutError(GuestpullError):

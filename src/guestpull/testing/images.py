@@ -320,7 +320,12 @@ class ImageSpec:
         return platform
 
     def build(self) -> BuiltImage:
-        layers = [layer.build() for layer in self.layers]
+        return self.assemble([layer.build() for layer in self.layers])
+
+    def assemble(self, layers: Sequence[BuiltLayer]) -> BuiltImage:
+        """The image of these built layers (hostile tests pass layers ``LayerSpec`` cannot
+        write, or whose ``tar`` differs from what the blob holds: a wrong diff_id)."""
+        layers = list(layers)
         config: dict[str, Any] = {
             "created": CREATED,
             **self.platform,
