@@ -41,6 +41,8 @@ CASES: list[tuple[str, list[str]]] = [
     ("prune", ["prune", "--work-dir", "{P}"]),
     ("umount", ["umount", "{P}"]),
     ("umount", ["umount", "{W}", "--work-dir", "{P}"]),
+    ("store check", ["store", "check", "--work-dir", "{P}"]),
+    ("store check", ["store", "check", "--repair", "--work-dir", "{P}"]),
     ("initdata digest", ["initdata", "digest", "{P}"]),
     ("initdata annotation", ["initdata", "annotation", "{P}"]),
     ("initdata decode", ["initdata", "decode", "{INITDATA_B64}", "-o", "{P}"]),

@@ -371,23 +371,24 @@ BUSYBOX_PATHS = ("bin/busybox", "bin/sh", "etc/passwd", "etc/motd", "tool")
 FEATURE_PATHS = ("usr/bin/su", "hardlink-to-sym", "fifo", "dev/loop9", "bigid", "caps",
                  "names/caf\u00e9", "names/cafe\u0301", "hardlink-to-long")
 
+#: umoci 0.4 ``insert`` ends its layer right after the last file's data: no padding to the
+#: block, no end-of-archive blocks.  Go's archive/tar (umoci, containerd) reads it as the end;
+#: GNU tar reports "Unexpected EOF"; guestpull refuses it.  Deciding is the tar layer's call.
+UMOCI_INSERT_END = "needs sto: a layer that ends inside the last file's padding block (umoci 0.4 insert)"
+
 CASES: dict[str, Case] = {
     "gnutar-pax": Case(build_gnutar_pax, FEATURE_PATHS),
     "gnutar-gnu-zstd": Case(build_gnutar_gnu, FEATURE_PATHS),
-    "gnutar-absolute": Case(build_gnutar_absolute, FEATURE_PATHS,
-                            needs_sto="needs sto: tar -P absolute names"),
-    "gnutar-sparse-pax": Case(build_sparse_pax, ("sparse-0.0", "sparse-0.1", "sparse-1.0"),
-                              needs_sto="needs sto: PAX sparse formats"),
-    "gnutar-sparse-gnu": Case(build_sparse_gnu, ("sparse-gnu", "after"),
-                              needs_sto="needs sto: old GNU sparse entries"),
+    "gnutar-absolute": Case(build_gnutar_absolute, FEATURE_PATHS),
+    "gnutar-sparse-pax": Case(build_sparse_pax, ("sparse-0.0", "sparse-0.1", "sparse-1.0")),
+    "gnutar-sparse-gnu": Case(build_sparse_gnu, ("sparse-gnu", "after")),
     "gnutar-empty-layers": Case(build_empty_layers, ("only",)),
     "umoci-insert-root": Case(build_umoci_insert, ("bin/busybox", "etc/motd"),
-                              needs_sto="needs sto: an entry named /, and a layer without end-of-archive"),
+                              needs_sto=UMOCI_INSERT_END),
     "umoci-insert-dir": Case(build_umoci_insert_dir, ("data/bin/busybox", "etc/motd"),
-                             needs_sto="needs sto: a layer without end-of-archive blocks (umoci insert)"),
+                             needs_sto=UMOCI_INSERT_END),
     "umoci-repack-whiteouts": Case(build_umoci_whiteouts, ("data/keep", "data/tree/new")),
-    "umoci-repack-dir-to-file": Case(build_umoci_dir_to_file, ("data/tree", "data/keep"),
-                                     needs_sto="needs sto: a file over a directory, then a whiteout under it"),
+    "umoci-repack-dir-to-file": Case(build_umoci_dir_to_file, ("data/tree", "data/keep")),
     "buildah-oci-gzip": Case(buildah_case(["--compression-format", "gzip"]), BUSYBOX_PATHS),
     "buildah-oci-zstd": Case(buildah_case(["--compression-format", "zstd"], recompress=True), BUSYBOX_PATHS),
     "buildah-oci-zstd-chunked": Case(buildah_case(["--compression-format", "zstd:chunked"], recompress=True),
