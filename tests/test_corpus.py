@@ -34,13 +34,17 @@ from image.treewalk import describe_tree, diff_trees
 from support.cli import config_args, invoke, pull_args
 from guestpull.testing.images import ImageSpec, TarLayer, push, skopeo_copy, write_layout
 from guestpull.testing.realtools import (
+    MTIME,
     Containers,
+    busybox_tree,
     gnu_tar,
     gnu_tar_extract,
     reference_rootfs,
     registry_to_layout,
+    settle_mtimes,
     umoci,
     umoci_new,
+    write_file,
 )
 from guestpull.testing.registry import RegistryProcess
 
@@ -53,42 +57,25 @@ pytestmark = [
     ),
 ]
 
-MTIME = 1_600_000_000
 #: security.capability for cap_net_raw+ep (struct vfs_cap_data, revision 2).
 CAP_NET_RAW_EP = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
-BUSYBOX = Path("/bin/busybox")
 
 
 # --- trees to archive ------------------------------------------------------------------------
 
 
-def _write(path: Path, data: bytes, mode: int = 0o644) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(mode)
-    return path
-
-
-def _settle_mtimes(root: Path) -> None:
-    """Fixed mtimes everywhere (links too), so layers do not depend on when they were built."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.utime(os.path.join(dirpath, name), (MTIME, MTIME + 7), follow_symlinks=False)
-    os.utime(root, (MTIME, MTIME))
-
-
 def feature_tree(root: Path) -> Path:
     """Every entry type and attribute GNU tar can carry."""
-    _write(root / "dir/file", b"hello\n")
-    _write(root / "usr/bin/su", b"su", 0o4755)
-    _write(root / "usr/bin/wall", b"wall", 0o2755)
+    write_file(root / "dir/file", b"hello\n")
+    write_file(root / "usr/bin/su", b"su", 0o4755)
+    write_file(root / "usr/bin/wall", b"wall", 0o2755)
     os.chown(root / "usr/bin/wall", 0, 5)
     (root / "tmp").mkdir(mode=0o1777)
     (root / "tmp").chmod(0o1777)
     (root / "shared").mkdir()
     (root / "shared").chmod(0o2775)
     long_dir = root / ("d" * 120) / ("e" * 90)
-    _write(long_dir / ("f" * 150), b"long\n")
+    write_file(long_dir / ("f" * 150), b"long\n")
     os.symlink("t" * 160, root / "long-target")  # a dangling symlink with a long target
     os.symlink("dir/file", root / "sym")
     os.link(root / "sym", root / "hardlink-to-sym", follow_symlinks=False)
@@ -98,17 +85,17 @@ def feature_tree(root: Path) -> Path:
     (root / "dev").mkdir()
     os.mknod(root / "dev/null", 0o666 | 0o020000, os.makedev(1, 3))
     os.mknod(root / "dev/loop9", 0o660 | 0o060000, os.makedev(7, 9))
-    _write(root / "bigid", b"big", 0o640)
+    write_file(root / "bigid", b"big", 0o640)
     os.chown(root / "bigid", 3_000_000_000, 4_000_000_001)
     os.chown(root / "shared", 1000, 1000)
-    _write(root / "caps", b"#!ping\n", 0o755)
+    write_file(root / "caps", b"#!ping\n", 0o755)
     os.setxattr(root / "caps", "security.capability", CAP_NET_RAW_EP)
     os.setxattr(root / "dir/file", "user.bin", b"\x00\xff\x01")
     os.setxattr(root / "dir", "user.dir", b"1")
-    _write(root / "names/caf\u00e9", b"nfc\n")  # NFC: one code point
-    _write(root / "names/cafe\u0301", b"nfd\n")  # NFD: e + combining accent, another file
-    _write(root / "empty", b"")
-    _settle_mtimes(root)
+    write_file(root / "names/caf\u00e9", b"nfc\n")  # NFC: one code point
+    write_file(root / "names/cafe\u0301", b"nfd\n")  # NFD: e + combining accent, another file
+    write_file(root / "empty", b"")
+    settle_mtimes(root)
     return root
 
 
@@ -121,21 +108,6 @@ def sparse_file(path: Path, size: int = 3 * 1024 * 1024) -> Path:
             f.write(data)
     os.utime(path, (MTIME, MTIME))
     return path
-
-
-def busybox_tree(root: Path, extra: dict[str, bytes] | None = None) -> Path:
-    """A minimal system: static busybox, sh and id links, passwd/group, a few files."""
-    _write(root / "bin/busybox", BUSYBOX.read_bytes(), 0o755)
-    for applet in ("sh", "id", "env", "pwd", "cat", "ls"):
-        os.symlink("busybox", root / "bin" / applet)
-    _write(root / "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
-    _write(root / "etc/group", b"root:x:0:\nwheel:x:10:app\napp:x:1000:\n")
-    (root / "home/app").mkdir(parents=True)
-    os.chown(root / "home/app", 1000, 1000)
-    for name, data in (extra or {}).items():
-        _write(root / name, data)
-    _settle_mtimes(root)
-    return root
 
 
 # --- the corpus ------------------------------------------------------------------------------
@@ -236,7 +208,7 @@ def build_sparse_gnu(c: Corpus, name: str) -> Path:
     """Old GNU sparse (``S`` entries): umoci cannot read them, GNU tar is the reference."""
     src = c.dir(name, "src")
     sparse_file(src / "sparse-gnu")
-    _write(src / "after", b"after the sparse entry\n")
+    write_file(src / "after", b"after the sparse entry\n")
     tar = c.tar_of(src, name, "--format=gnu", "--sparse", members=("sparse-gnu", "after"))
     c.push_tars(name, [(tar, "gzip")])
     reference = c.base / name / "reference"
@@ -248,8 +220,8 @@ def build_empty_layers(c: Corpus, name: str) -> Path:
     empty_dir = c.dir(name, "empty")
     empty = c.tar_of(empty_dir, f"{name}-empty", "--format=gnu", members=())  # 10240 zero bytes
     src = c.dir(name, "src")
-    _write(src / "only", b"the one file\n")
-    _settle_mtimes(src)
+    write_file(src / "only", b"the one file\n")
+    settle_mtimes(src)
     c.push_tars(name, [(empty, "gzip"), (c.tar_of(src, name, *PAX), "none"), (empty, "zstd")])
     return c.registry_reference(name, *UNZSTD)
 
@@ -259,7 +231,7 @@ def build_umoci_insert(c: Corpus, name: str) -> Path:
     layout = c.base / name / "layout"
     image = umoci_new(layout, "v1")
     umoci("insert", "--image", image, str(busybox_tree(c.dir(name, "root"))), "/")
-    _write(c.dir(name, "motd") / "motd", b"inserted\n")
+    write_file(c.dir(name, "motd") / "motd", b"inserted\n")
     umoci("insert", "--image", image, str(c.base / name / "motd" / "motd"), "/etc/motd")
     c.push_layout(layout, "v1", name)
     return c.umoci_reference(layout, "v1", name)
@@ -271,7 +243,7 @@ def build_umoci_insert_dir(c: Corpus, name: str) -> Path:
     layout = c.base / name / "layout"
     image = umoci_new(layout, "v1")
     umoci("insert", "--image", image, str(busybox_tree(c.dir(name, "root"))), "/data")
-    _write(c.dir(name, "motd") / "motd", b"inserted\n")  # 9 bytes: the layer ends mid-block
+    write_file(c.dir(name, "motd") / "motd", b"inserted\n")  # 9 bytes: the layer ends mid-block
     umoci("insert", "--image", image, str(c.base / name / "motd" / "motd"), "/etc/motd")
     c.push_layout(layout, "v1", name)
     return c.umoci_reference(layout, "v1", name)
@@ -282,12 +254,12 @@ def _umoci_repack(c: Corpus, name: str, change: Callable[[Path], None]) -> Path:
     layout = c.base / name / "layout"
     image = umoci_new(layout, "base")
     src = c.dir(name, "src")
-    _write(src / "data/keep", b"kept\n")
-    _write(src / "data/gone", b"deleted in the next layer\n")
-    _write(src / "data/tree/inner", b"inner\n")
-    _write(src / "data/tree/deeper/x", b"x\n")
-    _write(src / "data/opt/a", b"a\n")
-    _settle_mtimes(src)
+    write_file(src / "data/keep", b"kept\n")
+    write_file(src / "data/gone", b"deleted in the next layer\n")
+    write_file(src / "data/tree/inner", b"inner\n")
+    write_file(src / "data/tree/deeper/x", b"x\n")
+    write_file(src / "data/opt/a", b"a\n")
+    settle_mtimes(src)
     c.tar_of(src, name, *PAX, members=("data",))
     umoci("raw", "add-layer", "--image", image, str(c.base / f"{name}.tar"))
     bundle = c.base / name / "bundle"
@@ -302,12 +274,12 @@ def _delete_some(data: Path) -> None:
     (data / "gone").unlink()
     shutil.rmtree(data / "opt")
     (data / "tree/deeper/x").unlink()
-    _write(data / "tree/new", b"new\n")
+    write_file(data / "tree/new", b"new\n")
 
 
 def _dir_to_file(data: Path) -> None:
     shutil.rmtree(data / "tree")
-    _write(data / "tree", b"a file where a directory was\n")
+    write_file(data / "tree", b"a file where a directory was\n")
 
 
 def build_umoci_whiteouts(c: Corpus, name: str) -> Path:
@@ -321,10 +293,10 @@ def build_umoci_dir_to_file(c: Corpus, name: str) -> Path:
 def _buildah_image(c: Corpus, name: str, fmt: str = "oci") -> str:
     lower = busybox_tree(c.dir(name, "lower"), {"etc/motd": b"lower\n", "srv/data": b"d" * 5000})
     upper = c.dir(name, "upper")
-    _write(upper / "etc/motd", b"upper\n", 0o600)
-    _write(upper / "usr/local/bin/tool", b"#!/bin/sh\necho tool\n", 0o755)
+    write_file(upper / "etc/motd", b"upper\n", 0o600)
+    write_file(upper / "usr/local/bin/tool", b"#!/bin/sh\necho tool\n", 0o755)
     os.symlink("/usr/local/bin/tool", upper / "tool")
-    _settle_mtimes(upper)
+    settle_mtimes(upper)
     return c.tools.build(name, [lower, upper], ["--env", "A=1", "--workingdir", "/srv"], fmt=fmt)
 
 
@@ -402,11 +374,11 @@ CASES: dict[str, Case] = {
 
 
 @pytest.fixture(scope="module")
-def corpus(http_registry: RegistryProcess) -> Iterator[Corpus]:
-    base = Path("/dev/shm") / f"guestpull-corpus-{os.getpid()}"
+def corpus(http_registry: RegistryProcess, containers: Containers, session_shm: Path) -> Iterator[Corpus]:
+    base = session_shm / "corpus"
     base.mkdir()
     try:
-        yield Corpus(base, http_registry, Containers(base / "containers"))
+        yield Corpus(base, http_registry, containers)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

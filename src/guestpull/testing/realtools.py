@@ -18,6 +18,9 @@ from pathlib import Path
 
 from guestpull.testing import HarnessError, require_binary
 
+#: The mtime of every file the helpers write (reproducible layers).
+MTIME = 1_600_000_000
+BUSYBOX = Path("/bin/busybox")
 #: A policy that accepts any image: these stores only ever hold images the tests build.
 _POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
 
@@ -101,6 +104,40 @@ class Containers:
         """``buildah push [ARGS] IMAGE DEST`` (``docker://`` to a plain-HTTP test registry)."""
         tls = ["--tls-verify=false"] if dest.startswith("docker://") else []
         self.buildah("push", "--quiet", *tls, *self.policy_flag(), *args, image, dest)
+
+
+# --- trees ---------------------------------------------------------------------------------
+
+
+def write_file(path: Path, data: bytes, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def settle_mtimes(root: Path) -> None:
+    """Fixed mtimes everywhere (links too), so layers do not depend on when they were built."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (MTIME, MTIME + 7), follow_symlinks=False)
+    os.utime(root, (MTIME, MTIME))
+
+
+def busybox_tree(root: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """A minimal system: the static busybox and a few applet links, users ``root`` and
+    ``app`` (1000:1000, also in ``wheel``), ``/home/app``, and ``extra`` files."""
+    write_file(root / "bin/busybox", BUSYBOX.read_bytes(), 0o755)
+    for applet in ("sh", "id", "env", "pwd", "cat", "ls"):
+        os.symlink("busybox", root / "bin" / applet)
+    write_file(root / "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
+    write_file(root / "etc/group", b"root:x:0:\nwheel:x:10:app\napp:x:1000:\n")
+    (root / "home/app").mkdir(parents=True)
+    os.chown(root / "home/app", 1000, 1000)
+    for name, data in (extra or {}).items():
+        write_file(root / name, data)
+    settle_mtimes(root)
+    return root
 
 
 # --- GNU tar ---------------------------------------------------------------------------------
