@@ -138,6 +138,10 @@ def assert_typed_failure(result: CliResult, *, allow_internal: bool = False) -> 
     assert len(errors) == 1, result
     if errors[0].startswith("Error: "):  # click's own usage error: exit 2
         assert result.exit_code == EXIT_CODES[Category.USAGE], result
+    else:  # ours: that one line is all
+        assert lines == errors, result
+        category = errors[0].removeprefix("guestpull: error [").split("]", 1)[0]
+        assert EXIT_CODES[Category(category)] == result.exit_code, result
 
 
 WALK = [

@@ -251,11 +251,11 @@ class AllCandidatesFailed(GuestpullError):
     """Every pull candidate failed; the category is that of the last attempt's cause."""
 
     def __init__(self, image: str, attempts: list[Attempt]) -> None:
-        lines = "\n".join(
-            f"  - {a.reference} ({a.scheme}, {a.kind}): [{a.error.category}] {a.error}"
-            for a in attempts
+        # One line (the CLI's rule for every error); ``to_dict`` keeps the attempts apart.
+        tried = "; ".join(
+            f"{a.reference} ({a.scheme}, {a.kind}): [{a.error.category}] {a.error}" for a in attempts
         )
-        super().__init__(f"failed to pull {image} from every candidate:\n{lines}")
+        super().__init__(f"failed to pull {image} from every candidate: {tried}")
         self.image = image
         self.attempts = attempts
 

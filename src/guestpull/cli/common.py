@@ -64,5 +64,5 @@ def _fail(err: GuestpullError, *, as_json: bool) -> None:
     if as_json:
         emit_json({"ok": False, "error": err.to_dict()})
     else:
-        click.echo(f"guestpull: error [{err.category}]: {err}", err=True)
+        click.echo(f"guestpull: error [{err.category}]: {_one_line(str(err))}", err=True)
     sys.exit(err.exit_code)
