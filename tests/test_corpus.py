@@ -8,9 +8,14 @@ The corpus is built here, by the tools people use, and pushed to a real registry
   NFD spellings of one name, empty layers);
 * umoci (``insert`` at ``/``, ``repack`` after deletions: whiteouts; a directory replaced
   by a file);
-* buildah (``from scratch`` + ``copy`` + ``commit``; OCI and docker formats; gzip, zstd,
-  zstd:chunked and uncompressed layers);
-* podman and skopeo (a docker-archive, an OCI image converted to v2s2, a manifest list).
+* buildah (``from scratch`` + ``copy`` + ``commit``; OCI and docker formats; gzip, zstd and
+  zstd:chunked layers);
+* podman and skopeo (uncompressed layers from ``podman save --uncompressed``, a
+  docker-archive, an OCI image converted to v2s2, a manifest list).
+
+Each case also proves it is what it claims: the paths its reference must have, and what the
+registry's manifest or the layer tars must contain (a media type, a PAX key, a GNU long
+name), so a tool that quietly wrote something else cannot make a case pass vacuously.
 
 Each is pulled with ``guestpull pull --bundle`` and its rootfs compared with ``umoci raw
 unpack`` of the same image (GNU tar extraction where umoci cannot read a layer) on paths,
@@ -32,7 +37,7 @@ import pytest
 
 from image.treewalk import describe_tree, diff_trees
 from support.cli import config_args, invoke, pull_args
-from guestpull.testing.images import ImageSpec, TarLayer, push, skopeo_copy, write_layout
+from guestpull.testing.images import ImageSpec, TarLayer, push, skopeo_copy, skopeo_inspect_raw, write_layout
 from guestpull.testing.realtools import (
     MTIME,
     Containers,
@@ -115,8 +120,12 @@ def sparse_file(path: Path, size: int = 3 * 1024 * 1024) -> Path:
 
 @dataclass(frozen=True)
 class Case:
+    """How to build one image, and what proves it has what it claims (no vacuous case)."""
+
     build: Callable[[Corpus, str], Path]  # pushes REPO:v1, returns the reference rootfs
-    must_have: tuple[str, ...]  # paths the reference must have (the case is not vacuous)
+    must_have: tuple[str, ...]  # paths the reference rootfs must have
+    manifest_has: tuple[str, ...] = ()  # in the registry's manifest (or index), as pushed
+    tar_has: tuple[bytes, ...] = ()  # in the layer tars (GNU tar cases)
     needs_sto: str | None = None  # while the tar-layer fix is not merged: why it fails
 
 
@@ -128,6 +137,7 @@ class Corpus:
     registry: RegistryProcess
     tools: Containers
     built: dict[str, Path] = field(default_factory=dict)
+    tars: dict[str, bytes] = field(default_factory=dict)  # name → its layer tars, concatenated
 
     def ref(self, repo: str) -> str:
         return f"{self.registry.host}/corpus/{repo}:v1"
@@ -148,6 +158,7 @@ class Corpus:
         """An image of these (tar, compression) layers, pushed; the layout written."""
         layout = self.base / name / "layout"
         spec = ImageSpec(layers=[TarLayer(tar, compression) for tar, compression in tars])  # type: ignore[arg-type]
+        self.tars[name] = b"".join(tar for tar, _ in tars)
         write_layout(layout, spec, tag="v1")
         self.push_layout(layout, "v1", name)
         return layout
@@ -291,8 +302,12 @@ def build_umoci_dir_to_file(c: Corpus, name: str) -> Path:
 
 
 def _buildah_image(c: Corpus, name: str, fmt: str = "oci") -> str:
-    lower = busybox_tree(c.dir(name, "lower"), {"etc/motd": b"lower\n", "srv/data": b"d" * 5000})
+    # The case's name in both layers: no two cases share a layer, so a push cannot reuse a
+    # blob another case left in the registry (in another compression).
+    lower = busybox_tree(c.dir(name, "lower"), {"etc/motd": b"lower\n", "srv/data": b"d" * 5000,
+                                                "etc/image": name.encode()})
     upper = c.dir(name, "upper")
+    write_file(upper / "etc/image-upper", name.encode())
     write_file(upper / "etc/motd", b"upper\n", 0o600)
     write_file(upper / "usr/local/bin/tool", b"#!/bin/sh\necho tool\n", 0o755)
     os.symlink("/usr/local/bin/tool", upper / "tool")
@@ -307,6 +322,16 @@ def buildah_case(compression: list[str], fmt: str = "oci", recompress: bool = Fa
         c.tools.push(image, f"docker://{c.ref(name)}", *push_format, *compression)
         return c.registry_reference(name, *(UNZSTD if recompress else ()))
     return build
+
+
+def build_uncompressed(c: Corpus, name: str) -> Path:
+    """buildah's image saved by podman as an OCI directory with uncompressed layers, copied to
+    the registry as is (a registry push by buildah would compress them)."""
+    image = _buildah_image(c, name)
+    layout = c.base / name / "oci-dir"
+    c.tools.podman("save", "--format", "oci-dir", "--uncompressed", "-o", str(layout), image)
+    c.push_layout(layout, f"{image}:latest", name)
+    return c.registry_reference(name)
 
 
 def build_docker_archive(c: Corpus, name: str) -> Path:
@@ -339,6 +364,11 @@ def build_manifest_list(c: Corpus, name: str) -> Path:
     return c.registry_reference(name, "--override-arch", "amd64", "--override-os", "linux")
 
 
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+V2S2 = "application/vnd.docker.distribution.manifest.v2+json"
+V2S2_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 BUSYBOX_PATHS = ("bin/busybox", "bin/sh", "etc/passwd", "etc/motd", "tool")
 FEATURE_PATHS = ("usr/bin/su", "hardlink-to-sym", "fifo", "dev/loop9", "bigid", "caps",
                  "names/caf\u00e9", "names/cafe\u0301", "hardlink-to-long")
@@ -349,27 +379,36 @@ FEATURE_PATHS = ("usr/bin/su", "hardlink-to-sym", "fifo", "dev/loop9", "bigid", 
 UMOCI_INSERT_END = "needs sto: a layer that ends inside the last file's padding block (umoci 0.4 insert)"
 
 CASES: dict[str, Case] = {
-    "gnutar-pax": Case(build_gnutar_pax, FEATURE_PATHS),
-    "gnutar-gnu-zstd": Case(build_gnutar_gnu, FEATURE_PATHS),
-    "gnutar-absolute": Case(build_gnutar_absolute, FEATURE_PATHS),
-    "gnutar-sparse-pax": Case(build_sparse_pax, ("sparse-0.0", "sparse-0.1", "sparse-1.0")),
+    "gnutar-pax": Case(build_gnutar_pax, FEATURE_PATHS,
+                       tar_has=(b"SCHILY.xattr.security.capability", b"./dev/loop9", b"uid=3000000000")),
+    "gnutar-gnu-zstd": Case(build_gnutar_gnu, FEATURE_PATHS, manifest_has=(OCI_ZSTD,),
+                            tar_has=(b"././@LongLink",)),
+    "gnutar-absolute": Case(build_gnutar_absolute, FEATURE_PATHS, tar_has=(b"/usr/bin/su\0", b"/dir/file\0")),
+    "gnutar-sparse-pax": Case(build_sparse_pax, ("sparse-0.0", "sparse-0.1", "sparse-1.0"),
+                              tar_has=(b"GNU.sparse.offset=", b"GNU.sparse.map=", b"GNU.sparse.major=1")),
     "gnutar-sparse-gnu": Case(build_sparse_gnu, ("sparse-gnu", "after")),
-    "gnutar-empty-layers": Case(build_empty_layers, ("only",)),
+    "gnutar-empty-layers": Case(build_empty_layers, ("only",), tar_has=(b"\0" * 10240,)),
     "umoci-insert-root": Case(build_umoci_insert, ("bin/busybox", "etc/motd"),
                               needs_sto=UMOCI_INSERT_END),
     "umoci-insert-dir": Case(build_umoci_insert_dir, ("data/bin/busybox", "etc/motd"),
                              needs_sto=UMOCI_INSERT_END),
     "umoci-repack-whiteouts": Case(build_umoci_whiteouts, ("data/keep", "data/tree/new")),
     "umoci-repack-dir-to-file": Case(build_umoci_dir_to_file, ("data/tree", "data/keep")),
-    "buildah-oci-gzip": Case(buildah_case(["--compression-format", "gzip"]), BUSYBOX_PATHS),
-    "buildah-oci-zstd": Case(buildah_case(["--compression-format", "zstd"], recompress=True), BUSYBOX_PATHS),
+    "buildah-oci-gzip": Case(buildah_case(["--compression-format", "gzip"]), BUSYBOX_PATHS,
+                             manifest_has=(OCI_MANIFEST, OCI_GZIP)),
+    "buildah-oci-zstd": Case(buildah_case(["--compression-format", "zstd"], recompress=True), BUSYBOX_PATHS,
+                             manifest_has=(OCI_MANIFEST, OCI_ZSTD)),
     "buildah-oci-zstd-chunked": Case(buildah_case(["--compression-format", "zstd:chunked"], recompress=True),
-                                     BUSYBOX_PATHS),
-    "buildah-oci-uncompressed": Case(buildah_case(["--disable-compression"]), BUSYBOX_PATHS),
-    "buildah-docker-gzip": Case(buildah_case([], fmt="docker"), BUSYBOX_PATHS),
-    "podman-docker-archive": Case(build_docker_archive, BUSYBOX_PATHS),
-    "skopeo-v2s2-conversion": Case(build_v2s2_conversion, BUSYBOX_PATHS),
-    "buildah-manifest-list": Case(build_manifest_list, BUSYBOX_PATHS),
+                                     BUSYBOX_PATHS,
+                                     manifest_has=(OCI_ZSTD, "io.containers.zstd-chunked.manifest-checksum")),
+    "podman-oci-uncompressed": Case(build_uncompressed, BUSYBOX_PATHS,
+                                     manifest_has=('"application/vnd.oci.image.layer.v1.tar"',)),
+    "buildah-docker-gzip": Case(buildah_case([], fmt="docker"), BUSYBOX_PATHS, manifest_has=(V2S2, V2S2_GZIP)),
+    "podman-docker-archive": Case(build_docker_archive, BUSYBOX_PATHS, manifest_has=(V2S2, V2S2_GZIP)),
+    "skopeo-v2s2-conversion": Case(build_v2s2_conversion, BUSYBOX_PATHS, manifest_has=(V2S2, V2S2_GZIP)),
+    "buildah-manifest-list": Case(build_manifest_list, BUSYBOX_PATHS,
+                                  manifest_has=("application/vnd.docker.distribution.manifest.list.v2+json",
+                                                '"architecture":"arm64"', '"architecture":"amd64"')),
 }
 
 
@@ -397,6 +436,11 @@ def test_pulled_rootfs_equals_reference(corpus: Corpus, shm_path: Path, name: st
     expected = describe_tree(reference)
     missing = [p for p in CASES[name].must_have if p not in expected]
     assert missing == [], f"the reference of {name} lacks {missing}: the case is vacuous"
+    case = CASES[name]
+    if case.manifest_has:
+        raw = skopeo_inspect_raw(corpus.ref(name), tls_verify=False).decode()
+        assert [m for m in case.manifest_has if m not in raw] == [], raw
+    assert [t for t in case.tar_has if t not in corpus.tars.get(name, b"")] == []
 
     bundle = shm_path / "bundle"
     config = config_args(shm_path / "config", corpus.registry)
