@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from support.cli import CliResult, cdh_toml, invoke, run
@@ -24,7 +25,6 @@ from guestpull.errors import EXIT_CODES, Category
 from guestpull.testing.fakeregistry import FakeRegistry
 from guestpull.testing.images import File, ImageSpec, LayerSpec
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a read-only tmpfs mount needs root")
 
 #: (command, argv with ``{P}`` for the unusable path; ``{W}`` a usable store, ``{C}`` a usable
 #: cdh.toml, ``{REF}`` an image the fake registry serves).  A store or bundle directory that is
@@ -57,29 +57,36 @@ CASES: list[tuple[str, list[str]]] = [
 KINDS = ["missing", "read-only", "proc", "file-as-dir"]
 
 
-def cli_commands() -> set[str]:
-    """Every command ``guestpull --help`` lists, ``initdata`` by its subcommands."""
-    import click
-
+def cli_commands() -> dict[str, click.Command]:
+    """Every command ``guestpull --help`` lists, groups (``initdata``) by their subcommands."""
     ctx = click.Context(main)
-    names: set[str] = set()
+    commands: dict[str, click.Command] = {}
     for name in main.list_commands(ctx):
         command = main.get_command(ctx, name)
+        assert command is not None
         if isinstance(command, click.Group):
-            names.update(f"{name} {sub}" for sub in command.list_commands(ctx))
+            commands.update({f"{name} {sub}": command.commands[sub] for sub in command.list_commands(ctx)})
         else:
-            names.add(name)
-    return names
+            commands[name] = command
+    return commands
 
 
 def test_every_command_is_walked() -> None:
-    assert cli_commands() == {name for name, _ in CASES}
-    assert {"pull", "images", "initdata build"} <= cli_commands()  # the listing is not empty
+    assert set(cli_commands()) == {name for name, _ in CASES}
+    assert {"pull", "images", "initdata build"} <= set(cli_commands())  # the listing is not empty
+
+
+def test_every_command_is_inside_the_boundary() -> None:
+    unguarded = [name for name, command in cli_commands().items()
+                 if not getattr(command.callback, "handles_errors", False)]
+    assert unguarded == []
 
 
 @pytest.fixture(scope="module")
 def places() -> Iterator[dict[str, str]]:
     """The unusable paths, and the usable things the other arguments need."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only tmpfs mount needs root")
     base = Path(tempfile.mkdtemp(prefix="guestpull-cli-errors-", dir="/dev/shm"))
     (base / "afile").write_text("not a directory\n")
     readonly = base / "ro"

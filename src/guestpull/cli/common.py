@@ -53,6 +53,7 @@ def handles_errors(func: F) -> F:
             _fail(InternalError(message, hint="rerun with guestpull --debug for the traceback"),
                   as_json=bool(kwargs.get("as_json")))
 
+    wrapper.handles_errors = True  # type: ignore[attr-defined]  # tests check every command has it
     return wrapper  # type: ignore[return-value]
 
 
