@@ -37,7 +37,7 @@ import pytest
 
 from image.treewalk import describe_tree, diff_trees
 from support.cli import config_args, invoke, pull_args
-from guestpull.testing.images import ImageSpec, TarLayer, push, skopeo_copy, skopeo_inspect_raw, write_layout
+from guestpull.testing.images import Compression, ImageSpec, TarLayerSpec, push, skopeo_copy, skopeo_inspect_raw, write_layout
 from guestpull.testing.realtools import (
     MTIME,
     Containers,
@@ -154,10 +154,10 @@ class Corpus:
 
     # pushing and reference trees
 
-    def push_tars(self, name: str, tars: list[tuple[bytes, str]]) -> Path:
+    def push_tars(self, name: str, tars: list[tuple[bytes, Compression]]) -> Path:
         """An image of these (tar, compression) layers, pushed; the layout written."""
         layout = self.base / name / "layout"
-        spec = ImageSpec(layers=[TarLayer(tar, compression) for tar, compression in tars])  # type: ignore[arg-type]
+        spec = ImageSpec(layers=[TarLayerSpec([], compression, tar=tar) for tar, compression in tars])
         self.tars[name] = b"".join(tar for tar, _ in tars)
         write_layout(layout, spec, tag="v1")
         self.push_layout(layout, "v1", name)

@@ -14,19 +14,25 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
-#: How much of an untrusted name (a tar entry, a path) an error message repeats.
-SHOWN_NAME_LIMIT = 200
+#: The most characters of a string from the network or a layer (an entry name, a media type,
+#: a header) that a message repeats: a 64 KiB entry name must not become a 64 KiB error line
+#: (nor the log a place an attacker writes into).
+ECHO_LIMIT = 200
 
 
-def shown(value: str, limit: int = SHOWN_NAME_LIMIT) -> str:
-    """``repr(value)`` for a message, cut to ``limit`` characters with ``…`` and the length.
+def clip(text: object, limit: int = ECHO_LIMIT) -> str:
+    """``text`` for a message: at most ``limit`` characters, marked when cut."""
+    value = str(text)
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…(+{len(value) - limit} chars)"
 
-    A layer can carry a 64 KiB entry name; repeating all of it makes one error line unreadable
-    (and the log a place an attacker writes into).
-    """
+
+def shown(value: str, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for a message (names, where quotes show spaces), cut like :func:`clip`."""
     if len(value) <= limit:
         return repr(value)
-    return f"{value[:limit]!r}… ({len(value)} characters)"
+    return f"{value[:limit]!r}…(+{len(value) - limit} chars)"
 
 
 class Category(enum.StrEnum):

@@ -1,10 +1,12 @@
-"""The pull pipeline: image name → candidates → verified manifest, config and layers in the store.
+"""The pull pipeline: image name → candidates → verified manifest, config and layers → bundle.
 
-:func:`pull_image` walks the candidates that the registry rules produce, in order, and stops
-at the first that works.  Each failed candidate is recorded (:class:`errors.Attempt`); when all
-fail, :class:`errors.AllCandidatesFailed` lists every attempt with its categorised cause.
-Everything the registry sends is verified before it is stored (see distribution/client.py
-and image/store.py).  The bundle step (decode, unpack, config.json) comes after this.
+:class:`Puller` is built once from the configuration and pulls many images (the CLI's
+``pull`` and the ``serve`` service both use it).  A pull walks the candidates that the
+registry rules produce, in order, and stops at the first that works.  Each failed candidate
+is recorded (:class:`errors.Attempt`); when all fail, :class:`errors.AllCandidatesFailed`
+lists every attempt with its categorised cause.  Everything the registry sends is verified
+before it is stored (see distribution/client.py and image/store.py); with a bundle, layers
+are unpacked while later ones download (image/bundle.py).
 """
 
 from __future__ import annotations
@@ -18,14 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from guestpull import tls
 from guestpull.authfile import AuthFile
-from guestpull.config import ImageConfig, ResourceGetter
+from guestpull.config import (
+    CdhConfig,
+    ImageConfig,
+    RegistriesConfig,
+    ResourceGetter,
+    load_cdh_config,
+)
 from guestpull.distribution import (
     BlobRef,
     FetchedManifest,
     ProxySettings,
     RegistryClient,
+    TokenCache,
     Transport,
     TransportSettings,
     new_session,
@@ -39,11 +50,12 @@ from guestpull.errors import (
     NoSpaceError,
     PolicyError,
     UnsupportedError,
+    UsageError,
 )
 from guestpull.image import oci
 from guestpull.image.bundle import BundleBuilder, BundleResult, RootfsMode, check_bundle_target
-from guestpull.image.worker import UnpackWorkers
 from guestpull.image.store import LayerRef, Store, open_store
+from guestpull.image.worker import UnpackWorkers
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
 from guestpull.resources import ResourceResolver
@@ -56,6 +68,8 @@ UNPACK_CONCURRENCY = 2
 #: (a worker costs ~0.15 s of CPU to start).  Measured on 2 cores: 28 MiB of small files
 #: (20,000) unpack 0.6 s sooner with workers; 8 concurrent 23 MiB pulls take 10% longer.
 UNPACK_WORKERS_MIN_BYTES = 8 << 20
+#: Different images a :class:`Puller` pulls at once (more wait their turn).
+DEFAULT_PARALLEL_PULLS = 4
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,195 @@ def _no_events(event: PullEvent) -> None:
     pass
 
 
+class Puller:
+    """The long-lived puller: built once from the configuration, it pulls many images.
+
+    It holds what pulls share: the HTTP session, the bearer-token cache, the store (opened
+    once), and the settings loaded from resource URIs (registry rules, auth file, trust),
+    which are loaded on the first pull and retried on the next if that fails, as the CDH
+    does.  Concurrent pulls of the same image share each blob's download; different images
+    pull in parallel, at most ``max_parallel_pulls`` at a time.  The CLI's ``pull`` and the
+    service both pull through it.
+
+        async with Puller(cdh) as puller:
+            result = await puller.pull("registry.local:5000/app:v1", bundle=path)
+    """
+
+    def __init__(
+        self,
+        config: CdhConfig | ImageConfig | None = None,
+        *,
+        resolver: ResourceGetter | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        transport_settings: TransportSettings | None = None,
+        max_parallel_pulls: int = DEFAULT_PARALLEL_PULLS,
+    ) -> None:
+        if isinstance(config, CdhConfig):
+            image_config = config.image_config()
+            resolver = resolver or ResourceResolver(kbc=config.kbc.name)
+        else:
+            image_config = config or ImageConfig()
+        self.image_config = image_config
+        self.resolver: ResourceGetter = resolver or ResourceResolver()
+        self.work_dir = Path(work_dir if work_dir is not None else image_config.work_dir)
+        self.settings = transport_settings or TransportSettings()
+        self._parallel = asyncio.Semaphore(max(1, max_parallel_pulls))
+        self._tokens = TokenCache()
+        self._blob_locks = KeyedLocks()
+        self._session: aiohttp.ClientSession | None = None
+        self._store: Store | None = None
+        self._loaded: _Loaded | None = None
+        self._loading = asyncio.Lock()
+
+    async def __aenter__(self) -> Puller:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open the store (repairing what a killed pull left) and the HTTP session."""
+        if self._store is None:
+            self._store = await asyncio.to_thread(open_store, self.work_dir)
+        if self._session is None:
+            self._session = new_session(self.settings)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def get_resource(self, uri: str) -> bytes:
+        """A resource URI (path, ``file://``, ``kbs://``) through the configured KBC."""
+        return await asyncio.to_thread(self.resolver.get, uri)
+
+    async def pull(
+        self,
+        image: str,
+        *,
+        bundle: str | os.PathLike[str] | None = None,
+        rootfs_mode: RootfsMode = "auto",
+        force: bool = False,
+        platform: str | oci.Platform | None = None,
+        events: EventCallback | None = None,
+    ) -> PullResult:
+        """Pull ``image`` into the store; with ``bundle``, also build ``rootfs`` + ``config.json``.
+
+        An occupied bundle is refused (ExistsError) before anything is fetched, unless
+        ``force``; an existing empty directory is fine (kata-agent creates it).  On failure or
+        cancellation nothing this pull put into the bundle is left behind.
+        """
+        emit = events or _no_events
+        refuse_unimplemented(self.image_config)
+        wanted_bundle = None
+        if bundle is not None:
+            check_bundle_target(bundle, force)
+            wanted_bundle = BundleRequest(Path(bundle), rootfs_mode, force)
+        reference = parse_reference(image)
+        wanted = oci.Platform.parse(platform) if isinstance(platform, str) else platform or oci.default_platform()
+        await self.open()
+        loaded = await self._load()
+        candidates = resolve_candidates(reference, loaded.registries)
+        assert self._store is not None
+        store = self._store
+        attempts: list[Attempt] = []
+        # Shared with other pulls, exclusive for prune: blobs committed but not yet recorded
+        # must not be pruned under us.
+        async with self._parallel, store_lock(store, "prune", shared=True):
+            for candidate in candidates:
+                emit(PullEvent("candidate", str(candidate.reference), _candidate_detail(candidate)))
+                credentials = loaded.auth_file.lookup(candidate.reference) if loaded.auth_file else None
+                client = RegistryClient(
+                    loaded.transport, candidate.reference.registry, scheme=str(candidate.scheme),
+                    credentials=credentials, tokens=self._tokens,
+                )
+                puller = _CandidatePull(
+                    candidate, client, store, wanted,
+                    self.image_config.max_concurrent_layer_downloads_per_image, emit,
+                    wanted_bundle, self._blob_locks,
+                )
+                try:
+                    result = await puller.run()
+                except GuestpullError as err:
+                    attempts.append(
+                        Attempt(str(candidate.reference), str(candidate.scheme), str(candidate.kind), err)
+                    )
+                    emit(PullEvent("attempt-failed", str(candidate.reference), {"error": err.to_dict()}))
+                    if isinstance(err, NoSpaceError):
+                        break  # local: another candidate needs the same space
+                    continue
+                done = PullResult(image=image, attempts=tuple(attempts), **result)
+                emit(PullEvent("done", done.reference, {"manifest_digest": done.manifest_digest}))
+                return done
+        raise AllCandidatesFailed(image, attempts)
+
+    async def _load(self) -> _Loaded:
+        """The settings behind resource URIs, loaded once; a failure is retried next pull."""
+        async with self._loading:
+            if self._loaded is None:
+                self._loaded = await asyncio.to_thread(self._load_now)
+            return self._loaded
+
+    def _load_now(self) -> _Loaded:
+        assert self._session is not None
+        trust = load_trust(self.image_config, self.resolver)
+        proxies = ProxySettings.from_config(self.image_config.image_pull_proxy)
+        return _Loaded(
+            registries=self.image_config.registries(self.resolver),
+            auth_file=load_auth_file(self.image_config, self.resolver),
+            transport=Transport(self._session, trust, proxies, self.settings),
+        )
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    registries: RegistriesConfig | None
+    auth_file: AuthFile | None
+    transport: Transport
+
+
+class KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it.
+
+    Pulls in this process wait here for a blob another pull is downloading, so that at most
+    one of them blocks a thread on the store's cross-process file lock.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+def load_cdh(initdata: Path | None, config: Path | None) -> CdhConfig | None:
+    """The cdh.toml from an Init-Data file (its ``data."cdh.toml"``) or a cdh.toml file.
+
+    None when neither is given, or the Init-Data has no cdh.toml: then defaults apply.
+    """
+    if initdata and config:
+        raise UsageError("give --initdata or --config, not both")
+    if initdata:
+        from guestpull import initdata as initdata_module
+
+        return initdata_module.load(initdata).cdh_config()
+    if config:
+        return load_cdh_config(config)
+    return None
+
+
 async def pull_image(
     image: str,
     image_config: ImageConfig,
@@ -143,52 +346,11 @@ async def pull_image(
     rootfs_mode: RootfsMode = "auto",
     force: bool = False,
 ) -> PullResult:
-    """Pull ``image`` into the content store under ``work_dir`` (default: the config's).
-
-    With ``bundle``, also build ``bundle/rootfs`` and ``bundle/config.json`` from it.  An
-    occupied bundle is refused (ExistsError) before anything is fetched, unless ``force``.
-    """
-    emit = events or _no_events
-    refuse_unimplemented(image_config)
-    wanted_bundle = None
-    if bundle is not None:
-        check_bundle_target(bundle, force)
-        wanted_bundle = BundleRequest(Path(bundle), rootfs_mode, force)
-    reference = parse_reference(image)
-    wanted = oci.Platform.parse(platform) if isinstance(platform, str) else platform or oci.default_platform()
-    resolver = resolver or ResourceResolver()
-    candidates = resolve_candidates(reference, image_config.registries(resolver))
-    auth_file = load_auth_file(image_config, resolver)
-    trust = load_trust(image_config, resolver)
-    proxies = ProxySettings.from_config(image_config.image_pull_proxy)
-    settings = transport_settings or TransportSettings()
-    store = open_store(work_dir if work_dir is not None else image_config.work_dir)
-
-    attempts: list[Attempt] = []
-    # Shared with other pulls, exclusive for prune: blobs committed but not yet recorded
-    # must not be pruned under us.
-    async with store_lock(store, "prune", shared=True), new_session(settings) as session:
-        transport = Transport(session, trust, proxies, settings)
-        for candidate in candidates:
-            emit(PullEvent("candidate", str(candidate.reference), _candidate_detail(candidate)))
-            puller = _CandidatePull(
-                candidate, transport, store, auth_file, wanted,
-                image_config.max_concurrent_layer_downloads_per_image, emit, wanted_bundle,
-            )
-            try:
-                result = await puller.run()
-            except GuestpullError as err:
-                attempts.append(
-                    Attempt(str(candidate.reference), str(candidate.scheme), str(candidate.kind), err)
-                )
-                emit(PullEvent("attempt-failed", str(candidate.reference), {"error": err.to_dict()}))
-                if isinstance(err, NoSpaceError):
-                    break  # local: another candidate needs the same space
-                continue
-            done = PullResult(image=image, attempts=tuple(attempts), **result)
-            emit(PullEvent("done", done.reference, {"manifest_digest": done.manifest_digest}))
-            return done
-    raise AllCandidatesFailed(image, attempts)
+    """One pull with a puller of its own (see :class:`Puller` for pulling many)."""
+    async with Puller(image_config, resolver=resolver, work_dir=work_dir,
+                      transport_settings=transport_settings) as puller:
+        return await puller.pull(image, bundle=bundle, rootfs_mode=rootfs_mode, force=force,
+                                 platform=platform, events=events)
 
 
 @contextlib.asynccontextmanager
@@ -245,25 +407,23 @@ class _CandidatePull:
     def __init__(
         self,
         candidate: PullCandidate,
-        transport: Transport,
+        client: RegistryClient,
         store: Store,
-        auth_file: AuthFile | None,
         wanted: oci.Platform,
         concurrency: int,
         emit: EventCallback,
-        bundle: BundleRequest | None = None,
+        bundle: BundleRequest | None,
+        blob_locks: KeyedLocks,
     ) -> None:
         self.bundle = bundle
         self.ref: Reference = candidate.reference
         self.candidate = candidate
+        self.client = client
         self.store = store
         self.wanted = wanted
         self.concurrency = max(1, concurrency)
         self.emit = emit
-        credentials = auth_file.lookup(self.ref) if auth_file else None
-        self.client = RegistryClient(
-            transport, self.ref.registry, scheme=str(candidate.scheme), credentials=credentials
-        )
+        self.blob_locks = blob_locks
 
     async def run(self) -> dict[str, Any]:
         manifest, index_digest = await self._resolve_manifest()
@@ -280,13 +440,13 @@ class _CandidatePull:
             for d, diff_id in zip(parsed.layers, config.diff_ids, strict=True)
         )
         refs = [LayerRef(x.digest, x.media_type, x.size, x.diff_id) for x in layers]
-        builder = self._start_bundle(config_bytes, parsed.config.digest, refs)
+        builder = self._start_bundle(config, parsed.config.digest, refs)
         workers = None
         try:
             workers = _unpack_workers(builder)
             await self._fetch_layers(parsed.layers, builder)
-            self.store.record_image(str(self.ref), manifest.digest, parsed.config.digest,
-                                    manifest.data, refs)
+            await asyncio.to_thread(self.store.record_image, str(self.ref), manifest.digest,
+                                    parsed.config.digest, manifest.data, refs)
             made = None
             if builder is not None:
                 made = await asyncio.to_thread(builder.finish, str(self.ref))
@@ -316,37 +476,39 @@ class _CandidatePull:
     async def _resolve_manifest(self) -> tuple[FetchedManifest, str | None]:
         repo = self.ref.repository
         top = await self.client.get_manifest(repo, self.ref.manifest_ref, expected_digest=self.ref.digest)
-        self._keep(top)
+        await self._keep(top)
         self.emit(PullEvent("manifest", str(self.ref), {"digest": top.digest, "media_type": top.media_type}))
         if not top.is_index:
             return top, None
         index = oci.ImageIndex.parse(top.data, f"image index {top.digest}")
         entry = oci.select_platform(index, self.wanted)
-        child = await self.client.get_manifest(repo, entry.digest, expected_digest=entry.digest)
+        child = await self.client.get_manifest(
+            repo, entry.digest, expected_digest=entry.digest, expected_media_type=entry.media_type
+        )
         if len(child.data) != entry.size:
             raise DigestError(
                 f"manifest {entry.digest} is {len(child.data)} bytes; the index says {entry.size}"
             )
         if child.is_index:
             raise UnsupportedError(f"index {top.digest} points at another index {entry.digest} for {self.wanted}")
-        self._keep(child)
+        await self._keep(child)
         self.emit(PullEvent("manifest", str(self.ref), {"digest": child.digest, "platform": str(entry.platform)}))
         return child, top.digest
 
-    def _keep(self, manifest: FetchedManifest) -> None:
-        self.store.content.put(manifest.digest, manifest.data)
+    async def _keep(self, manifest: FetchedManifest) -> None:
+        await asyncio.to_thread(self.store.content.put, manifest.digest, manifest.data)
 
     async def _fetch_config(self, descriptor: oci.Descriptor) -> bytes:
         await self._fetch_blob(descriptor)
         return self.store.content.read(descriptor.digest)
 
     def _start_bundle(
-        self, config_bytes: bytes, config_digest: str, layers: Sequence[LayerRef]
+        self, config: oci.ImageConfig, config_digest: str, layers: Sequence[LayerRef]
     ) -> BundleBuilder | None:
         if self.bundle is None:
             return None
         builder = BundleBuilder(
-            self.store, config_bytes, f"image config {config_digest}", layers, self.bundle.path,
+            self.store, config, f"image config {config_digest}", layers, self.bundle.path,
             mode=self.bundle.mode, force=self.bundle.force,
         )
         self.emit(PullEvent("bundle-start", str(self.ref),
@@ -386,9 +548,9 @@ class _CandidatePull:
     async def _fetch_blob(self, d: oci.Descriptor) -> None:
         if self.store.content.has(d.digest):
             return
-        # One download per blob across concurrent pulls (threads or processes): the others
-        # wait here and then find it stored.
-        async with store_lock(self.store, f"blob-{d.digest}"):
+        # One download per blob across concurrent pulls (in this process, then across
+        # processes): the others wait here and then find it stored.
+        async with self.blob_locks.hold(d.digest), store_lock(self.store, f"blob-{d.digest}"):
             if self.store.content.has(d.digest):
                 return
             await self.client.fetch_blob(

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from guestpull.cli.common import emit_json, handles_errors, json_option
-from guestpull.config import CdhConfig, ImageConfig, load_cdh_config
-from guestpull.errors import UsageError
-from guestpull.pull import PullEvent, pull_image_sync
-from guestpull.resources import ResourceResolver
-
-
-def pull_config_from(initdata: Path | None, config: Path | None) -> tuple[ImageConfig, ResourceResolver]:
-    """The ``[image]`` config from an Init-Data file or a cdh.toml (defaults if neither), and
-    the resource resolver for its ``[kbc]``."""
-    if initdata and config:
-        raise UsageError("give --initdata or --config, not both")
-    cdh: CdhConfig | None = None
-    if initdata:
-        from guestpull import initdata as initdata_module
-
-        cdh = initdata_module.load(initdata).cdh_config()
-    elif config:
-        cdh = load_cdh_config(config)
-    if cdh is None:
-        return ImageConfig(), ResourceResolver()
-    return cdh.image_config(), ResourceResolver(kbc=cdh.kbc.name)
+from guestpull.pull import Puller, PullEvent, PullResult, load_cdh
 
 
 class TerminalProgress:
@@ -105,17 +87,21 @@ def pull_command(
 
     With --bundle, also unpack it into an OCI bundle (rootfs + config.json).
     """
-    image_config, resolver = pull_config_from(initdata, config)
+    cdh = load_cdh(initdata, config)
     from guestpull.image.fsops import raise_open_file_limit
 
     raise_open_file_limit()  # unpacking keeps a directory fd per directory it writes into
-    kwargs: dict[str, Any] = dict(work_dir=work_dir, platform=platform, bundle=bundle, resolver=resolver,
-                                  rootfs_mode=rootfs_mode, force=force)
+
+    async def pull_once(events: Callable[[PullEvent], None] | None) -> PullResult:
+        async with Puller(cdh, work_dir=work_dir) as puller:
+            return await puller.pull(image, bundle=bundle, rootfs_mode=rootfs_mode,  # type: ignore[arg-type]
+                                     force=force, platform=platform, events=events)
+
     if quiet or as_json or not sys.stderr.isatty():
-        result = pull_image_sync(image, image_config, **kwargs)
+        result = asyncio.run(pull_once(None))
     else:
         with TerminalProgress() as progress:
-            result = pull_image_sync(image, image_config, events=progress, **kwargs)
+            result = asyncio.run(pull_once(progress))
     if as_json:
         emit_json({"ok": True, "result": result.to_dict()})
         return

@@ -14,6 +14,12 @@ Rules: a blob becomes visible only by ``rename`` after its digest and size match
 becomes visible only when its SQLite row is marked complete after a verified unpack.  A
 killed pull leaves temporaries that :meth:`Store.recover` (run by :func:`open_store`) removes;
 temporaries still locked by a live process are left alone.
+
+Whatever a crash or a hostile layer leaves, recovery never makes the store unusable: trees of
+any depth are removed without recursion (:func:`~guestpull.image.fsops.remove_path`), what
+cannot be removed is logged and skipped, a layer row whose directory vanished is replaced on
+the next pull, and a damaged meta.db is a :class:`~guestpull.errors.StoreError` that names
+``guestpull store check --repair`` (:mod:`guestpull.image.storecheck`).
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ class _Checker:
         self.store = store
         self.repair = repair
         self.report = CheckReport(store.work_dir)
+        self.bad_blobs: set[str] = set()  # digests found corrupt or unreadable
 
     def found(self, kind: str, path: Path | str, detail: str, fix: object = None) -> None:
         """Record a problem; ``fix`` (a callable) runs when repairing."""
@@ -152,6 +153,7 @@ class _Checker:
             regular = stat.S_ISREG(os.lstat(blob).st_mode)
             actual = _hash_file(blob, algorithm) if regular else ""
         except OSError as exc:
+            self.bad_blobs.add(digest)
             self.found("blob-unexpected", blob, f"unreadable: {exc.strerror}",
                        lambda: remove_path(blob))
             return
@@ -160,6 +162,7 @@ class _Checker:
             return
         self.report.blobs += 1
         if actual != blob.name:
+            self.bad_blobs.add(digest)
             self.found("blob-corrupt", blob, f"content hashes to {algorithm}:{actual}",
                        lambda: remove_path(blob))
 
@@ -212,10 +215,10 @@ class _Checker:
     def _missing_blobs(self, manifest: str, config: str, layers_json: str) -> str:
         try:
             digests = [manifest, config] + [str(obj["digest"]) for obj in json.loads(layers_json)]
-            absent = [d for d in digests if not self.store.content.has(d)]
+            absent = [d for d in digests if d in self.bad_blobs or not self.store.content.has(d)]
         except (ValueError, TypeError, KeyError, GuestpullError) as exc:
             return f"unreadable record ({exc})"
-        return f"blobs missing: {', '.join(absent)}" if absent else ""
+        return f"blobs missing or corrupt: {', '.join(absent)}" if absent else ""
 
 
 def _children(path: Path) -> list[Path]:

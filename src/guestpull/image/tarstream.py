@@ -21,10 +21,20 @@ What the parser accepts, and how it reads it:
   (tarfile and archive/tar tolerate a missing end marker), but a zero block followed by a
   non-zero one is refused, as archive/tar does: tarfile would silently drop what follows.
 
+* GNU sparse files — old GNU ``S`` headers (with extension blocks) and the PAX formats 0.0
+  (repeated ``GNU.sparse.offset``/``numbytes``), 0.1 (``GNU.sparse.map``) and 1.0 (the map at
+  the start of the data) — become regular entries of their real size with
+  :attr:`Entry.sparse` set; :meth:`Entry.write_to` seeks over the holes (they stay holes) and
+  :meth:`Entry.chunks` yields the zeros.  The map must be in order, inside the real size, and
+  add up to the stored data.
+
 Refused, with :class:`~guestpull.errors.UnpackError` naming the entry or the offset: bad
-checksums, truncation, malformed numbers (including negative base-256 ones), GNU sparse files,
-sizes above ``max_size``, extended headers above ``max_pax_size`` and two extended headers of
-one kind for the same entry (ambiguous: tarfile and archive/tar disagree on which wins).
+checksums, truncation, malformed numbers (including negative base-256 ones and decimals over
+30 digits), sizes above ``max_size``, extended headers (and a sparse map) above
+``max_pax_size``, more than :data:`MAX_PAX_RECORDS` records in one header, global headers
+holding more than :data:`MAX_GLOBAL_RECORDS` records or :data:`MAX_GLOBAL_BYTES` in all, and
+two extended headers of one kind for the same entry (ambiguous: tarfile and archive/tar
+disagree on which wins).  Names in messages are cut to 200 characters.
 """
 
 from __future__ import annotations

@@ -12,6 +12,22 @@ Two modes, one code path:
   there (but never what this layer itself created, as umoci and the OCI spec say).
 
 Privilege differences (chown, device nodes, overlay whiteouts) sit behind ``privileged``.
+
+Names are cleaned as containerd cleans them (:func:`guestpull.image.fsops.split_entry_name`):
+a leading ``/`` is relative to the root, ``a/../b`` is ``b``, ``/`` and ``./`` are the root
+directory (their mode, owner, xattrs and mtime apply to it, as umoci does; containerd ignores
+them); a ``..`` that would climb above the root is refused.
+
+A whiteout below a non-directory (``dir`` made a file earlier in the layer or below, then
+``dir/.wh.inner`` — umoci repack writes this) hides nothing, since nothing can exist below a
+file: it is a no-op, the tree umoci produces.  containerd refuses such a layer; we follow
+umoci because accepting it changes no file and every tool that accepts it agrees on the tree.
+
+Bounded whatever the layer holds (the registry is the attacker): names and hard-link targets
+at :data:`~guestpull.image.fsops.MAX_PATH_BYTES`, at most :data:`MAX_ENTRIES` entries, and
+per-entry memory of a few dozen bytes (the paths whiteouts spare are a set of hash-chained
+ids, directory metadata a packed journal, warnings capped at :data:`MAX_NOTES`).  Removing
+trees never recurses (:func:`~guestpull.image.fsops.remove_at`).
 """
 
 from __future__ import annotations
@@ -48,9 +64,10 @@ MAX_FILE_SIZE = 1 << 40
 #: Largest PAX / GNU long-name header; the parser holds one in memory.
 MAX_META_HEADER = 1 << 20
 #: Most entries one layer may hold.  The largest images we know (full TeX Live, CUDA SDKs,
-#: whole-distribution images) hold a few hundred thousand files; 4 million is ten times that,
-#: while the applier's own memory for it stays near 300 MiB (a few dozen bytes per entry).
-MAX_ENTRIES = 4_000_000
+#: whole-distribution images) hold a few hundred thousand files; 2 million is twice the
+#: biggest, while the applier's own memory stays under ~200 MiB (about 90 bytes per entry,
+#: mostly the set of paths whiteouts must spare; measured: 1M entries, 141 MiB peak RSS).
+MAX_ENTRIES = 2_000_000
 #: Warnings and skipped names a layer's stats keep (the rest are counted, not kept).
 MAX_NOTES = 100
 MAX_PATH_SHOWN = 200

@@ -262,15 +262,13 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
-class TarLayer:
-    """A layer whose tar another tool wrote (GNU tar, umoci): its bytes kept exactly."""
+class TarLayerSpec(LayerSpec):
+    """A layer whose tar is given whole (written by GNU tar, or by hand)."""
 
-    tar: bytes
-    compression: Compression = "gzip"
+    tar: bytes = b""
 
-    def build(self) -> BuiltLayer:
-        return BuiltLayer(tar=self.tar, blob=compress(self.tar, self.compression),
-                          media_type=_LAYER_MEDIA_TYPES[self.compression])
+    def tar_bytes(self) -> bytes:
+        return self.tar
 
 
 def compress(data: bytes, compression: Compression) -> bytes:
@@ -305,7 +303,7 @@ class ImageSpec:
     """Layers plus config.  ``config`` holds the OCI ``config`` object's fields (Entrypoint,
     Cmd, Env, WorkingDir, User, Volumes, Labels, ExposedPorts, StopSignal)."""
 
-    layers: Sequence[LayerSpec | TarLayer]
+    layers: Sequence[LayerSpec]
     config: Mapping[str, Any] = field(default_factory=dict)
     architecture: str = "amd64"
     os: str = "linux"
