@@ -63,6 +63,8 @@ pytestmark = [
     ),
 ]
 
+#: A name of 362 characters: a GNU ``@LongLink`` or a PAX ``path`` record in the archive.
+LONG_NAME = f"{'d' * 120}/{'e' * 90}/{'f' * 150}"
 #: security.capability for cap_net_raw+ep (struct vfs_cap_data, revision 2).
 CAP_NET_RAW_EP = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 
@@ -82,13 +84,12 @@ def feature_tree(root: Path) -> Path:
     (root / "shared").mkdir()
     os.chown(root / "shared", 1000, 1000)
     (root / "shared").chmod(0o2775)
-    long_dir = root / ("d" * 120) / ("e" * 90)
-    write_file(long_dir / ("f" * 150), b"long\n")
+    write_file(root / LONG_NAME, b"long\n")
     os.symlink("t" * 160, root / "long-target")  # a dangling symlink with a long target
     os.symlink("dir/file", root / "sym")
     os.link(root / "sym", root / "hardlink-to-sym", follow_symlinks=False)
     os.link(root / "dir/file", root / "dir/hardlink")
-    os.link(long_dir / ("f" * 150), root / "hardlink-to-long")
+    os.link(root / LONG_NAME, root / "hardlink-to-long")
     os.mkfifo(root / "fifo", 0o640)
     (root / "dev").mkdir()
     os.mknod(root / "dev/null", 0o666 | 0o020000, os.makedev(1, 3))
@@ -385,6 +386,7 @@ FEATURE_FACTS: dict[str, dict[str, Any]] = {
     "dev/loop9": {"type": stat.S_IFBLK, "rdev": (7, 9)},
     "dev/null": {"type": stat.S_IFCHR, "rdev": (1, 3)},
     "long-target": {"target": "t" * 160},
+    "hardlink-to-long": {"links": [LONG_NAME, "hardlink-to-long"], "size": 5},
     "names/caf\u00e9": {"size": 4},
     "names/cafe\u0301": {"size": 4},
     "empty": {"size": 0},
