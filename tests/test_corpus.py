@@ -372,7 +372,16 @@ OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 V2S2 = "application/vnd.docker.distribution.manifest.v2+json"
 V2S2_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-BUSYBOX_PATHS = ("bin/busybox", "bin/sh", "etc/passwd", "etc/motd", "tool")
+#: The two-layer buildah image: the upper layer's motd (mode and size) over the lower's, so
+#: the layers were applied in order (and, for the list, the amd64 image was chosen).
+BUSYBOX_PATHS: dict[str, dict[str, Any]] = {
+    "bin/busybox": {"mode": "0o755"},
+    "bin/sh": {"target": "busybox"},
+    "etc/passwd": {},
+    "etc/motd": {"mode": "0o600", "size": len(b"upper\n")},
+    "tool": {"target": "/usr/local/bin/tool"},
+    "home/app": {},  # root-owned: buildah copy does not keep owners
+}
 #: What the GNU tar feature tree must look like once unpacked (a subset of describe_tree's).
 FEATURE_FACTS: dict[str, dict[str, Any]] = {
     "usr/bin/su": {"mode": "0o4755"},
