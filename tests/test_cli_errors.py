@@ -212,10 +212,10 @@ def test_unexpected_exception_is_one_internal_line(broken_store: Callable[[], No
     result = invoke("images", "--work-dir", str(shm_path))
     assert_typed_failure(result, allow_internal=True)
     assert result.exit_code == 70
-    assert result.stderr.splitlines() == [
+    assert result.stderr.splitlines() == [(
         "guestpull: error [internal]: unexpected RuntimeError: no such column second line"
         " (hint: rerun with guestpull --debug for the traceback)"
-    ]
+    )]
 
 
 def test_debug_shows_the_traceback(broken_store: Callable[[], None], shm_path: Path) -> None:

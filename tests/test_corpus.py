@@ -208,7 +208,7 @@ def build_gnutar_absolute(c: Corpus, name: str) -> Path:
 
 
 def build_sparse_pax(c: Corpus, name: str) -> Path:
-    tars = []
+    tars: list[tuple[bytes, Compression]] = []
     for version in ("0.0", "0.1", "1.0"):
         src = c.dir(name, f"src{version}")
         sparse_file(src / f"sparse-{version}")
@@ -466,7 +466,7 @@ def _params() -> list[Any]:
 
 def vacuous(tree: dict[str, Any], facts: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The paths missing from ``tree``, and the facts it contradicts."""
-    wanted = facts if isinstance(facts, Mapping) else dict.fromkeys(facts, {})
+    wanted = facts if isinstance(facts, Mapping) else {path: {} for path in facts}
     out = [f"no {path}" for path in wanted if path not in tree]
     out += [f"{path}: {key} is {tree[path].get(key)!r}, not {value!r}"
             for path, attrs in wanted.items() if path in tree

@@ -46,7 +46,7 @@ def handles_errors(func: F) -> F:
             raise
         except GuestpullError as err:
             _fail(err, as_json=bool(kwargs.get("as_json")))
-        except Exception as exc:  # the boundary: nothing leaves as a traceback
+        except Exception as exc:  # noqa: BLE001  # the boundary: nothing leaves as a traceback
             if debug_enabled():
                 traceback.print_exc(file=sys.stderr)
             message = f"unexpected {type(exc).__name__}: {_one_line(str(exc))}"
