@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: the real registry, the reference client and unpacker, a forward proxy,
 # containerd (a benchmark peer), compressors and GnuPG; the image builders of the real-tool
-# corpus (buildah, podman), the OCI runtime that runs our bundles (runc), a static busybox
-# to put in those images, and getfattr/setfattr (attr) for xattr layers.
+# corpus (buildah, podman) and GNU tar, the OCI runtime that runs our bundles (runc), and a
+# static busybox to put in those images.
 debs=(docker-registry skopeo umoci tinyproxy containerd zstd pigz gpg gpgv openssl apache2-utils time
-      buildah podman runc busybox-static attr tar)
+      buildah podman runc busybox-static tar)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
