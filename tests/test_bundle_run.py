@@ -75,11 +75,17 @@ def run_images(http_registry: RegistryProcess, containers: Containers, session_s
 
 
 def runc_run(bundle: Path, state: Path) -> str:
-    """``runc run`` the bundle to completion; its stdout."""
-    done = subprocess.run(
-        ["runc", "--root", str(state), "run", "--bundle", str(bundle), f"guestpull-{uuid.uuid4().hex[:12]}"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
-    )
+    """``runc run`` the bundle to completion; its stdout.  The container is deleted whatever
+    happens (a timeout would otherwise leave it running)."""
+    container = f"guestpull-{uuid.uuid4().hex[:12]}"
+    try:
+        done = subprocess.run(
+            ["runc", "--root", str(state), "run", "--bundle", str(bundle), container],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+        )
+    finally:
+        subprocess.run(["runc", "--root", str(state), "delete", "--force", container],
+                       capture_output=True, timeout=30, check=False)
     assert done.returncode == 0, f"runc run failed ({done.returncode}): {done.stderr}"
     return done.stdout
 
