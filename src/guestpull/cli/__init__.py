@@ -16,6 +16,7 @@ from guestpull import __version__
 COMMANDS: dict[str, str] = {
     "initdata": "guestpull.cli.initdata:initdata_group",
     "pull": "guestpull.cli.pull:pull_command",
+    "serve": "guestpull.cli.serve:serve_command",
     "images": "guestpull.cli.store:images_command",
     "rm": "guestpull.cli.store:rm_command",
     "prune": "guestpull.cli.store:prune_command",
