@@ -41,6 +41,11 @@ CASES: list[tuple[str, list[str]]] = [
     ("prune", ["prune", "--work-dir", "{P}"]),
     ("umount", ["umount", "{P}"]),
     ("umount", ["umount", "{W}", "--work-dir", "{P}"]),
+    # serve runs until stopped: its cases run as a process with a timeout (see run_case).
+    ("serve", ["serve", "--work-dir", "{P}", "--socket", "unix://{SOCK}", CREATED]),
+    ("serve", ["serve", "--work-dir", "{W}", "--socket", "unix://{P}", CREATED]),
+    ("serve", ["serve", "--config", "{P}", "--work-dir", "{W}", "--socket", "unix://{SOCK}"]),
+    ("serve", ["serve", "--initdata", "{P}", "--work-dir", "{W}", "--socket", "unix://{SOCK}"]),
     ("store check", ["store", "check", "--work-dir", "{P}"]),
     ("store check", ["store", "check", "--repair", "--work-dir", "{P}"]),
     ("initdata digest", ["initdata", "digest", "{P}"]),
@@ -105,6 +110,7 @@ def places() -> Iterator[dict[str, str]]:
                 "proc": "/proc/guestpull-no-such/x",
                 "file-as-dir": str(base / "afile" / "x"),
                 "{W}": str(base / "store"),
+                "{SOCK}": str(base / "cdh.sock"),
                 "{C}": str(cdh),
                 "{REF}": f"{fake.host}/team/app:v1",
                 # A valid annotation value (gzip+base64 of a minimal document).
@@ -151,6 +157,11 @@ def assert_typed_failure(result: CliResult, *, allow_internal: bool = False) -> 
         assert EXIT_CODES[Category(category)] == result.exit_code, result
 
 
+def run_case(argv: list[str]) -> CliResult:
+    """In process, except ``serve``: a server that wrongly started must not hang the suite."""
+    return run(*argv, timeout=60) if argv[0] == "serve" else invoke(*argv)
+
+
 WALK = [
     pytest.param(template, kind, id=f"{'-'.join(template[:2])}-{i}-{kind}")
     for i, (_, template) in enumerate(CASES)
@@ -161,7 +172,7 @@ WALK = [
 
 @pytest.mark.parametrize(("template", "kind"), WALK)
 def test_unusable_path_is_a_typed_error(places: dict[str, str], template: list[str], kind: str) -> None:
-    result = invoke(*_argv(template, places, kind))
+    result = run_case(_argv(template, places, kind))
     assert_typed_failure(result)
     # The message names the path the user gave (or click's option name for it).
     assert places[kind] in result.stderr or "Invalid value" in result.stderr, result
