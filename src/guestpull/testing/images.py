@@ -557,15 +557,30 @@ def push(
     ``all_platforms`` copies every image of an index (``--multi-arch all``).
     ``signing`` also writes a simple (GPG) signature to the lookaside its registries.d names.
     """
+    extra = ["--preserve-digests"] + (["--multi-arch", "all"] if all_platforms else [])
+    skopeo_copy(f"oci:{Path(layout_dir)}:{tag}", dest_ref, *extra, tls_ca=tls_ca,
+                tls_verify=tls_verify, creds=creds, client_cert=client_cert, timeout=timeout,
+                signing=signing)
+
+
+def skopeo_copy(
+    source: str,
+    dest_ref: str,
+    *extra: str,
+    tls_ca: Path | None = None,
+    tls_verify: bool = True,
+    creds: tuple[str, str] | None = None,
+    client_cert: tuple[Path, Path] | None = None,
+    timeout: float = 120.0,
+    signing: Signing | None = None,
+) -> None:
+    """``skopeo copy [EXTRA] SOURCE docker://DEST_REF`` (SOURCE in any skopeo transport, e.g.
+    ``oci:DIR:TAG`` or ``docker-archive:FILE``); EXTRA such as ``--format v2s2`` converts.
+    ``signing`` also writes a simple (GPG) signature to the lookaside its registries.d names."""
     skopeo = require_binary("skopeo")
     with tempfile.TemporaryDirectory(prefix="guestpull-skopeo-") as tmp:
         tmp_dir = Path(tmp)
-        argv = [
-            skopeo, "copy", "--quiet", "--insecure-policy", "--preserve-digests",
-            "--retry-times", "0",
-        ]
-        if all_platforms:
-            argv += ["--multi-arch", "all"]
+        argv = [skopeo, "copy", "--quiet", "--insecure-policy", "--retry-times", "0", *extra]
         if tls_ca is not None or client_cert is not None:
             argv += ["--dest-cert-dir", str(_cert_dir(tmp_dir / "certs", tls_ca, client_cert))]
         if not tls_verify:
@@ -577,7 +592,7 @@ def push(
         if signing is not None:
             argv += signing.arguments()
             env["GNUPGHOME"] = str(signing.gnupg_home)
-        argv += [f"oci:{Path(layout_dir)}:{tag}", ref]
+        argv += [source, ref]
         _run_skopeo(argv, env, timeout, "copy")
 
 
