@@ -1,9 +1,9 @@
-"""Fail closed: a setting guestpull cannot honour refuses the pull.
+"""Fail closed: a policy that rejects, or cannot be read, refuses the pull; so does a
+``kbs://`` resource that cc_kbc cannot fetch (no attestation agent).
 
-A signature policy that nothing checks, or a ``kbs://`` resource that cc_kbc cannot fetch (no
-attestation agent), must stop the pull with a clear error before anything is fetched or
-unpacked — never be skipped silently.  (The FAKE registry serves the image: these are about
-refusing, not pulling; tests/kbs/ has the pulls that succeed through cc_kbc.)
+The pull stops with a clear error before any config or layer is fetched or unpacked — never
+skipped silently.  (The FAKE registry serves the image; real signatures are tested in
+tests/signature/, pulls that succeed through cc_kbc in tests/kbs/.)
 """
 
 from __future__ import annotations
@@ -45,21 +45,58 @@ def pull(tmp: Path, host: str, config: str) -> tuple[object, Path]:
     return result, bundle
 
 
+ACCEPT_ALL = '{"default": [{"type": "insecureAcceptAnything"}]}'
+
+
+def blob_requests(fake: FakeRegistry) -> list[str]:
+    return [r.path for r in fake.requests if "/blobs/" in r.path]
+
+
 @pytest.mark.parametrize("policy_line", [
-    'image_security_policy_uri = "file:///nonexistent/policy.json"',
     'image_security_policy_uri = "{policy}"',
     f"image_security_policy = '{REJECT_ALL}'",
 ])
-def test_configured_policy_refuses_the_pull(fake: FakeRegistry, shm_path: Path, policy_line: str) -> None:
+def test_reject_policy_refuses_the_pull_before_any_blob(fake: FakeRegistry, shm_path: Path, policy_line: str) -> None:
     policy = shm_path / "policy.json"
     policy.write_text(REJECT_ALL)
     result, bundle = pull(shm_path, fake.host, cdh(fake.host, policy_line.replace("{policy}", str(policy))))
     assert result.exit_code == EXIT_CODES[Category.POLICY], result
     error = result.json["error"]
     assert error["category"] == "policy"
-    assert "image_security_policy" in error["message"]
+    assert "scope 'default' requirement reject" in error["message"]
     assert not (bundle / "rootfs").exists() and not (bundle / "config.json").exists()
-    assert not fake.requests, "nothing may be fetched for a pull that is refused"
+    assert not blob_requests(fake), "no config or layer may be fetched for a rejected image"
+
+
+def test_missing_policy_file_refuses_the_pull(fake: FakeRegistry, shm_path: Path) -> None:
+    config = cdh(fake.host, 'image_security_policy_uri = "file:///nonexistent/policy.json"',
+                 f"image_security_policy = '{ACCEPT_ALL}'")  # the URI wins, even when missing
+    result, bundle = pull(shm_path, fake.host, config)
+    assert result.exit_code == EXIT_CODES[Category.NOT_FOUND], result
+    assert "/nonexistent/policy.json" in result.json["error"]["message"]
+    assert not fake.requests, "nothing may be fetched when the policy cannot be read"
+    assert not bundle.exists() or not any(bundle.iterdir())
+
+
+def test_invalid_policy_refuses_the_pull(fake: FakeRegistry, shm_path: Path) -> None:
+    config = cdh(fake.host, """image_security_policy = '{"default": [{"type": "signedBaseLayer"}]}'""")
+    result, _ = pull(shm_path, fake.host, config)
+    assert result.exit_code == EXIT_CODES[Category.CONFIG], result
+    assert "signedBaseLayer" in result.json["error"]["message"]
+    assert not fake.requests
+
+
+def test_accept_policy_pulls_and_reports_it(fake: FakeRegistry, shm_path: Path) -> None:
+    result, bundle = pull(shm_path, fake.host, cdh(fake.host, f"image_security_policy = '{ACCEPT_ALL}'"))
+    assert result.exit_code == 0, result
+    assert result.json["result"]["policy"]["requirements"][0]["type"] == "insecureAcceptAnything"
+    assert (bundle / "rootfs" / "a.txt").read_bytes() == b"a"
+
+
+def test_no_policy_means_no_verification_step(fake: FakeRegistry, shm_path: Path) -> None:
+    result, _ = pull(shm_path, fake.host, cdh(fake.host))
+    assert result.exit_code == 0, result
+    assert result.json["result"]["policy"] is None
 
 
 def cc_kbc(host: str, tmp: Path, *image_lines: str) -> str:
@@ -97,16 +134,16 @@ def test_cc_kbc_resource_through_initdata_is_refused(fake: FakeRegistry, shm_pat
 
 
 def test_check_reports_what_would_be_refused(shm_path: Path) -> None:
-    config = cdh("127.0.0.1:5000", f"image_security_policy = '{REJECT_ALL}'",
+    config = cdh("127.0.0.1:5000", 'image_security_policy = \'{"default": [{"type": "signedBaseLayer"}]}\'',
                  'authenticated_registry_credentials_uri = "kbs:///default/credential/test"',
                  kbc="cc_kbc")
     initdata = write_initdata(shm_path / "initdata.toml", config)
     report = lint(initdata.read_bytes(), str(initdata))
     codes = {f.code: f for f in report.findings}
-    assert codes["signature-policy-unsupported"].severity == "error"
-    assert codes["signature-policy-unsupported"].location.field.endswith("image.image_security_policy")
+    assert codes["unknown-requirement-type"].severity == "error"
+    assert codes["unknown-requirement-type"].location.field.endswith("image.image_security_policy")
     assert "cc-kbc-unsupported" not in codes, "cc_kbc works: its kbs:// URIs are not refused"
     assert not report.ok
     result = invoke("initdata", "check", str(initdata), "--json")
     assert result.exit_code != 0
-    assert "signature-policy-unsupported" in {f["code"] for f in json.loads(result.stdout)["findings"]}
+    assert "unknown-requirement-type" in {f["code"] for f in json.loads(result.stdout)["findings"]}
