@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from guestpull.cli.common import emit_json, handles_errors, json_option
-from guestpull.errors import ConfigError, ExistsError, UsageError
+from guestpull.errors import ConfigError, ExistsError, NotFoundError, UsageError
 from guestpull.resources import ResourceResolver, is_kbs_uri, run_sync
 
 
@@ -46,6 +46,8 @@ def get_command(uri: str, config: Path | None, initdata: Path | None, output: Pa
     cdh = load_cdh(initdata, config)
     if cdh is None:
         raise UsageError("give --config cdh.toml or --initdata FILE (with a cdh.toml): they name the KBC")
+    if output is not None:
+        check_output(output, force=force)  # before the secret is fetched
     data = run_sync(ResourceResolver.for_cdh(cdh).get(uri))
     if output is None:
         sys.stdout.buffer.write(data)
@@ -58,17 +60,28 @@ def get_command(uri: str, config: Path | None, initdata: Path | None, output: Pa
         click.echo(f"wrote {len(data)} bytes of {uri} to {output} (mode 0600)", err=True)
 
 
+def check_output(path: Path, *, force: bool) -> None:
+    """Refuse an output file that cannot be written, or exists without ``force``."""
+    if not force and (path.exists() or path.is_symlink()):
+        raise ExistsError(f"{path} exists", hint="pass --force to replace it")
+    directory = path.parent
+    if not directory.exists():
+        raise NotFoundError(f"{path}: no directory {directory}")
+    if not directory.is_dir():
+        raise ConfigError(f"{path}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path}: cannot write into {directory} (read-only or not permitted)")
+
+
 def write_private(path: Path, data: bytes, *, force: bool) -> None:
     """Write ``data`` to ``path`` with mode 0600 from the first byte; never follow a symlink.
 
     The bytes go to a new file in the same directory, renamed over ``path`` once complete, so
     a reader never sees a partial secret and an existing file is replaced only with ``force``.
     """
-    if not force and (path.exists() or path.is_symlink()):
-        raise ExistsError(f"{path} exists", hint="pass --force to replace it")
-    directory = path.parent if str(path.parent) else Path(".")
+    check_output(path, force=force)
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)  # mode 0600
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
     except OSError as err:
         raise ConfigError(f"cannot write {path}: {err.strerror}") from None
     try:
