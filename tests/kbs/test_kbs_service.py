@@ -8,9 +8,9 @@ import pytest
 
 from guestpull.config import parse_cdh_config
 from guestpull.pull import Puller
-from guestpull.service import proto
+from guestpull import protos as proto
 from guestpull.service.cdh import ConfidentialDataHub
-from guestpull.service.ttrpc import Code, RpcError, TtrpcClient, TtrpcServer
+from guestpull.ttrpc import Code, RpcError, TtrpcClient, TtrpcServer
 from guestpull.testing.kbs import TestKbs
 from kbs.conftest import SECRET, serve_aa
 

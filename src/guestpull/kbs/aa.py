@@ -11,7 +11,6 @@ from __future__ import annotations
 from guestpull.errors import AuthError, ConfigError, Location, NetworkError, PullTimeoutError, clip
 from guestpull.kbs.token import KbsToken, TeeKey, parse_token_reply, printable
 
-AA_SERVICE = "attestation_agent.AttestationAgentService"
 GET_TOKEN = "GetToken"
 TOKEN_TYPE = "kbs"
 #: Upstream's GetToken timeout: the AA attests to the KBS meanwhile.
@@ -26,12 +25,12 @@ class AaTokenProvider:
         self.timeout = timeout
 
     async def get_token(self) -> tuple[KbsToken, TeeKey]:
-        # The ttrpc client lives with the service; imported here so a pull that needs no KBS
-        # token never loads it.
+        # Imported here so that a pull that needs no KBS token never loads protobuf.
         from google.protobuf.message import DecodeError
 
-        from guestpull.service import proto
-        from guestpull.service.ttrpc import Code, RpcConnectionError, RpcError, TtrpcClient
+        from guestpull import protos as proto
+        from guestpull.protos import AA_SERVICE
+        from guestpull.ttrpc import Code, RpcConnectionError, RpcError, TtrpcClient
 
         try:
             client = await TtrpcClient.connect(self.aa_socket)

@@ -1,7 +1,7 @@
 """An attestation agent stand-in speaking ttrpc on a unix socket: ``GetToken`` for a TestKbs.
 
 It serves ``attestation_agent.AttestationAgentService/GetToken`` with the service's ttrpc
-server (guestpull.service.ttrpc) from a background thread, so that synchronous tests (the CLI
+server (guestpull.ttrpc) from a background thread, so that synchronous tests (the CLI
 through CliRunner) and async tests can both use it.  Failures answer as the real AA does:
 INTERNAL ``"[ERROR:attestation-agent] AA-KBC get token failed"``.
 """
@@ -12,13 +12,13 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from guestpull.protos import AA_SERVICE
 from guestpull.testing.kbs import TestAttestationAgent
 from guestpull.testing.webapp import BackgroundLoop
 
 if TYPE_CHECKING:
-    from guestpull.service.ttrpc import TtrpcServer
+    from guestpull.ttrpc import TtrpcServer
 
-AA_SERVICE = "attestation_agent.AttestationAgentService"
 
 
 class AttestationAgentServer(BackgroundLoop):
@@ -43,7 +43,7 @@ class AttestationAgentServer(BackgroundLoop):
         self.socket_path.unlink(missing_ok=True)
 
     async def _setup(self) -> None:
-        from guestpull.service.ttrpc import TtrpcServer
+        from guestpull.ttrpc import TtrpcServer
 
         self._server = TtrpcServer({AA_SERVICE: {"GetToken": self._get_token}})
         await self._server.start_unix(self.socket_path)
@@ -53,8 +53,8 @@ class AttestationAgentServer(BackgroundLoop):
             await self._server.shutdown(grace=1.0)
 
     async def _get_token(self, context: object, payload: bytes) -> bytes:
-        from guestpull.service import proto
-        from guestpull.service.ttrpc import Code, RpcError
+        from guestpull import protos as proto
+        from guestpull.ttrpc import Code, RpcError
 
         request = proto.GetTokenRequest()
         request.ParseFromString(payload)
