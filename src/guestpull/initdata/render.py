@@ -8,40 +8,108 @@ what it writes.
 
 from __future__ import annotations
 
-import re
 from typing import Any
+
+import tomlkit
+from tomlkit.exceptions import ConvertError, InvalidStringError
+from tomlkit.items import AoT, Array, Item, String, StringType, Table, Trivia
 
 from guestpull.errors import ConfigError, Location
 from guestpull.initdata.document import VERSION
 
+# An array is written one item per line when it is longer than this on one line.
+_ARRAY_WIDTH = 80
+
+
 def render_document(algorithm: str, data: dict[str, str]) -> str:
     """The outer Init-Data TOML, each embedded file as a multi-line string."""
-    entries = [f"{_toml_key(key)} = {_multiline_string(value)}" for key, value in data.items()]
-    header = f'version = "{VERSION}"\nalgorithm = {_basic_string(algorithm)}\n\n[data]\n'
-    return header + "\n\n".join(entries) + "\n"
+    document = tomlkit.document()
+    document.add("version", VERSION)
+    document.add("algorithm", algorithm)
+    document.add(tomlkit.nl())
+    files = tomlkit.table()
+    for key, value in data.items():
+        if files:
+            files.add(tomlkit.nl())  # a blank line between embedded files
+        files.add(key, _embedded_file(value))
+    document.add("data", files)
+    return document.as_string()
 
 
 def dump_toml(table: dict[str, Any]) -> str:
     """TOML text for a table of tables, arrays of tables and scalars (key order kept)."""
-    return "\n".join(_table_blocks(table, ())).strip("\n") + "\n"
+    return tomlkit.dumps(_table(table, "")).strip("\n") + "\n"
 
 
-def _table_blocks(
-    table: dict[str, Any], path: tuple[str, ...], header: str | None = None
-) -> list[str]:
-    scalars = [(k, v) for k, v in table.items() if not _is_table(v) and not _is_table_array(v)]
-    # A table holding only sub-tables is implied by their headers; an empty one must be written.
-    lines = [header] if header and (scalars or not table) else []
-    lines += [f"{_toml_key(k)} = {_toml_value(v, f'{_dotted(path + (k,))}')}" for k, v in scalars]
-    blocks = ["\n".join(lines) + "\n"] if lines else []
+def _embedded_file(value: str) -> String:
+    """A ''' literal (the content verbatim), or an escaped basic string when it cannot be one."""
+    # A literal cannot escape a quote next to its closing quotes or a CR (see _quoted_body).
+    if not value.endswith("'") and "\r" not in value:
+        try:
+            return _multiline(value, literal=True)
+        except InvalidStringError:  # control characters or ''' in the content
+            pass
+    return _multiline(value, literal=False)
+
+
+def _multiline(value: str, *, literal: bool) -> String:
+    """A multi-line string whose content starts on the line after the opening quotes."""
+    body = _quoted_body(value, literal=literal)
+    # Readers drop a newline right after the opener, so it changes nothing in the value; it
+    # makes line N of an embedded file line N below its key.  tomlkit already wrote one when
+    # the value itself starts with a newline.
+    if not body.startswith("\n"):
+        body = "\n" + body
+    return String(StringType.select(literal, multiline=True), value, body, Trivia())
+
+
+def _quoted_body(value: str, *, literal: bool) -> str:
+    """What goes between the quotes of a multi-line string, checked and escaped by tomlkit."""
+    if literal:
+        item = tomlkit.string(value, literal=True, multiline=True)
+        return item.as_string()[3:-3]
+    # Quotes next to the closing quotes are valid TOML 1.0 but end the string early for
+    # readers older than 1.0-rc.1: escape them.
+    content = value.rstrip('"')
+    item = tomlkit.string(content, multiline=True)
+    body = item.as_string()[3:-3] + '\\"' * (len(value) - len(content))
+    # TOML lets a reader turn a CRLF inside a multi-line string into LF (tomllib does), which
+    # would change the file the guest writes; an escaped CR means one thing to every reader.
+    return body.replace("\r", "\\r")
+
+
+def _table(table: dict[str, Any], field: str) -> Table:
+    # A table holding only sub-tables is implied by their headers; an empty one is written.
+    implied = bool(table) and all(_is_table(v) or _is_table_array(v) for v in table.values())
+    out = tomlkit.table(is_super_table=implied)
     for key, value in table.items():
-        sub = path + (key,)
-        if _is_table(value):
-            blocks += _table_blocks(value, sub, f"[{_dotted(sub)}]")
-        elif _is_table_array(value):
-            for item in value:
-                blocks += _table_blocks(item, sub, f"[[{_dotted(sub)}]]")
-    return blocks
+        out.add(key, _value(value, f"{field}.{key}" if field else key))
+    return out
+
+
+def _value(value: Any, field: str) -> Item:
+    if _is_table(value):
+        return _table(value, field)
+    if _is_table_array(value):
+        return AoT([_table(item, field) for item in value])
+    if isinstance(value, list):
+        return _array(value, field)
+    if isinstance(value, str) and "\n" in value:
+        return _multiline(value, literal=False)
+    try:
+        return tomlkit.item(value)
+    except (ConvertError, TypeError, ValueError):
+        raise ConfigError(
+            f"cannot write a {type(value).__name__} value in generated TOML",
+            location=Location(field=field),
+        ) from None
+
+
+def _array(values: list[Any], field: str) -> Array:
+    array = tomlkit.array()
+    array.extend(_value(value, field) for value in values)
+    one_line = array.as_string()
+    return array.multiline("\n" in one_line or len(one_line) > _ARRAY_WIDTH + 2)
 
 
 def _is_table(value: Any) -> bool:
@@ -50,64 +118,3 @@ def _is_table(value: Any) -> bool:
 
 def _is_table_array(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def _dotted(path: tuple[str, ...]) -> str:
-    return ".".join(_toml_key(part) for part in path)
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _basic_string(key)
-
-
-def _toml_value(value: Any, field: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return _multiline_basic_string(value) if "\n" in value else _basic_string(value)
-    if isinstance(value, list):
-        items = [_toml_value(item, field) for item in value]
-        if any("\n" in item for item in items) or len(", ".join(items)) > 80:
-            return "[\n" + "".join(f"    {item},\n" for item in items) + "]"
-        return "[" + ", ".join(items) + "]"
-    raise ConfigError(
-        f"cannot write a {type(value).__name__} value in generated TOML",
-        location=Location(field=field),
-    )
-
-
-_NAMED_ESCAPES = {
-    "\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r",
-}
-
-
-def _escape_char(char: str) -> str:
-    if char in _NAMED_ESCAPES:
-        return _NAMED_ESCAPES[char]
-    if ord(char) < 0x20 or ord(char) == 0x7F:
-        return f"\\u{ord(char):04x}"
-    return char
-
-
-def _basic_string(value: str) -> str:
-    return '"' + "".join(_escape_char(c) for c in value) + '"'
-
-
-def _multiline_basic_string(value: str) -> str:
-    # Newlines and tabs stay as they are; everything else that needs it is escaped.
-    body = "".join(c if c in "\n\t" else _escape_char(c) for c in value)
-    return '"""\n' + body + '"""'
-
-
-def _multiline_string(value: str) -> str:
-    """A ''' literal (the content verbatim), or an escaped basic string when it cannot be one."""
-    literal_ok = (
-        "'''" not in value
-        and not value.endswith("'")
-        and not any((ord(c) < 0x20 and c not in "\n\t") or ord(c) == 0x7F for c in value)
-    )
-    if literal_ok:
-        return "'''\n" + value + "'''"
-    return _multiline_basic_string(value)
