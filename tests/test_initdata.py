@@ -456,6 +456,12 @@ def test_dump_toml_keeps_an_array_table_item_that_holds_only_tables() -> None:
     assert tomllib.loads(dump_toml(table)) == table
 
 
+def test_dump_toml_refuses_what_toml_cannot_hold() -> None:
+    with pytest.raises(ConfigError, match="cannot write a NoneType") as info:
+        dump_toml({"image": {"registry_config": {"v": None}}})
+    assert info.value.location.field == "image.registry_config.v"
+
+
 _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 
 
