@@ -54,28 +54,26 @@ def test_only_privileged_makes_devices() -> None:
 # --- owners --------------------------------------------------------------------------------
 
 
+def chown_new_file(fs: FsEval, path: Path, *, fresh: bool) -> tuple[int, int]:
+    """Make ``path``, ask ``fs`` to give it to OTHER:OTHER+1 through an fd, return its owner."""
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fs.chown(fd, OTHER, OTHER + 1, fresh=fresh)
+    finally:
+        os.close(fd)
+    return owner(path)
+
+
 @needs_root
 def test_privileged_chown_gives_the_file_away(shm_path: Path) -> None:
-    path = shm_path / "f"
-    path.write_bytes(b"")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        Privileged().chown(fd, OTHER, OTHER + 1, fresh=True)
-    finally:
-        os.close(fd)
-    assert owner(path) == (OTHER, OTHER + 1)
+    assert chown_new_file(Privileged(), shm_path / "f", fresh=True) == (OTHER, OTHER + 1)
 
 
 @needs_root
-def test_unprivileged_chown_keeps_our_ids_even_as_root(shm_path: Path) -> None:
-    path = shm_path / "f"
-    path.write_bytes(b"")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        Unprivileged().chown(fd, OTHER, OTHER, fresh=False)
-    finally:
-        os.close(fd)
-    assert owner(path) == (os.geteuid(), os.getegid())
+@pytest.mark.parametrize("fresh", [True, False])
+def test_unprivileged_chown_keeps_our_ids_even_as_root(shm_path: Path, fresh: bool) -> None:
+    assert chown_new_file(Unprivileged(), shm_path / "f", fresh=fresh) == (os.geteuid(), os.getegid())
 
 
 @pytest.mark.parametrize(("fresh", "calls"), [(True, 0), (False, 1)])
