@@ -39,10 +39,10 @@ import os
 import stat
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from guestpull.errors import GuestpullError, NoSpaceError, UnpackError, shown
 from guestpull.image.decode import LayerReader
@@ -56,6 +56,8 @@ from guestpull.image.fsops import (
 from guestpull.image.tarstream import Entry, Readable, iter_entries
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Mode = Literal["overlay", "copy"]
 
@@ -205,14 +207,20 @@ class _Applier:
 
     # --- creating entries ----------------------------------------------------------------
 
+    def _replacing(self, dfd: int, name: str, create: Callable[[], T]) -> T:
+        """``create()`` the entry; if something is already there (a lower layer's, or an
+        earlier entry's), remove it and create again — a later entry wins, as in tar."""
+        try:
+            return create()
+        except FileExistsError:
+            self.tree.remove(dfd, name)
+            return create()
+
+
     def _regular(self, info: Entry, parts: tuple[str, ...]) -> None:
         dfd, name = self.tree.parent_of(parts, entry=info.name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(name, flags, 0o600, dir_fd=dfd)
-        except FileExistsError:
-            self.tree.remove(dfd, name)
-            fd = os.open(name, flags, 0o600, dir_fd=dfd)
+        fd = self._replacing(dfd, name, lambda: os.open(name, flags, 0o600, dir_fd=dfd))
         try:
             if info.size:
                 info.write_to(fd)
@@ -249,11 +257,7 @@ class _Applier:
         if not info.linkname:
             raise UnpackError(f"entry {shown(info.name)}: symlink with an empty target")
         dfd, name = self.tree.parent_of(parts, entry=info.name)
-        try:
-            os.symlink(info.linkname, name, dir_fd=dfd)
-        except FileExistsError:
-            self.tree.remove(dfd, name)
-            os.symlink(info.linkname, name, dir_fd=dfd)
+        self._replacing(dfd, name, lambda: os.symlink(info.linkname, name, dir_fd=dfd))
         self.fs.lchown(dfd, name, info.uid, info.gid)
         self._xattrs(info, path=f"/proc/self/fd/{dfd}/{name}")
         os.utime(name, ns=_times(info), dir_fd=dfd, follow_symlinks=False)
@@ -276,11 +280,8 @@ class _Applier:
                 f"entry {shown(info.name)}: hard link target {shown(info.linkname)} does not exist in {where}"
             ) from None
         dfd, name = self.tree.parent_of(parts, entry=info.name)
-        try:
-            os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-        except FileExistsError:
-            self.tree.remove(dfd, name)
-            os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+        self._replacing(dfd, name, lambda: os.link(
+            sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False))
         self.stats.hardlinks += 1
 
     def _special(self, info: Entry, parts: tuple[str, ...]) -> None:
@@ -291,11 +292,7 @@ class _Applier:
         dfd, name = self.tree.parent_of(parts, entry=info.name)
         kind = stat.S_IFIFO if info.isfifo() else stat.S_IFCHR if info.ischr() else stat.S_IFBLK
         device = os.makedev(info.devmajor, info.devminor) if not info.isfifo() else 0
-        try:
-            os.mknod(name, kind | 0o600, device, dir_fd=dfd)
-        except FileExistsError:
-            self.tree.remove(dfd, name)
-            os.mknod(name, kind | 0o600, device, dir_fd=dfd)
+        self._replacing(dfd, name, lambda: os.mknod(name, kind | 0o600, device, dir_fd=dfd))
         self.fs.lchown(dfd, name, info.uid, info.gid)
         # Just created by us as a non-symlink, so chmod by name cannot be redirected.
         os.chmod(name, info.mode & 0o7777, dir_fd=dfd)
@@ -350,11 +347,7 @@ class _Applier:
                 "use the copy rootfs mode"
             )
         dfd, name = self.tree.parent_of(target, entry=info.name)
-        try:
-            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dfd)
-        except FileExistsError:
-            self.tree.remove(dfd, name)
-            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dfd)
+        self._replacing(dfd, name, lambda: os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dfd))
 
     def _overlay_opaque(self, parent: tuple[str, ...], info: Entry) -> None:
         fd = self.tree.dir_fd(parent, create=True, entry=info.name)
