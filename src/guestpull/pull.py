@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from guestpull import oci
 from guestpull import tls
 from guestpull.authfile import AuthFile
 from guestpull.config import (
@@ -50,7 +51,6 @@ from guestpull.errors import (
     UnsupportedError,
     UsageError,
 )
-from guestpull.image import oci
 from guestpull.image.bundle import (
     BundleBuilder,
     BundleResult,

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from guestpull import oci
 from guestpull.distribution import BlobRef, RetryPolicy
 from guestpull.errors import (
     AuthError,
@@ -23,7 +24,6 @@ from guestpull.errors import (
     TLSError,
     UnsupportedError,
 )
-from guestpull.image import oci
 from guestpull.testing import TEST_PASSWORD, TEST_USER
 from guestpull.testing.hostile import SCENARIOS, HostileRegistry, sha256
 from guestpull.testing.images import File, ImageSpec, LayerSpec

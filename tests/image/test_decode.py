@@ -11,8 +11,8 @@ import threading
 import pytest
 import zstandard
 
+from guestpull import oci
 from guestpull.errors import DigestError, UnpackError, UnsupportedError
-from guestpull.image import oci
 from guestpull.image.decode import LayerReader, compression_of, decoded_chunks
 from guestpull.image.rootfs import ensure_layer
 from guestpull.image.store import LayerRef, Store

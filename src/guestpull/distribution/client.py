@@ -18,9 +18,9 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 from yarl import URL
 
+from guestpull import oci
 from guestpull.distribution import auth
 from guestpull.distribution.transport import Transport, deadline, read_body, safe_url
-from guestpull.image import oci
 from guestpull.errors import (
     AuthError,
     DigestError,

@@ -26,7 +26,7 @@ from guestpull.errors import (
     from_os_error,
 )
 from guestpull.image.fsops import read_in_root
-from guestpull.image.oci import ImageConfig
+from guestpull.oci import ImageConfig
 from guestpull.image.rootfs import (
     ensure_layer,
     is_mountpoint,

@@ -42,7 +42,7 @@ from typing import BinaryIO, NoReturn
 
 from guestpull.errors import DigestError, NoSpaceError, NotFoundError, StoreError, from_os_error
 from guestpull.image.fsops import remove_path
-from guestpull.image.oci import split_digest
+from guestpull.oci import split_digest
 
 log = logging.getLogger(__name__)
 

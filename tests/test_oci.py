@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from guestpull import oci
 from guestpull.errors import ConfigError, PlatformError, UnsupportedError
-from guestpull.image import oci
-from guestpull.image.oci import ImageConfig, ImageIndex, ImageManifest, Platform, select_platform
+from guestpull.oci import ImageConfig, ImageIndex, ImageManifest, Platform, select_platform
 from guestpull.testing.images import File, ImageSpec, LayerSpec, build_index
 
 D = "sha256:" + "a" * 64
