@@ -23,7 +23,6 @@ _EXPORTS: dict[str, str] = {
     "create_bundle": "bundle",
     "umount_bundle": "bundle",
     "ImageRecord": "store",
-    "LayerRef": "store",
     "Store": "store",
     "open_store": "store",
     "LayerStats": "unpack",

@@ -26,7 +26,6 @@ from guestpull.errors import (
     from_os_error,
 )
 from guestpull.image.fsops import read_in_root
-from guestpull.oci import ImageConfig
 from guestpull.image.rootfs import (
     ensure_layer,
     is_mountpoint,
@@ -39,7 +38,8 @@ from guestpull.image.rootfs import (
     unmount,
     unpack_blob,
 )
-from guestpull.image.store import ImageRecord, LayerRef, Store, open_store
+from guestpull.image.store import ImageRecord, Store, open_store
+from guestpull.oci import ImageConfig, Layer
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class BundleBuilder:
         store: Store,
         config_bytes: bytes | ImageConfig,
         config_doc: str,
-        layers: Sequence[LayerRef],
+        layers: Sequence[Layer],
         bundle_dir: str | os.PathLike[str],
         *,
         mode: RootfsMode = "auto",
@@ -144,10 +144,10 @@ class BundleBuilder:
         return self.mode_used == "copy"
 
     @property
-    def layers(self) -> list[LayerRef]:
+    def layers(self) -> list[Layer]:
         return list(self.all_layers) if self.sequential else unique_top_most(self.all_layers)
 
-    def prepare_layer(self, layer: LayerRef) -> None:
+    def prepare_layer(self, layer: Layer) -> None:
         """Apply (copy) or unpack (overlay) one layer whose blob is in the content store."""
         if self.mode_used == "copy":
             stats = unpack_blob(self.store, layer, self.rootfs, mode="copy",
@@ -267,7 +267,7 @@ def _prepare_bundle_dir(bundle: Path, force: bool) -> None:
     bundle.mkdir(parents=True, exist_ok=True)
 
 
-def _overlay_rootfs(store: Store, reference: str, layers: Sequence[LayerRef], bundle: Path) -> None:
+def _overlay_rootfs(store: Store, reference: str, layers: Sequence[Layer], bundle: Path) -> None:
     dirs = [ensure_layer(store, layer) for layer in layers]
     # Recorded before mounting, so a prune racing with us keeps these layers.
     store.record_bundle(bundle, reference, [layer.diff_id for layer in layers])
