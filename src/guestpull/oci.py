@@ -460,7 +460,10 @@ class ContainerConfig:
 
 
 @dataclass(frozen=True)
-class ImageConfig:
+class ConfigFile:
+    """The image config blob (go-containerregistry's ``ConfigFile``); the cdh.toml ``[image]``
+    settings are :class:`guestpull.config.ImageConfig`."""
+
     os: str
     architecture: str
     diff_ids: tuple[str, ...]
@@ -472,7 +475,7 @@ class ImageConfig:
     config: ContainerConfig | None = None
 
     @classmethod
-    def parse(cls, data: bytes, doc: str = "image config") -> ImageConfig:
+    def parse(cls, data: bytes, doc: str = "image config") -> ConfigFile:
         if len(data) > MAX_CONFIG_SIZE:
             raise UnsupportedError(
                 f"{doc} is {len(data)} bytes; image configs are limited to {MAX_CONFIG_SIZE >> 20} MiB"

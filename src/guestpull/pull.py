@@ -458,7 +458,7 @@ class _CandidatePull:
         policy = await self._verify(manifest.digest, index_digest)
         parsed = oci.ImageManifest.parse(manifest.data, f"image manifest {manifest.digest}")
         config_bytes = await self._fetch_config(parsed.config)
-        config = oci.ImageConfig.parse(config_bytes, f"image config {parsed.config.digest}")
+        config = oci.ConfigFile.parse(config_bytes, f"image config {parsed.config.digest}")
         if len(config.diff_ids) != len(parsed.layers):
             raise DigestError(
                 f"image manifest {manifest.digest} has {len(parsed.layers)} layers but its config "
@@ -540,7 +540,7 @@ class _CandidatePull:
         return self.store.content.read(descriptor.digest)
 
     def _start_bundle(
-        self, config: oci.ImageConfig, config_digest: str, layers: Sequence[oci.Layer]
+        self, config: oci.ConfigFile, config_digest: str, layers: Sequence[oci.Layer]
     ) -> BundleBuilder | None:
         if self.bundle is None:
             return None
@@ -648,7 +648,7 @@ async def _all_or_nothing(coroutines: list[Any]) -> None:
         raise
 
 
-def _platform_text(config: oci.ImageConfig) -> str:
+def _platform_text(config: oci.ConfigFile) -> str:
     return str(oci.Platform(config.os, config.architecture, config.variant))
 
 

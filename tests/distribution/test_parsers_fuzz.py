@@ -84,7 +84,7 @@ def test_manifest_documents(data: bytes, content_type: str, expected: str) -> No
 @FUZZ
 @given(documents("config"))
 def test_image_configs(data: bytes) -> None:
-    only_typed(oci.ImageConfig.parse, data)
+    only_typed(oci.ConfigFile.parse, data)
 
 
 @FUZZ

@@ -57,7 +57,8 @@ def digest_of(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{_HASHES[algorithm](data).hexdigest()}"
 
 
-def check_digest(data: bytes, expected: str, what: str) -> None:
+def verify_content_digest(data: bytes, expected: str, what: str) -> None:
+    """DigestError unless ``data`` hashes to ``expected`` (its content, not its syntax)."""
     hasher = new_hasher(expected)
     hasher.update(data)
     actual = f"{hasher.name}:{hasher.hexdigest()}"
@@ -109,7 +110,7 @@ class MemorySink:
         data = b"".join(self._chunks)
         if len(data) != self._blob.size:
             raise DigestError(f"got {len(data)} bytes, the descriptor says {self._blob.size}")
-        check_digest(data, self._blob.digest, f"blob {self._blob.digest}")
+        verify_content_digest(data, self._blob.digest, f"blob {self._blob.digest}")
         return data
 
     def abort(self) -> None:
@@ -192,9 +193,9 @@ class RegistryClient:
             )
         header_digest = response_headers.get("Docker-Content-Digest", "").strip()
         if header_digest:
-            check_digest(data, header_digest, f"{what} (against Docker-Content-Digest)")
+            verify_content_digest(data, header_digest, f"{what} (against Docker-Content-Digest)")
         if expected_digest:
-            check_digest(data, expected_digest, what)
+            verify_content_digest(data, expected_digest, what)
         document = oci.parse_manifest_document(
             data, response_headers.get("Content-Type", ""), what, expected_media_type=expected_media_type
         )

@@ -39,7 +39,7 @@ from guestpull.image.rootfs import (
     unpack_blob,
 )
 from guestpull.image.store import ImageRecord, Store, open_store
-from guestpull.oci import ImageConfig, Layer
+from guestpull.oci import ConfigFile, Layer
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class BundleBuilder:
     def __init__(
         self,
         store: Store,
-        config_bytes: bytes | ImageConfig,
+        config_bytes: bytes | ConfigFile,
         config_doc: str,
         layers: Sequence[Layer],
         bundle_dir: str | os.PathLike[str],
@@ -114,8 +114,8 @@ class BundleBuilder:
         self.bundle = Path(bundle_dir).absolute()
         self.rootfs = self.bundle / BUNDLE_ROOTFS
         # A caller that has parsed the config already passes it: parsed once per pull.
-        self.config = (config_bytes if isinstance(config_bytes, ImageConfig)
-                       else ImageConfig.parse(config_bytes, doc=config_doc))
+        self.config = (config_bytes if isinstance(config_bytes, ConfigFile)
+                       else ConfigFile.parse(config_bytes, doc=config_doc))
         if self.config.os != "linux":
             raise UnsupportedError(
                 f"image OS is {self.config.os!r}; only linux images can run",
@@ -355,7 +355,7 @@ def _default_linux() -> dict[str, Any]:
     }
 
 
-def runtime_spec(config: ImageConfig, rootfs: Path) -> dict[str, Any]:
+def runtime_spec(config: ConfigFile, rootfs: Path) -> dict[str, Any]:
     """The runtime ``config.json`` for an image config (``rootfs`` is read for ``User``)."""
     process = _default_process()
     mounts = _default_mounts()

@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from guestpull.config import DEFAULT_WORK_DIR
 from guestpull.errors import DigestError, NoSpaceError, NotFoundError, StoreError, from_os_error
 from guestpull.image.fsops import remove_path
 from guestpull.oci import Layer, split_digest
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WORK_DIR = Path("/run/kata-containers/image")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS layers (
