@@ -453,10 +453,9 @@ class _CandidatePull:
         self.blob_locks = blob_locks
 
     async def run(self) -> dict[str, Any]:
-        manifest, index_digest = await self._resolve_manifest()
+        manifest, parsed, index_digest = await self._resolve_manifest()
         # Before the config or any layer is fetched, and before the bundle builder starts.
         policy = await self._verify(manifest.digest, index_digest)
-        parsed = oci.ImageManifest.parse(manifest.data, f"image manifest {manifest.digest}")
         config_bytes = await self._fetch_config(parsed.config)
         config = oci.ConfigFile.parse(config_bytes, f"image config {parsed.config.digest}")
         if len(config.diff_ids) != len(parsed.layers):
@@ -510,15 +509,15 @@ class _CandidatePull:
         self.emit(PullEvent("policy", str(self.ref), decision.to_dict()))
         return decision
 
-    async def _resolve_manifest(self) -> tuple[FetchedManifest, str | None]:
+    async def _resolve_manifest(self) -> tuple[FetchedManifest, oci.ImageManifest, str | None]:
+        """The image manifest for the wanted platform (through the index, if there is one)."""
         repo = self.ref.repository
         top = await self.client.get_manifest(repo, self.ref.manifest_ref, expected_digest=self.ref.digest)
         await self._keep(top)
         self.emit(PullEvent("manifest", str(self.ref), {"digest": top.digest, "media_type": top.media_type}))
-        if not top.is_index:
-            return top, None
-        index = oci.ImageIndex.parse(top.data, f"image index {top.digest}")
-        entry = oci.select_platform(index, self.wanted)
+        if isinstance(top.document, oci.ImageManifest):
+            return top, top.document, None
+        entry = oci.select_platform(top.document, self.wanted)
         child = await self.client.get_manifest(
             repo, entry.digest, expected_digest=entry.digest, expected_media_type=entry.media_type
         )
@@ -526,11 +525,11 @@ class _CandidatePull:
             raise DigestError(
                 f"manifest {entry.digest} is {len(child.data)} bytes; the index says {entry.size}"
             )
-        if child.is_index:
+        if not isinstance(child.document, oci.ImageManifest):
             raise UnsupportedError(f"index {top.digest} points at another index {entry.digest} for {self.wanted}")
         await self._keep(child)
         self.emit(PullEvent("manifest", str(self.ref), {"digest": child.digest, "platform": str(entry.platform)}))
-        return child, top.digest
+        return child, child.document, top.digest
 
     async def _keep(self, manifest: FetchedManifest) -> None:
         await asyncio.to_thread(self.store.content.put, manifest.digest, manifest.data)

@@ -77,7 +77,7 @@ class FetchedManifest:
     media_type: str
     data: bytes
     #: ``data`` parsed (strictly) once: the manifest or index it is.
-    document: oci.ImageManifest | oci.ImageIndex | None = None
+    document: oci.ImageManifest | oci.ImageIndex
 
     @property
     def is_index(self) -> bool:
