@@ -5,9 +5,12 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@.venv/bin/python -m guestpull.demo
+	@.venv/bin/python -m guestpull_testkit.demo
 
+# Lint and type-check first (seconds), then every test but the slow reliability scenarios.
 test: setup
+	@.venv/bin/ruff check src tests bench testkit
+	@.venv/bin/mypy
 	@.venv/bin/python -m pytest -m "not reliability"
 
 test-fast: setup
@@ -22,4 +25,4 @@ bench: setup
 	@.venv/bin/python -m bench
 
 clean:
-	rm -rf .venv build src/*.egg-info .pytest_cache
+	rm -rf .venv build src/*.egg-info testkit/src/*.egg-info .pytest_cache

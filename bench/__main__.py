@@ -26,9 +26,9 @@ from bench.report import WorkloadResult, write_report
 from bench.tools import Registry
 from bench.workloads import TOOL_KEYS, Workload, catalogue, make_tool, run_workload
 from guestpull.errors import GuestpullError
-from guestpull.testing.certs import make_ca_chain
-from guestpull.testing.images import push
-from guestpull.testing.registry import start_registry
+from guestpull_testkit.certs import make_ca_chain
+from guestpull_testkit.images import push
+from guestpull_testkit.registry import start_registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO_ROOT / "bench" / "results"
@@ -173,7 +173,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
     command = COMMAND + (" --quick" if args.quick else "") + (" --rss-scaling" if args.rss_scaling else "")
     return {
         "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
         "kernel": f"Linux {platform.release()}",
         "runs": args.runs,

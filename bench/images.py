@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Literal
 
 import zstandard
 
-from guestpull.testing.images import (
+from guestpull_testkit.images import (
     CREATED,
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_INDEX,

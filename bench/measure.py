@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from guestpull.testing import require_binary
+from guestpull_testkit import require_binary
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _TAIL = 2000

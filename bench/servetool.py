@@ -30,7 +30,7 @@ from bench.tools import DEFAULT_TIMEOUT, Attempt, Registry, Tool, unmount_under,
 from guestpull import protos as proto
 from guestpull.service.server import socket_answers
 from guestpull.ttrpc import RpcError, TtrpcClient
-from guestpull.testing import ManagedProcess, wait_for
+from guestpull_testkit import ManagedProcess, wait_for
 
 _START_TIMEOUT = 30.0
 #: kata-agent's agent.image_pull_timeout.

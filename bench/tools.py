@@ -32,7 +32,7 @@ from bench.measure import (
 )
 from bench.images import TAG, GeneratedImage
 from bench.report import Status
-from guestpull.testing import HarnessError, ManagedProcess, require_binary, wait_for
+from guestpull_testkit import HarnessError, ManagedProcess, require_binary, wait_for
 
 DEFAULT_TIMEOUT = 600.0
 

@@ -93,7 +93,7 @@ def catalogue(*, quick: bool, rss_scaling: bool) -> list[Workload]:
         Workload("many", f"3 layers, {sizes.many_files} files of 0.1–4 KiB, some 6–12 "
                  "directories deep, gzip; cold store.", (many,), "tmpfs", COLD_TOOLS),
         Workload("big-zstd", f"{big_text}, zstd; cold store.", (zstd,), "tmpfs", COLD_TOOLS),
-        Workload("big-ext4", f"The big image on ext4 (/var/tmp), reported once.", (big,), "ext4",
+        Workload("big-ext4", "The big image on ext4 (/var/tmp), reported once.", (big,), "ext4",
                  ("guestpull-copy", "skopeo-umoci", "ctr"), runs=1, warmup=0),
         Workload("warm-repull", "The big image again with every layer already stored: "
                  "guestpull builds the bundle only (no peer does the same).", (big,), "tmpfs",

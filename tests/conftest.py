@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -19,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from guestpull.image.fsops import remove_path
-from guestpull.testing import TEST_PASSWORD, TEST_USER
-from guestpull.testing.certs import CertChain, make_ca_chain, make_client_cert
-from guestpull.testing.proxy import ProxyProcess, start_proxy
-from guestpull.testing.realtools import Containers
-from guestpull.testing.registry import RegistryProcess, start_registry
-from guestpull.testing.tokenserver import TokenServer
+from guestpull_testkit import TEST_PASSWORD, TEST_USER
+from guestpull_testkit.certs import CertChain, make_ca_chain, make_client_cert
+from guestpull_testkit.proxy import ProxyProcess, start_proxy
+from guestpull_testkit.realtools import Containers
+from guestpull_testkit.registry import RegistryProcess, start_registry
+from guestpull_testkit.tokenserver import TokenServer
 
 REGISTRY_FIXTURES = frozenset({
     "https_registry",

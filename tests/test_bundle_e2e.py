@@ -28,8 +28,8 @@ from support.storecheck import blob_paths, store_problems, temporaries
 
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.image.bundle import umount_bundle
-from guestpull.testing.fakeregistry import FakeRegistry
-from guestpull.testing.images import Dir, File, ImageSpec, LayerSpec, write_layout
+from guestpull_testkit.fakeregistry import FakeRegistry
+from guestpull_testkit.images import Dir, File, ImageSpec, LayerSpec, write_layout
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod, mount)")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from support.cli import config_args, invoke, pull_args
-from guestpull.testing.realtools import Containers, busybox_tree
-from guestpull.testing.registry import RegistryProcess
+from guestpull_testkit.realtools import Containers, busybox_tree
+from guestpull_testkit.registry import RegistryProcess
 
 pytestmark = [
     pytest.mark.privileged,

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from guestpull.certs import certificate_pem, describe, issued_by, load_pem_certificates
 from guestpull.errors import ConfigError
-from guestpull.testing.certs import CertChain, make_leaf_signed_by, make_self_signed
+from guestpull_testkit.certs import CertChain, make_leaf_signed_by, make_self_signed
 
 
 def test_loads_every_certificate_in_order(ca_chain: CertChain) -> None:

@@ -22,8 +22,8 @@ import pytest
 from support.cli import CliResult, cdh_toml, invoke, run
 from guestpull.cli import main
 from guestpull.errors import EXIT_CODES, Category
-from guestpull.testing.fakeregistry import FakeRegistry
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit.fakeregistry import FakeRegistry
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 
 #: (command, argv with ``{P}`` for the unusable path; ``{W}`` a usable store, ``{C}`` a usable

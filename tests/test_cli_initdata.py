@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from guestpull.cli import main
 from guestpull.errors import EXIT_CODES, Category
-from guestpull.testing.certs import CertChain, make_self_signed
+from guestpull_testkit.certs import CertChain, make_self_signed
 
 KATA_ANNOTATION = (
     "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5"

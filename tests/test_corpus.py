@@ -38,8 +38,8 @@ import pytest
 
 from image.treewalk import describe_tree, diff_trees
 from support.cli import config_args, invoke, pull_args
-from guestpull.testing.images import Compression, ImageSpec, TarLayerSpec, push, skopeo_copy, skopeo_inspect_raw, write_layout
-from guestpull.testing.realtools import (
+from guestpull_testkit.images import Compression, ImageSpec, TarLayerSpec, push, skopeo_copy, skopeo_inspect_raw, write_layout
+from guestpull_testkit.realtools import (
     MTIME,
     Containers,
     busybox_tree,
@@ -52,7 +52,7 @@ from guestpull.testing.realtools import (
     umoci_new,
     write_file,
 )
-from guestpull.testing.registry import RegistryProcess
+from guestpull_testkit.registry import RegistryProcess
 
 pytestmark = [
     pytest.mark.privileged,
@@ -454,7 +454,7 @@ def corpus(http_registry: RegistryProcess, containers: Containers, session_shm: 
 
 def _params() -> list[Any]:
     out = []
-    for name, case in CASES.items():
+    for name in CASES:
         out += [pytest.param(name, mode, id=f"{name}-{mode}") for mode in ("copy", "overlay")]
     return out
 

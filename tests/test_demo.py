@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.registry
 @pytest.mark.slow
 def test_demo_pulls_over_https_and_http() -> None:
-    done = subprocess.run([sys.executable, "-m", "guestpull.demo"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "guestpull_testkit.demo"], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "both pulls verified the pushed manifest" in done.stdout

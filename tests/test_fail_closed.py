@@ -16,8 +16,8 @@ import pytest
 from support.cli import invoke, write_initdata
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.lint import lint
-from guestpull.testing.fakeregistry import FakeRegistry
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit.fakeregistry import FakeRegistry
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 REJECT_ALL = '{"default": [{"type": "reject"}]}'
 

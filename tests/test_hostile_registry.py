@@ -32,9 +32,9 @@ from test_pull_fake import write_cdh
 from guestpull.config import ImageConfig
 from guestpull.errors import Category
 from guestpull.pull import pull_image
-from guestpull.testing.hostile import SCENARIOS, HostileRegistry, Scenario, bomb_image
-from guestpull.testing.certs import CertChain
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit.hostile import SCENARIOS, HostileRegistry, Scenario, bomb_image
+from guestpull_testkit.certs import CertChain
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 #: The whole process tree (CLI and unpack workers) must stay under this.
 RSS_BOUND_MIB = 400
@@ -226,7 +226,7 @@ def reliability_report() -> Iterator[None]:
         "# Reliability: guestpull against a hostile registry",
         "",
         "Written by `make reliability` (tests/test_hostile_registry.py): each scenario of",
-        "`guestpull.testing.hostile` against `python -m guestpull pull` in a subprocess, with",
+        "`guestpull_testkit.hostile` against `python -m guestpull pull` in a subprocess, with",
         "guestpull's default limits.  Peak RSS is the whole process tree, sampled every 50 ms.",
         f"Scenarios run {CONCURRENCY} at a time on a shared 2-core machine: times include that contention.",
         f"Bounds asserted: {FAST_BOUND_S:g} s (fast) / {SLOW_BOUND_S:g} s (slow), {RSS_BOUND_MIB} MiB.",

@@ -27,7 +27,7 @@ from guestpull.initdata import (
     load,
     render_document,
 )
-from guestpull.testing.certs import CertChain
+from guestpull_testkit.certs import CertChain
 
 KATA_ANNOTATION = (
     "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5"

@@ -9,7 +9,7 @@ import pytest
 from guestpull.errors import Finding
 from guestpull.initdata import BuildOptions, SourceText, build, render_document
 from guestpull.lint import lint
-from guestpull.testing.certs import CertChain, make_ca_chain, make_leaf_signed_by, make_self_signed
+from guestpull_testkit.certs import CertChain, make_ca_chain, make_leaf_signed_by, make_self_signed
 
 NOW = datetime.datetime.now(datetime.UTC)
 DAY = datetime.timedelta(days=1)

@@ -9,7 +9,7 @@ import pytest
 from guestpull import oci
 from guestpull.errors import ConfigError, PlatformError, UnsupportedError
 from guestpull.oci import ConfigFile, ImageIndex, ImageManifest, Platform, select_platform
-from guestpull.testing.images import File, ImageSpec, LayerSpec, build_index
+from guestpull_testkit.images import File, ImageSpec, LayerSpec, build_index
 
 D = "sha256:" + "a" * 64
 
@@ -27,7 +27,7 @@ def test_manifest_from_builder_round_trips() -> None:
     m = oci.parse_manifest_document(built.manifest)
     assert isinstance(m, ImageManifest)
     assert m.config.digest == built.config_digest
-    assert [l.digest for l in m.layers] == [built.layers[0].digest]
+    assert [layer.digest for layer in m.layers] == [built.layers[0].digest]
     assert m.layers[0].media_type == oci.OCI_LAYER_ZSTD
     cfg = ConfigFile.parse(built.config)
     assert cfg.diff_ids == (built.layers[0].diff_id,)

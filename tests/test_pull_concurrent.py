@@ -22,9 +22,9 @@ from support.storecheck import layer_rows, store_problems
 
 from guestpull.image.bundle import umount_bundle
 from guestpull.image.store import open_store
-from guestpull.testing import wait_for
-from guestpull.testing.fakeregistry import FakeRegistry
-from guestpull.testing.images import Dir, File, Hardlink, ImageSpec, LayerSpec, Symlink, Whiteout
+from guestpull_testkit import wait_for
+from guestpull_testkit.fakeregistry import FakeRegistry
+from guestpull_testkit.images import Dir, File, Hardlink, ImageSpec, LayerSpec, Symlink, Whiteout
 
 PULLS = 4
 

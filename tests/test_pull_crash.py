@@ -25,8 +25,8 @@ from support.cli import config_args, image_ref, invoke, kill_group, pull_args, p
 from support.storecheck import store_problems
 
 from guestpull.image.bundle import umount_bundle
-from guestpull.testing import wait_for
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit import wait_for
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 pytestmark = [
     pytest.mark.registry,

@@ -20,9 +20,9 @@ from guestpull.config import ImageConfig, parse_cdh_config
 from guestpull.errors import EXIT_CODES, AllCandidatesFailed, Category
 from guestpull.image.store import open_store
 from guestpull.pull import PullEvent, pull_image
-from guestpull.testing import TEST_PASSWORD
-from guestpull.testing.fakeregistry import Fault, FakeRegistry
-from guestpull.testing.images import File, ImageSpec, LayerSpec, build_index, canonical_json
+from guestpull_testkit import TEST_PASSWORD
+from guestpull_testkit.fakeregistry import Fault, FakeRegistry
+from guestpull_testkit.images import File, ImageSpec, LayerSpec, build_index, canonical_json
 
 
 def build_image(tag: str = "a"):

@@ -14,8 +14,8 @@ from support.cli import write_auth_json
 from guestpull.cli import main
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.image.store import open_store
-from guestpull.testing import TEST_PASSWORD
-from guestpull.testing.images import File, ImageSpec, LayerSpec, LayoutDigests, push, write_layout
+from guestpull_testkit import TEST_PASSWORD
+from guestpull_testkit.images import File, ImageSpec, LayerSpec, LayoutDigests, push, write_layout
 
 pytestmark = pytest.mark.registry
 

@@ -11,8 +11,8 @@ from guestpull.config import parse_cdh_config
 from guestpull.image.bundle import umount_bundle
 from guestpull.image.worker import UnpackWorkers
 from guestpull.pull import pull_image
-from guestpull.testing.fakeregistry import FakeRegistry
-from guestpull.testing.images import Dir, File, ImageSpec, LayerSpec, Opaque, Symlink, Whiteout
+from guestpull_testkit.fakeregistry import FakeRegistry
+from guestpull_testkit.images import Dir, File, ImageSpec, LayerSpec, Opaque, Symlink, Whiteout
 
 from image.treewalk import describe_tree, diff_trees
 

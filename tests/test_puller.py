@@ -15,8 +15,8 @@ import pytest
 from guestpull.config import CdhConfig, parse_cdh_config
 from guestpull.errors import AllCandidatesFailed, NotFoundError
 from guestpull.pull import Puller, PullEvent
-from guestpull.testing.fakeregistry import FakeRegistry
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit.fakeregistry import FakeRegistry
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 
 def image(tag: str, layers: int = 3, size: int = 300_000):

@@ -19,8 +19,8 @@ from support.storecheck import blob_paths, layer_rows, store_problems
 
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.image.bundle import umount_bundle
-from guestpull.testing.fakeregistry import FakeRegistry
-from guestpull.testing.images import BuiltImage, Dir, File, ImageSpec, LayerSpec
+from guestpull_testkit.fakeregistry import FakeRegistry
+from guestpull_testkit.images import BuiltImage, Dir, File, ImageSpec, LayerSpec
 
 SHARED = LayerSpec([Dir("usr"), File("usr/shared.txt", b"shared by a and b\n" * 100)])
 

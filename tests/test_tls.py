@@ -11,8 +11,8 @@ from cryptography import x509
 
 from guestpull import tls
 from guestpull.errors import ConfigError, NetworkError, TLSError
-from guestpull.testing.certs import make_ca_chain, make_client_cert, make_self_signed
-from guestpull.testing.fakeregistry import FakeRegistry
+from guestpull_testkit.certs import make_ca_chain, make_client_cert, make_self_signed
+from guestpull_testkit.fakeregistry import FakeRegistry
 
 from distribution.helpers import client, server_context, transport
 

@@ -183,7 +183,8 @@ def _name(name: x509.Name) -> str:
 
     cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if cns:
-        return f'"{cns[0].value}"'
+        value = cns[0].value
+        return f'"{value.decode(errors="replace") if isinstance(value, bytes) else value}"'
     return f'"{name.rfc4514_string()}"' if len(name) else '"(empty)"'
 
 

@@ -245,6 +245,7 @@ class TtrpcServer:
         """Answer one frame (a task of its own)."""
         started = time.monotonic()
         context, request = _context(frame)
+        code: int
         try:
             handler = self._route(frame, request)
             payload = await _run_bounded(handler, context, bytes(request.payload))

@@ -29,7 +29,7 @@ from bench.tools import (  # noqa: E402
 )
 from bench.workloads import Workload, catalogue, run_workload  # noqa: E402
 from guestpull.config import load_cdh_config  # noqa: E402
-from guestpull.testing.certs import make_ca_chain  # noqa: E402
+from guestpull_testkit.certs import make_ca_chain  # noqa: E402
 
 PLAN = ImagePlan("t/runner", (LayerPlan("small-files", seed=3, files=30),))
 

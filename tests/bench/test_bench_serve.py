@@ -12,7 +12,7 @@ from bench.images import TAG, ImagePlan, LayerPlan, generate  # noqa: E402
 from bench.servetool import GuestpullServeTool  # noqa: E402
 from bench.tools import Registry, mountpoints  # noqa: E402
 from bench.verify import verify_rootfs  # noqa: E402
-from guestpull.testing.images import push  # noqa: E402
+from guestpull_testkit.images import push  # noqa: E402
 
 PLANS = [ImagePlan(f"t/serve{i}", (LayerPlan("small-files", seed=10 + i, files=40),)) for i in range(2)]
 
@@ -40,7 +40,7 @@ def test_serve_tool_pulls_every_image_on_one_connection(https_registry, shm_path
 
 
 def test_serve_tool_reports_a_registry_it_cannot_reach(shm_path: Path) -> None:
-    from guestpull.testing.certs import make_ca_chain
+    from guestpull_testkit.certs import make_ca_chain
 
     image = generate(PLANS[0], shm_path / "cache")
     tool = GuestpullServeTool(Registry("127.0.0.1:9", make_ca_chain().write(shm_path / "tls").ca), timeout=60)

@@ -20,7 +20,7 @@ from guestpull.distribution import (
     TransportSettings,
     new_session,
 )
-from guestpull.testing.images import BuiltLayer
+from guestpull_testkit.images import BuiltLayer
 
 def blob_of(layer: BuiltLayer, size: int | None = None) -> Descriptor:
     """The descriptor a manifest gives ``layer`` (``size`` to make it lie about its size)."""

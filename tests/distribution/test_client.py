@@ -16,9 +16,9 @@ from guestpull.errors import (
     UnsupportedError,
 )
 from guestpull.oci import Descriptor
-from guestpull.testing import TEST_PASSWORD, TEST_USER
-from guestpull.testing.fakeregistry import Fault, FakeRegistry
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit import TEST_PASSWORD, TEST_USER
+from guestpull_testkit.fakeregistry import Fault, FakeRegistry
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 from .helpers import Creds, Sinks, blob_of, client, transport
 

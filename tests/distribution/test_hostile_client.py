@@ -24,9 +24,9 @@ from guestpull.errors import (
     TLSError,
     UnsupportedError,
 )
-from guestpull.testing import TEST_PASSWORD, TEST_USER
-from guestpull.testing.hostile import SCENARIOS, HostileRegistry, sha256
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit import TEST_PASSWORD, TEST_USER
+from guestpull_testkit.hostile import SCENARIOS, HostileRegistry, sha256
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 from .helpers import FAST, Creds, Sinks, blob_of, client, transport
 

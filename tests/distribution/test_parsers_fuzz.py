@@ -20,7 +20,7 @@ from guestpull import oci
 from guestpull.distribution import auth, transport
 from guestpull.errors import GuestpullError
 from guestpull.strictjson import load_json
-from guestpull.testing.images import File, ImageSpec, LayerSpec, build_index
+from guestpull_testkit.images import File, ImageSpec, LayerSpec, build_index
 from support.fuzz import EXAMPLES, mutated
 
 # EXAMPLES (400, or $GUESTPULL_FUZZ_EXAMPLES) per property; docs/threat-model.md reports it.

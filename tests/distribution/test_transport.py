@@ -18,9 +18,9 @@ from guestpull.distribution.transport import (
     no_proxy_matches,
 )
 from guestpull.errors import AuthError, TLSError
-from guestpull.testing.fakeregistry import Fault, FakeRegistry
+from guestpull_testkit.fakeregistry import Fault, FakeRegistry
 
-from guestpull.testing.certs import make_ca_chain
+from guestpull_testkit.certs import make_ca_chain
 
 from .helpers import client, server_context, transport
 

@@ -9,7 +9,7 @@ import pytest
 
 from guestpull.image.store import ImageRecord, Store, open_store
 from guestpull.oci import Descriptor, Layer
-from guestpull.testing.images import BuiltImage, BuiltLayer, ImageSpec
+from guestpull_testkit.images import BuiltImage, BuiltLayer, ImageSpec
 
 
 @pytest.fixture
@@ -27,5 +27,5 @@ def add_image(store: Store, spec: ImageSpec | BuiltImage, reference: str = "exam
     built = spec.build() if isinstance(spec, ImageSpec) else spec
     for digest, data in built.blobs().items():
         store.content.put(digest, data)
-    layers = [layer_of(l) for l in built.layers]
+    layers = [layer_of(layer) for layer in built.layers]
     return store.record_image(reference, built.digest, built.config_digest, built.manifest, layers)

@@ -13,7 +13,7 @@ from guestpull.errors import ConfigError, ExistsError, UnsupportedError
 from guestpull.image import create_bundle, umount_bundle
 from guestpull.image.rootfs import is_mountpoint
 from guestpull.image.store import Store
-from guestpull.testing.images import Dir, File, ImageSpec, LayerSpec, Symlink
+from guestpull_testkit.images import Dir, File, ImageSpec, LayerSpec, Symlink
 
 from .conftest import add_image
 
@@ -131,6 +131,7 @@ def test_auto_uses_overlay_and_umount_undoes_it(store: Store, shm_path: Path) ->
         other = add_image(store, ImageSpec(layers=[ETC], config={"Cmd": ["x"]}), "other:1")
         second = create_bundle(store, other, shm_path / "b2")
         try:
+            assert second.mode_used == "overlay"
             assert sorted(p.name for p in store.layers.root.iterdir()) == before
         finally:
             umount_bundle(shm_path / "b2", store)

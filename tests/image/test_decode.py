@@ -16,7 +16,7 @@ from guestpull.errors import DigestError, UnpackError, UnsupportedError
 from guestpull.image.decode import LayerReader, compression_of, decoded_chunks
 from guestpull.image.rootfs import ensure_layer
 from guestpull.image.store import Store
-from guestpull.testing.images import File, LayerSpec
+from guestpull_testkit.images import File, LayerSpec
 
 from .conftest import layer_of
 

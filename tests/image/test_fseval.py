@@ -16,7 +16,7 @@ import pytest
 from guestpull.errors import UnpackError
 from guestpull.image.fseval import FsEval, Privileged, Unprivileged, fseval_for
 from guestpull.image.unpack import LayerStats, apply_layer
-from guestpull.testing.images import CharDevice, Dir, Entry, Fifo, File, LayerSpec, Symlink, Whiteout
+from guestpull_testkit.images import CharDevice, Dir, Entry, Fifo, File, LayerSpec, Symlink, Whiteout
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod)")
 

@@ -26,9 +26,9 @@ from support.processes import tree_rss_kib
 from support.storecheck import store_problems
 from guestpull.image.bundle import umount_bundle
 from guestpull.image.rootfs import is_mountpoint, overlay_supported
-from guestpull.testing import hostiletar
-from guestpull.testing.fakeregistry import FakeRegistry
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit import hostiletar
+from guestpull_testkit.fakeregistry import FakeRegistry
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 #: An idle ``guestpull pull`` peaks near 80 MiB; every scenario must stay under this.
 RSS_BOUND_MIB = 250

@@ -15,7 +15,7 @@ import pytest
 from guestpull.errors import DigestError, NoSpaceError, NotFoundError
 from guestpull.image.store import Store, open_store
 from guestpull.oci import Descriptor, Layer
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 from .conftest import add_image
 

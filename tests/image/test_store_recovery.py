@@ -19,7 +19,7 @@ from guestpull.image.rootfs import ensure_layer
 from guestpull.image.store import Store, open_store
 from guestpull.image.storecheck import check_store
 from guestpull.oci import Layer
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 from .conftest import add_image
 from .test_fsops_remove import deep_tree

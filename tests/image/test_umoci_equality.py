@@ -19,7 +19,7 @@ import pytest
 
 from guestpull.image import create_bundle, umount_bundle
 from guestpull.image.store import Store
-from guestpull.testing.images import (
+from guestpull_testkit.images import (
     BlockDevice,
     CharDevice,
     Dir,
@@ -109,7 +109,7 @@ REPEATED_LAYERS = [BASE, CHANGES, EMPTY, MORE, BASE]
 
 def umoci_spec(spec: ImageSpec) -> ImageSpec:
     """The same tars for umoci 0.4 (which predates zstd): zstd layers recompressed as gzip."""
-    layers = [replace(l, compression="gzip") if l.compression == "zstd" else l for l in spec.layers]
+    layers = [replace(layer, compression="gzip") if layer.compression == "zstd" else layer for layer in spec.layers]
     return replace(spec, layers=layers)
 
 
@@ -125,7 +125,7 @@ def umoci_unpack(layout: Path, tag: str, rootfs: Path) -> None:
 @pytest.mark.parametrize("mode", ["copy", "overlay"])
 def test_rootfs_equals_umoci(shm_path: Path, store: Store, layers: list[LayerSpec], mode: str) -> None:
     spec = ImageSpec(layers=layers)
-    assert any(l.compression == "zstd" for l in spec.layers)
+    assert any(layer.compression == "zstd" for layer in spec.layers)
     write_layout(shm_path / "layout", umoci_spec(spec), tag="t")
     umoci_unpack(shm_path / "layout", "t", shm_path / "umoci")
     expected = describe_tree(shm_path / "umoci")

@@ -12,7 +12,7 @@ import pytest
 
 from guestpull.errors import UnpackError
 from guestpull.image.unpack import apply_layer
-from guestpull.testing.images import Dir, Entry, File, Hardlink, LayerSpec, Opaque, RawTarInfo, Whiteout
+from guestpull_testkit.images import Dir, Entry, File, Hardlink, LayerSpec, Opaque, RawTarInfo, Whiteout
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

@@ -13,7 +13,7 @@ import pytest
 
 from guestpull.errors import UnpackError
 from guestpull.image.unpack import MAX_META_HEADER, apply_layer
-from guestpull.testing.images import (
+from guestpull_testkit.images import (
     CharDevice,
     Dir,
     Entry,

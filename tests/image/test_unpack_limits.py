@@ -15,7 +15,7 @@ from guestpull.image import tarstream, unpack
 from guestpull.image.fsops import MAX_PATH_BYTES, Tree
 from guestpull.image.tarstream import iter_entries
 from guestpull.image.unpack import MAX_NOTES, _PathSet, apply_layer
-from guestpull.testing import hostiletar as h
+from guestpull_testkit import hostiletar as h
 
 
 def tar(*members: bytes) -> io.BytesIO:

@@ -29,7 +29,7 @@ from guestpull.image import create_bundle, umount_bundle
 from guestpull.image.fsops import remove_path
 from guestpull.image.store import Store
 from guestpull.image.unpack import apply_layer
-from guestpull.testing.images import (
+from guestpull_testkit.images import (
     Dir,
     File,
     ImageSpec,

@@ -14,7 +14,7 @@ from guestpull.errors import DigestError, Location, NoSpaceError, UnpackError
 from guestpull.image.rootfs import ensure_layer, unpack_blob
 from guestpull.image.worker import UnpackWorkers
 from guestpull.image.store import Store
-from guestpull.testing.images import Dir, File, ImageSpec, LayerSpec, Symlink
+from guestpull_testkit.images import Dir, File, ImageSpec, LayerSpec, Symlink
 
 from image.conftest import add_image
 from image.treewalk import describe_tree, diff_trees

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from guestpull.testing.aa import AttestationAgentServer
-from guestpull.testing.certs import CertChain, make_ca_chain
-from guestpull.testing.kbs import TestAttestationAgent, TestKbs
+from guestpull_testkit.aa import AttestationAgentServer
+from guestpull_testkit.certs import CertChain, make_ca_chain
+from guestpull_testkit.kbs import TestAttestationAgent, TestKbs
 
 SECRET = b'{"auths": {"r.local": {"auth": "c2VjcmV0LXZhbHVl"}}}'
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from guestpull.kbs import CcKbc, KbsSettings
 from guestpull.kbs.token import KbsToken, TeeKey, parse_token_reply
-from guestpull.testing.kbs import TestAttestationAgent, TestKbs
+from guestpull_testkit.kbs import TestAttestationAgent, TestKbs
 
 
 class InProcessTokenProvider:

@@ -10,7 +10,7 @@ from guestpull.errors import AuthError, ConfigError, NetworkError
 from guestpull.kbs import CcKbc, KbsSettings
 from guestpull.kbs.aa import AaTokenProvider
 from guestpull.resources import ResourceResolver
-from guestpull.testing.kbs import TestKbs
+from guestpull_testkit.kbs import TestKbs
 from kbs.conftest import SECRET, serve_aa
 
 URI = "kbs:///default/credential/test"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from guestpull.errors import EXIT_CODES, Category
-from guestpull.testing.kbs import TestKbs
+from guestpull_testkit.kbs import TestKbs
 from kbs.conftest import SECRET, serve_aa
 from support.cli import invoke, run, write_initdata
 

@@ -1,6 +1,6 @@
 """cc_kbc against the test KBS: token use and refresh, statuses, TLS trust, JWE faults, bounds.
 
-The KBS encrypts with joserfc, the client decrypts with jwcrypto (see guestpull.testing.kbs).
+The KBS encrypts with joserfc, the client decrypts with jwcrypto (see guestpull_testkit.kbs).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from guestpull.errors import (
 )
 from guestpull.kbs import KbsSettings
 from guestpull.resources import ResourceResolver, parse_kbs_uri
-from guestpull.testing import free_port
-from guestpull.testing.certs import CertChain
-from guestpull.testing.kbs import TestAttestationAgent, TestKbs
+from guestpull_testkit import free_port
+from guestpull_testkit.certs import CertChain
+from guestpull_testkit.kbs import TestAttestationAgent, TestKbs
 from kbs.conftest import SECRET
 from kbs.helpers import InProcessTokenProvider, kbc_for
 

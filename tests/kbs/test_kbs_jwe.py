@@ -12,7 +12,7 @@ from joserfc.jwk import import_key
 from guestpull.errors import DigestError, UnsupportedError
 from guestpull.kbs.jwe import decrypt_response
 from guestpull.kbs.token import TeeKey
-from guestpull.testing.kbs import new_tee_key, tee_key_pem, tee_public_jwk
+from guestpull_testkit.kbs import new_tee_key, tee_key_pem, tee_public_jwk
 
 
 def encrypt(kind: str, alg: str, enc: str = "A256GCM", plaintext: bytes = b"payload") -> tuple[dict[str, str], TeeKey]:

@@ -7,7 +7,7 @@ import pytest
 from guestpull.errors import Finding
 from guestpull.initdata import render_document
 from guestpull.lint import lint
-from guestpull.testing.certs import make_ca_chain
+from guestpull_testkit.certs import make_ca_chain
 
 USES_KBS = '[image]\nauthenticated_registry_credentials_uri = "kbs:///default/credential/test"\n'
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from guestpull.errors import EXIT_CODES, Category
-from guestpull.testing import TEST_PASSWORD, TEST_USER
-from guestpull.testing.certs import CertChain
-from guestpull.testing.images import File, ImageSpec, LayerSpec, push, write_layout
-from guestpull.testing.kbs import TestKbs
+from guestpull_testkit import TEST_PASSWORD, TEST_USER
+from guestpull_testkit.certs import CertChain
+from guestpull_testkit.images import File, ImageSpec, LayerSpec, push, write_layout
+from guestpull_testkit.kbs import TestKbs
 from kbs.conftest import serve_aa
 from support.cli import invoke, push_spec, write_initdata
 

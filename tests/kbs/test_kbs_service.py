@@ -11,7 +11,7 @@ from guestpull.pull import Puller
 from guestpull import protos as proto
 from guestpull.service.cdh import ConfidentialDataHub
 from guestpull.ttrpc import Code, RpcError, TtrpcClient, TtrpcServer
-from guestpull.testing.kbs import TestKbs
+from guestpull_testkit.kbs import TestKbs
 from kbs.conftest import SECRET, serve_aa
 
 GET_RESOURCE = ("api.GetResourceService", "GetResource")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from guestpull.errors import EXIT_CODES, Category
-from guestpull.testing.images import File, ImageSpec, LayerSpec
-from guestpull.testing.kbs import TestKbs
-from guestpull.testing.signing import CosignKey, CosignLayer, cosign_payload, push_cosign_signatures
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
+from guestpull_testkit.kbs import TestKbs
+from guestpull_testkit.signing import CosignKey, CosignLayer, cosign_payload, push_cosign_signatures
 from kbs.conftest import serve_aa
 from support.cli import invoke, push_spec
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from guestpull.errors import AuthError
 from guestpull.kbs.token import EXPIRY_MARGIN, KbsToken, TeeKey, parse_token, parse_token_reply
-from guestpull.testing.kbs import new_tee_key, tee_key_pem
+from guestpull_testkit.kbs import new_tee_key, tee_key_pem
 
 
 def jwt(claims: object) -> str:

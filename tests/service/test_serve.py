@@ -31,9 +31,9 @@ from support.ttrpcpeer import (
 from guestpull.image.bundle import umount_bundle
 from guestpull.service.server import socket_answers
 from guestpull.ttrpc import MESSAGE_LENGTH_MAX, Code
-from guestpull.testing import wait_for
-from guestpull.testing.fakeregistry import Fault, FakeRegistry
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull_testkit import wait_for
+from guestpull_testkit.fakeregistry import Fault, FakeRegistry
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
 
 
 def spec(seed: int, *, layers: int = 2, size: int = 256 << 10) -> ImageSpec:

@@ -21,9 +21,9 @@ import pytest
 
 from support.cli import invoke
 from guestpull.oci import default_platform
-from guestpull.testing.images import File, ImageSpec, LayerSpec, LayoutDigests, Signing, push, write_layout
-from guestpull.testing.registry import RegistryProcess
-from guestpull.testing.signing import (
+from guestpull_testkit.images import File, ImageSpec, LayerSpec, LayoutDigests, Signing, push, write_layout
+from guestpull_testkit.registry import RegistryProcess
+from guestpull_testkit.signing import (
     CosignKey,
     CosignLayer,
     GpgHome,

@@ -12,7 +12,7 @@ from support.cli import invoke
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.initdata import InitData
 from guestpull.lint import lint
-from guestpull.testing.signing import CosignKey, GpgHome
+from guestpull_testkit.signing import CosignKey, GpgHome
 
 SIGSTORE = "default-docker:\n  sigstore: file:///var/lib/sigstore\n"
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from guestpull.errors import EXIT_CODES, Category
-from guestpull.testing.signing import registries_d, serve_directory, skopeo_policy_allows
+from guestpull_testkit.signing import registries_d, serve_directory, skopeo_policy_allows
 from signature.conftest import ACCEPT, REJECT, World
 
 pytestmark = pytest.mark.registry

@@ -10,7 +10,7 @@ from guestpull import tls
 from guestpull.distribution import RetryPolicy, Transport, TransportSettings, new_session
 from guestpull.errors import HTTPStatusError, UnsupportedError
 from guestpull.signature import simple
-from guestpull.testing.signing import serve_directory
+from guestpull_testkit.signing import serve_directory
 
 DIGEST = "sha256:" + "c" * 64
 

@@ -14,7 +14,7 @@ from guestpull.reference import parse_reference
 from guestpull.resources import ResourceResolver
 from guestpull.signature import VerifyTarget, build_verifier
 from guestpull.signature.verify import MAX_REASONS
-from guestpull.testing.signing import GpgHome
+from guestpull_testkit.signing import GpgHome
 
 DIGEST = "sha256:" + "d" * 64
 

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 from click.testing import CliRunner
 
 from guestpull.cli import main
-from guestpull.testing import TEST_PASSWORD, TEST_USER, wait_for
-from guestpull.testing.fakeregistry import FakeRegistry
-from guestpull.testing.images import ImageSpec, LayoutDigests, push, write_layout
+from guestpull_testkit import TEST_PASSWORD, TEST_USER, wait_for
+from guestpull_testkit.fakeregistry import FakeRegistry
+from guestpull_testkit.images import ImageSpec, LayoutDigests, push, write_layout
 
 #: The command line of the real CLI, run by this interpreter (the project's venv).
 GUESTPULL: tuple[str, ...] = (sys.executable, "-m", "guestpull")

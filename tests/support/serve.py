@@ -13,7 +13,7 @@ from typing import Any
 from support.cli import GUESTPULL, child_env
 
 from guestpull.service.server import socket_answers
-from guestpull.testing import wait_for
+from guestpull_testkit import wait_for
 
 
 def serve_cdh_toml(registry_cdh: str, socket: Path, aa_socket: Path) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from guestpull.testing import HarnessError, ManagedProcess, wait_for
+from guestpull_testkit import HarnessError, ManagedProcess, wait_for
 
 SOURCE = Path(__file__).parent / "ttrpcpeer" / "main.go"
 DEBIAN_GOPATH = "/usr/share/gocode"

@@ -1,4 +1,4 @@
-"""guestpull.testing.certs: the chains verify, and each edge case has the shape it promises."""
+"""guestpull_testkit.certs: the chains verify, and each edge case has the shape it promises."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from guestpull.testing.certs import (
+from guestpull_testkit.certs import (
     CertChain,
     make_ca_chain,
     make_client_cert,
@@ -22,7 +22,7 @@ from guestpull.testing.certs import (
     make_self_signed,
 )
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 
 
 def _certs(pem: bytes) -> list[x509.Certificate]:

@@ -1,4 +1,4 @@
-"""guestpull.testing.images: layers hold what the specs say, layouts are valid and reproducible."""
+"""guestpull_testkit.images: layers hold what the specs say, layouts are valid and reproducible."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from guestpull.testing.images import (
+from guestpull_testkit.images import (
     DEFAULT_MTIME,
     MEDIA_TYPE_INDEX,
     MEDIA_TYPE_LAYER,

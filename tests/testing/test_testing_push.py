@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from guestpull.testing import HarnessError
-from guestpull.testing.images import (
+from guestpull_testkit import HarnessError
+from guestpull_testkit.images import (
     MEDIA_TYPE_INDEX,
     MEDIA_TYPE_MANIFEST,
     File,
@@ -26,7 +26,7 @@ from guestpull.testing.images import (
     skopeo_inspect_raw,
     write_layout,
 )
-from guestpull.testing.registry import RegistryProcess
+from guestpull_testkit.registry import RegistryProcess
 
 pytestmark = pytest.mark.registry
 

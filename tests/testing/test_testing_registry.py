@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from guestpull.testing import TEST_PASSWORD, TEST_USER, HarnessError, ManagedProcess
-from guestpull.testing.certs import CertChain, make_ca_chain
-from guestpull.testing.proxy import ProxyProcess
-from guestpull.testing.registry import RegistryProcess, start_registry
-from guestpull.testing.tokenserver import TokenServer
+from guestpull_testkit import TEST_PASSWORD, TEST_USER, HarnessError, ManagedProcess
+from guestpull_testkit.certs import CertChain, make_ca_chain
+from guestpull_testkit.proxy import ProxyProcess
+from guestpull_testkit.registry import RegistryProcess, start_registry
+from guestpull_testkit.tokenserver import TokenServer
 
 pytestmark = pytest.mark.registry
 
@@ -246,7 +246,7 @@ def test_managed_process_stops_its_group_and_captures_output(shm_path: Path) -> 
     log = shm_path / "child.log"
     with ManagedProcess(["sh", "-c", "echo started; sleep 30 & wait"], log_path=log) as process:
         assert process.running()
-        from guestpull.testing import wait_for
+        from guestpull_testkit import wait_for
         assert wait_for(lambda: "started" in log.read_text(), timeout=5)
     assert not process.running()
     assert process.log_tail() == "started"

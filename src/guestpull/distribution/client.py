@@ -249,7 +249,7 @@ class RegistryClient:
                 f"blob {blob.digest} of {self.registry}/{repository} is {blob.size} bytes; "
                 f"at most {max_size} are read into memory"
             )
-        return await self.fetch_blob(repository, blob, lambda: MemorySink(blob))  # type: ignore[no-any-return]
+        return await self.fetch_blob(repository, blob, lambda: MemorySink(blob))  # type: ignore[no-any-return,unused-ignore]
 
     # --- internals ---
 

@@ -28,12 +28,16 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from yarl import URL
 
 from guestpull import __version__, tls
 from guestpull.errors import GuestpullError, NetworkError, PullTimeoutError, TLSError, clip, shown
+
+if TYPE_CHECKING:
+    from cryptography import x509  # only to explain a TLS failure; imported lazily by tls
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +197,9 @@ def _split_port(entry: str) -> tuple[str, int | None]:
         port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
         return entry[1:close], port
     if entry.count(":") == 1:
-        name, _, port = entry.partition(":")
-        if port.isdigit():
-            return name, int(port)
+        name, _, digits = entry.partition(":")
+        if digits.isdigit():
+            return name, int(digits)
     return entry, None
 
 
@@ -404,7 +408,7 @@ class Transport:
             return NetworkError(f"the proxy refused the connection to {host}: HTTP {err.status}")
         return NetworkError(f"connection to {host} failed: {_error_text(err)}")
 
-    async def _peer_certificate(self, url: URL) -> object | None:
+    async def _peer_certificate(self, url: URL) -> x509.Certificate | None:
         # Through a proxy we would have to CONNECT again just for a better message: skip it.
         if self.proxies.proxy_for(url) is not None or url.host is None:
             return None

@@ -29,7 +29,16 @@ _EXPORTS: dict[str, str] = {
     "apply_layer": "unpack",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BundleResult",
+    "ImageRecord",
+    "LayerStats",
+    "Store",
+    "apply_layer",
+    "create_bundle",
+    "open_store",
+    "umount_bundle",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -26,7 +26,7 @@ from guestpull.errors import DigestError, UnpackError, UnsupportedError
 try:  # isal is 2.6x faster than zlib; it has no s390x wheel, so zlib stays the fallback.
     from isal import igzip as _gzip_impl
 except ImportError:  # pragma: no cover - exercised only where isal is missing
-    _gzip_impl = gzip  # type: ignore[assignment,misc]
+    _gzip_impl = gzip  # type: ignore[assignment,misc,unused-ignore]
 
 CHUNK = 1 << 20
 #: Decompressed chunks held ahead of the reader (bounded memory: 4 MiB).
@@ -114,7 +114,7 @@ class _Prefetcher:
         if isinstance(item, BaseException):
             self._queue.put(item)
             raise item
-        return item  # type: ignore[no-any-return]
+        return item  # type: ignore[no-any-return,unused-ignore]
 
     def close(self) -> None:
         self._stop.set()

@@ -51,7 +51,7 @@ class ServeOptions:
 def default_puller(cdh: CdhConfig, work_dir: Path | None) -> AbstractAsyncContextManager[ImagePuller]:
     from guestpull.pull import Puller  # the puller's imports are paid once, at start-up
 
-    return Puller(cdh, work_dir=work_dir)  # type: ignore[return-value]
+    return Puller(cdh, work_dir=work_dir)  # type: ignore[return-value,unused-ignore]
 
 
 async def serve(cdh: CdhConfig, options: ServeOptions, *, puller_factory: PullerFactory = default_puller,

@@ -61,10 +61,10 @@ class KeyLoader:
         self._cache: dict[tuple[str, KeySource], Any] = {}
 
     def gpg(self, keys: KeySource) -> GpgKeyring:
-        return self._cached("gpg", keys, self._load_gpg)  # type: ignore[no-any-return]
+        return self._cached("gpg", keys, self._load_gpg)  # type: ignore[no-any-return,unused-ignore]
 
     def cosign(self, keys: KeySource) -> list[CosignPublicKey]:
-        return self._cached("cosign", keys, self._load_cosign)  # type: ignore[no-any-return]
+        return self._cached("cosign", keys, self._load_cosign)  # type: ignore[no-any-return,unused-ignore]
 
     def _cached(self, kind: str, keys: KeySource, load: Callable[[KeySource], Any]) -> Any:
         if (kind, keys) not in self._cache:

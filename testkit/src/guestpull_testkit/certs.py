@@ -165,7 +165,7 @@ def _issue_from_root(
     ca_cert = chain.ca_cert
     ca_key = serialization.load_pem_private_key(chain.ca_key_pem, password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise TypeError("the chain's CA key is not an EC key made by guestpull.testing.certs")
+        raise TypeError("the chain's CA key is not an EC key made by guestpull_testkit.certs")
     key = _new_key()
     cert = _build(
         subject=subject,
@@ -197,7 +197,7 @@ def _build(
     not_after: datetime.datetime | None = None,
 ) -> x509.Certificate:
     """One certificate.  ``issuer=None`` means self-signed."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start = not_before or min(now, not_after or now) - _ONE_DAY
     end = not_after or max(start, now) + 30 * _ONE_DAY
     hosts = list(hosts)

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from guestpull.testing import HarnessError, require_binary
+from guestpull_testkit import HarnessError, require_binary
 
 #: The mtime of every file the helpers write (reproducible layers).
 MTIME = 1_600_000_000

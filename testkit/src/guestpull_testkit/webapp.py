@@ -16,8 +16,8 @@ from typing import Self
 
 from aiohttp import web
 
-from guestpull.testing import HarnessError, Stoppable
-from guestpull.testing.certs import CertChain
+from guestpull_testkit import HarnessError, Stoppable
+from guestpull_testkit.certs import CertChain
 
 _START_TIMEOUT = 10.0
 

@@ -28,9 +28,9 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from guestpull.testing import HarnessError, require_binary
-from guestpull.testing.images import _cert_dir, _skopeo_env, canonical_json, sha256_digest
-from guestpull.testing.registry import RegistryProcess
+from guestpull_testkit import HarnessError, require_binary
+from guestpull_testkit.images import _cert_dir, _skopeo_env, canonical_json, sha256_digest
+from guestpull_testkit.registry import RegistryProcess
 
 COSIGN_LAYER_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 COSIGN_ANNOTATION = "dev.cosignproject.cosign/signature"

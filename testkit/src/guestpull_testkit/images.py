@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import zstandard
 
-from guestpull.testing import HarnessError, require_binary
+from guestpull_testkit import HarnessError, require_binary
 
 DEFAULT_MTIME = 1_600_000_000  # 2020-09-13T12:26:40Z, fixed so layers are reproducible
 CREATED = "2020-09-13T12:26:40Z"
@@ -330,7 +330,7 @@ class ImageSpec:
             "config": dict(self.config),
             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
             "history": [
-                {"created": CREATED, "created_by": f"guestpull.testing layer {i}"}
+                {"created": CREATED, "created_by": f"guestpull_testkit layer {i}"}
                 for i in range(len(layers))
             ],
         }

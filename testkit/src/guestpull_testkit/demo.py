@@ -1,6 +1,6 @@
 """The README demo: local HTTPS and HTTP registries, Init-Data for each, pulls over both.
 
-Run with ``make demo`` (or ``python -m guestpull.demo``).  Everything happens on 127.0.0.1 in
+Run with ``make demo`` (or ``python -m guestpull_testkit.demo``).  Everything happens on 127.0.0.1 in
 a temporary directory (tmpfs when available) and every server is stopped at the end.  The
 ``guestpull`` commands are run as a user would run them, and printed before they run.
 """
@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from guestpull.testing.certs import make_ca_chain
-from guestpull.testing.images import Dir, File, ImageSpec, LayerSpec, Symlink, push, write_layout
-from guestpull.testing.registry import start_registry
+from guestpull_testkit.certs import make_ca_chain
+from guestpull_testkit.images import Dir, File, ImageSpec, LayerSpec, Symlink, push, write_layout
+from guestpull_testkit.registry import start_registry
 
 GUESTPULL = [sys.executable, "-m", "guestpull"]
 

@@ -29,9 +29,9 @@ from typing import Any, Self
 
 import zstandard
 
-from guestpull.testing import TEST_PASSWORD, TEST_USER
-from guestpull.testing.fakeregistry import basic_header
-from guestpull.testing.images import BuiltImage, BuiltLayer, sha256_digest
+from guestpull_testkit import TEST_PASSWORD, TEST_USER
+from guestpull_testkit.fakeregistry import basic_header
+from guestpull_testkit.images import BuiltImage, BuiltLayer, sha256_digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from guestpull.testing import (
+from guestpull_testkit import (
     HarnessError,
     ManagedProcess,
     Stoppable,
@@ -25,8 +25,8 @@ from guestpull.testing import (
     require_binary,
     start_on_free_port,
 )
-from guestpull.testing.certs import CertChain
-from guestpull.testing.tokenserver import TokenServer
+from guestpull_testkit.certs import CertChain
+from guestpull_testkit.tokenserver import TokenServer
 
 _START_TIMEOUT = 15.0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from guestpull.testing import ManagedProcess, Stoppable, port_open, require_binary, start_on_free_port
+from guestpull_testkit import ManagedProcess, Stoppable, port_open, require_binary, start_on_free_port
 
 _START_TIMEOUT = 10.0
 

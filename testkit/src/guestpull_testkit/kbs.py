@@ -9,7 +9,7 @@ misreading of the format cannot pass).  ``fault`` breaks a response on purpose.
 
 :class:`TestAttestationAgent` is what the AA does for ``GetToken("kbs")``: make a TEE key
 pair (EC P-256/P-521 or RSA), "attest" to the KBS with its public half (no evidence here) and
-return ``{"token", "tee_keypair"}``.  Serve it over ttrpc with :mod:`guestpull.testing.aa`.
+return ``{"token", "tee_keypair"}``.  Serve it over ttrpc with :mod:`guestpull_testkit.aa`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from guestpull.testing.certs import CertChain
-from guestpull.testing.webapp import ThreadedApp, server_ssl_context
+from guestpull_testkit.certs import CertChain
+from guestpull_testkit.webapp import ThreadedApp, server_ssl_context
 
 Fault = Literal["wrong-tag", "wrong-aad", "wrong-key", "not-jwe", "oversize", "oversize-chunked", "slow"]
 KeyType = Literal["ec-p256", "ec-p521", "rsa"]

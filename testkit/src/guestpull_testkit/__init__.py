@@ -23,7 +23,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from guestpull.errors import GuestpullError
 
 __all__ = [
     "HarnessError",
@@ -55,8 +54,19 @@ _DEBIAN_PACKAGES = {
 _PR_SET_PDEATHSIG = 1
 
 
-class HarnessError(GuestpullError):
-    """The test harness could not start or drive a helper (registry, proxy, skopeo...)."""
+class HarnessError(Exception):
+    """The test harness could not start or drive a helper (registry, proxy, skopeo...).
+
+    Not a :class:`guestpull.errors.GuestpullError`: the product never raises it.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
 
 
 def require_binary(name: str) -> str:
@@ -213,7 +223,7 @@ def start_on_free_port(
     for _ in range(attempts):
         port = free_port()
         process = start(port)
-        if wait_for(lambda: ready(port) or not process.running(), timeout=timeout):
+        if wait_for(lambda port=port, process=process: ready(port) or not process.running(), timeout=timeout):
             if process.running():
                 return port, process
             process.stop()

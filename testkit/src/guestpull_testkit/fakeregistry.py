@@ -1,7 +1,7 @@
 """A FAKE in-process registry (aiohttp.web) for fault injection in tests.
 
 It is not a registry implementation and never stands in for one in a test of normal
-behaviour: those use the real Debian ``docker-registry`` (:mod:`guestpull.testing.registry`).
+behaviour: those use the real Debian ``docker-registry`` (:mod:`guestpull_testkit.registry`).
 It exists for what a real registry will not do on demand: fail once with 500 or 429, serve a
 corrupted or truncated blob, reset the connection, redirect a blob to another host and record
 what that host received, or speak a Bearer/Basic challenge under the test's control.
@@ -30,7 +30,7 @@ from typing import Literal, Self
 
 from aiohttp import web
 
-from guestpull.testing import TEST_PASSWORD, TEST_USER
+from guestpull_testkit import TEST_PASSWORD, TEST_USER
 
 FaultKind = Literal["status", "corrupt", "truncate", "reset", "redirect", "slow"]
 

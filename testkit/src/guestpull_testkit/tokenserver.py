@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from guestpull.testing import TEST_PASSWORD, TEST_USER, Stoppable
-from guestpull.testing.certs import CertChain, make_ca_chain
-from guestpull.testing.webapp import ThreadedApp, server_ssl_context
+from guestpull_testkit import TEST_PASSWORD, TEST_USER, Stoppable
+from guestpull_testkit.certs import CertChain, make_ca_chain
+from guestpull_testkit.webapp import ThreadedApp, server_ssl_context
 
 _GRANTABLE = ("pull", "push")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import zstandard
 
-from guestpull.testing.images import BuiltLayer
+from guestpull_testkit.images import BuiltLayer
 
 BLOCK = 512
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"

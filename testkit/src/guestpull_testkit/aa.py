@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from guestpull.protos import AA_SERVICE
-from guestpull.testing.kbs import TestAttestationAgent
-from guestpull.testing.webapp import BackgroundLoop
+from guestpull_testkit.kbs import TestAttestationAgent
+from guestpull_testkit.webapp import BackgroundLoop
 
 if TYPE_CHECKING:
     from guestpull.ttrpc import TtrpcServer
