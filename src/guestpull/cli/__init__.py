@@ -15,6 +15,7 @@ from guestpull import __version__
 #: command name → "module:attribute" of its click command.
 COMMANDS: dict[str, str] = {
     "initdata": "guestpull.cli.initdata:initdata_group",
+    "probe": "guestpull.cli.probe:probe_command",
     "pull": "guestpull.cli.pull:pull_command",
     "images": "guestpull.cli.store:images_command",
     "rm": "guestpull.cli.store:rm_command",
