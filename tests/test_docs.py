@@ -1,0 +1,394 @@
+"""Every example in README.md and docs/ is exercised, and every link stays inside the repository.
+
+Each fenced block carries a ``<!-- check: KIND ... -->`` marker (docs/CONTRIBUTING-docs.md):
+shell blocks run in a scratch directory against real registries, their shown output is
+compared, configuration examples go through the parsers and the linter a guest would use.
+Pages marked ``<!-- docs-session: after quickstart -->`` run in the state the quick start
+leaves: its files, and its registries still running (its ``run cleanup`` blocks run last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from guestpull.authfile import AuthFile
+from guestpull.config import (
+    AaConfig,
+    CdhConfig,
+    RegistriesConfig,
+    parse_aa_config,
+    parse_cdh_config,
+    parse_registries_config,
+    unknown_keys,
+)
+from guestpull.demo import demo_image
+from guestpull.image.bundle import umount_bundle
+from guestpull.lint import ERROR, WARNING, lint
+from guestpull.testing import free_port
+from guestpull.testing.images import write_layout
+from tests.support.docscheck import (
+    KINDS,
+    REPO,
+    Block,
+    Doc,
+    doc_files,
+    json_matches,
+    link_problem,
+    links,
+    lines_match,
+    read_doc,
+)
+
+QUICKSTART = REPO / "docs" / "quickstart.md"
+AFTER_QUICKSTART = "after quickstart"
+BLOCK_TIMEOUT = 60.0
+#: Code-like blocks must be checked as what they are, never waved through as ``text``.
+_CODE_INFO = {"sh", "bash", "shell", "console", "toml", "json", "yaml", "yml", "python", "py"}
+#: The public image the docs push, and the local OCI layout pushed in its place (no network).
+PUBLIC_IMAGE = "docker://docker.io/library/busybox:1.36"
+_LOOPBACK_PORT = re.compile(r"127\.0\.0\.1:(\d{2,5})\b")
+_SHOWN_DIR = "..."
+
+
+DOCS = [read_doc(path) for path in doc_files()]
+
+
+def _id(doc: Doc) -> str:
+    return str(doc.path.relative_to(REPO))
+
+
+# --- the convention ------------------------------------------------------------------------
+
+
+def test_every_fenced_block_is_checked() -> None:
+    problems = []
+    for doc in DOCS:
+        for block in doc.blocks:
+            if block.kind is None:
+                problems.append(f"{block.where}: block not checked (add <!-- check: KIND --> above it)")
+            elif block.kind not in KINDS:
+                problems.append(f"{block.where}: unknown check kind {block.kind!r}")
+            elif block.kind == "skip" and len(block.args.split()) < 3:
+                problems.append(f"{block.where}: a skipped block must say why (and what covers it)")
+            elif block.kind == "text" and block.info.lower() in _CODE_INFO:
+                problems.append(f"{block.where}: a {block.info} block must be checked as code, not text")
+            elif block.kind == "output" and not _follows_run(doc, block):
+                problems.append(f"{block.where}: an output block must follow a run block")
+    assert not problems, "\n".join(problems)
+
+
+def _follows_run(doc: Doc, block: Block) -> bool:
+    index = doc.blocks.index(block)
+    return index > 0 and doc.blocks[index - 1].kind == "run"
+
+
+def test_links_stay_inside_the_repository_and_resolve() -> None:
+    problems = [p for doc in DOCS for link in links(doc.path) if (p := link_problem(link))]
+    assert not problems, "\n".join(problems)
+
+
+def test_readme_stands_on_its_own() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "../shared" not in readme and "DESIGN.md" not in readme
+    for page in ("quickstart", "local-registries", "initdata", "compatibility", "troubleshooting",
+                 "architecture", "benchmarks", "CONTRIBUTING-docs"):
+        assert f"docs/{page}.md" in readme, page
+
+
+# --- sessions: a scratch directory where a page's shell blocks run ---------------------------
+
+
+@dataclass
+class Session:
+    """A page's scratch directory, its port map and what its blocks left running."""
+
+    directory: Path
+    layout: Path
+    ports: dict[str, str] = field(default_factory=dict)  # port in the docs → port here
+    groups: list[int] = field(default_factory=list)  # process groups still alive
+    last_output: str | None = None
+    cleanup: list[Block] = field(default_factory=list)
+
+    def substitute(self, text: str) -> str:
+        """The docs' names → this machine's: loopback ports, the public image → a local layout."""
+        text = text.replace(PUBLIC_IMAGE, f"oci:{self.layout}:1.0")
+
+        def port(match: re.Match[str]) -> str:
+            doc_port = match.group(1)
+            if doc_port not in self.ports:
+                self.ports[doc_port] = str(free_port())
+            return f"127.0.0.1:{self.ports[doc_port]}"
+
+        return _LOOPBACK_PORT.sub(port, text)
+
+    def restore(self, text: str) -> str:
+        """This machine's names in output → the docs'."""
+        back = {real: doc for doc, real in self.ports.items()}
+        text = _LOOPBACK_PORT.sub(lambda m: f"127.0.0.1:{back.get(m.group(1), m.group(1))}", text)
+        return text.replace(str(self.directory), _SHOWN_DIR)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["HOME"] = str(self.directory)
+        return env
+
+    def run(self, block: Block) -> str | None:
+        """Run a shell block; a problem message, or None."""
+        log = self.directory.parent / f"{self.directory.name}.block-{block.line}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                ["bash", "-euo", "pipefail", "-c", self.substitute(block.text)], cwd=self.directory,
+                env=self.env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                code = process.wait(timeout=BLOCK_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                code = None
+        if _group_alive(process.pid):
+            self.groups.append(process.pid)  # background jobs (registries): stopped at close
+        self.last_output = self.restore(log.read_text(errors="replace"))
+        expected = int(block.option("exit", "0") or 0)
+        if code != expected:
+            return (f"{block.where}: exit {code} (expected {expected}); output:\n{self.last_output}")
+        return None
+
+    def write(self, name: str, text: str) -> None:
+        target = self.directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(self.substitute(text))
+
+    def close(self) -> list[str]:
+        problems = [p for block in self.cleanup if (p := self.run(block))]
+        for rootfs in self.directory.rglob("rootfs"):
+            if rootfs.is_mount():
+                umount_bundle(rootfs.parent)
+        for group in self.groups:
+            _stop_group(group)
+        return problems
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _stop_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+# --- checking one page ---------------------------------------------------------------------
+
+
+def check_doc(doc: Doc, session_for: callable) -> list[str]:  # type: ignore[valid-type]
+    """Exercise every block of ``doc`` in order; the problems found."""
+    problems: list[str] = []
+    for block in doc.blocks:
+        problem = check_block(block, session_for)
+        if problem:
+            problems.append(problem)
+            if block.kind == "run":
+                break  # later blocks depend on this one
+    return problems
+
+
+def check_block(block: Block, session_for: callable) -> str | None:  # type: ignore[valid-type]
+    kind = block.kind
+    if kind in ("text", "skip", None):
+        return None
+    if kind == "run":
+        session = session_for()
+        if "cleanup" in block.words:
+            session.cleanup.append(block)
+            return None
+        return session.run(block)
+    if kind == "output":
+        return _check_output(block, session_for().last_output)
+    if kind == "api":
+        return _check_api(block)
+    problem = _check_content(block)
+    name = block.option("file") or (block.words[0] if kind == "file" and block.words else None)
+    if problem is None and name:
+        session_for().write(name, block.text)
+    return problem
+
+
+def _check_output(block: Block, actual: str | None) -> str | None:
+    if actual is None:
+        return f"{block.where}: no run block before this output"
+    if "json" in block.words:
+        try:
+            matches = json_matches(json.loads(block.text), json.loads(actual))
+        except ValueError as err:
+            return f"{block.where}: not JSON ({err}); output was:\n{actual}"
+    else:
+        matches = lines_match(block.text, actual)
+    if not matches:
+        return f"{block.where}: the output shown differs from the real output:\n{actual}"
+    return None
+
+
+def _check_content(block: Block) -> str | None:
+    """Configuration examples go through what reads them on a guest (or the host tools)."""
+    where = block.where
+    try:
+        if block.kind == "initdata":
+            return _check_initdata(block)
+        if block.kind == "cdh-toml":
+            _no_unknown_keys(block, tomllib.loads(block.text), CdhConfig)
+            parse_cdh_config(block.text, where)
+        elif block.kind == "aa-toml":
+            _no_unknown_keys(block, tomllib.loads(block.text), AaConfig)
+            parse_aa_config(block.text, where)
+        elif block.kind == "registries-conf":
+            _no_unknown_keys(block, tomllib.loads(block.text), RegistriesConfig)
+            parse_registries_config(block.text, where)
+        elif block.kind == "auth-json":
+            AuthFile.parse(block.text.encode(), where)
+        elif block.kind == "json":
+            json.loads(block.text)
+        elif block.kind == "toml":
+            tomllib.loads(block.text)
+    except Exception as err:  # noqa: BLE001 - any failure is the finding
+        return f"{where}: {type(err).__name__}: {err}"
+    return None
+
+
+def _no_unknown_keys(block: Block, raw: dict, model: type) -> None:
+    unknown = unknown_keys(raw, model)
+    if unknown:
+        raise AssertionError(f"keys the guest would ignore (misspelt?): {unknown}")
+
+
+def _check_initdata(block: Block) -> str | None:
+    report = lint(block.text.encode(), block.where)
+    found = sorted({f.code for f in report.findings if f.severity in (ERROR, WARNING)})
+    expected = sorted(filter(None, (block.option("expect") or "").split(",")))
+    if found != expected:
+        listed = "\n".join(str(f) for f in report.findings)
+        return f"{block.where}: expected findings {expected}, the linter found {found}:\n{listed}"
+    return None
+
+
+_DEF = re.compile(r"^(?P<indent>\s*)(?:async\s+)?(?P<what>def|class)\s+(?P<name>\w+)")
+
+
+def _check_api(block: Block) -> str | None:
+    """A signature block: every class and function (and method) it names exists."""
+    module = importlib.import_module(block.words[0])
+    missing = []
+    owner: object = module
+    for line in block.text.splitlines():
+        found = _DEF.match(line)
+        if not found:
+            continue
+        top = not found.group("indent")
+        scope = module if top else owner
+        if not hasattr(scope, found.group("name")):
+            missing.append(found.group("name"))
+        elif top and found.group("what") == "class":
+            owner = getattr(module, found.group("name"))
+    return f"{block.where}: {block.words[0]} has no {', '.join(missing)}" if missing else None
+
+
+# --- the tests that run the pages -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    layout = tmp_path_factory.mktemp("docs-layout") / "layout"
+    write_layout(layout, demo_image(), tag="1.0")
+    return layout
+
+
+def _scratch(name: str) -> Path:
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"guestpull-docs-{name}-", dir=base)) / "work"
+
+
+@dataclass
+class QuickstartRun:
+    session: Session
+    problems: list[str]
+
+
+@pytest.fixture(scope="module")
+def quickstart(image_layout: Path) -> Iterator[QuickstartRun]:
+    """docs/quickstart.md run once; its registries keep running for the other pages."""
+    directory = _scratch("quickstart")
+    directory.mkdir(parents=True)
+    session = Session(directory, image_layout)
+    run = QuickstartRun(session, check_doc(read_doc(QUICKSTART), lambda: session))
+    try:
+        yield run
+    finally:
+        problems = session.close()
+        shutil.rmtree(directory.parent, ignore_errors=True)
+        assert not problems, "\n".join(problems)
+
+
+_RUNNABLE = [doc for doc in DOCS if any(b.kind not in ("text", "skip") for b in doc.blocks)]
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("doc", _RUNNABLE, ids=_id)
+def test_doc_examples(doc: Doc, request: pytest.FixtureRequest, image_layout: Path) -> None:
+    if doc.path == QUICKSTART:
+        run: QuickstartRun = request.getfixturevalue("quickstart")
+        assert not run.problems, "\n\n".join(run.problems)
+        return
+    base: Session | None = None
+    if doc.session == AFTER_QUICKSTART:
+        run = request.getfixturevalue("quickstart")
+        assert not run.problems, "the quick start failed, so this page cannot run:\n" + "\n".join(run.problems)
+        base = run.session
+    sessions: list[Session] = []
+
+    def session_for() -> Session:
+        if not sessions:
+            directory = _scratch(doc.path.stem)
+            directory.mkdir(parents=True)
+            session = Session(directory, image_layout)
+            if base is not None:
+                session.ports = base.ports  # the same registries
+                for item in base.directory.iterdir():
+                    if item.is_file():
+                        shutil.copy2(item, directory / item.name)
+            sessions.append(session)
+        return sessions[0]
+
+    try:
+        problems = check_doc(doc, session_for)
+    finally:
+        for session in sessions:
+            problems_at_close = session.close()
+            shutil.rmtree(session.directory.parent, ignore_errors=True)
+    problems += problems_at_close if sessions else []
+    assert not problems, "\n\n".join(problems)
