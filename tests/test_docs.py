@@ -63,6 +63,8 @@ _CODE_INFO = {"sh", "bash", "shell", "console", "toml", "json", "yaml", "yml", "
 PUBLIC_IMAGE = "docker://docker.io/library/busybox:1.36"
 _LOOPBACK_PORT = re.compile(r"127\.0\.0\.1:(\d{2,5})\b")
 _SHOWN_DIR = "..."
+#: GUESTPULL_DOCS_KEEP=1 keeps the scratch directories (and logs) for a look after a failure.
+KEEP = os.environ.get("GUESTPULL_DOCS_KEEP") == "1"
 
 
 DOCS = [read_doc(path) for path in doc_files()]
@@ -333,6 +335,13 @@ def _scratch(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"guestpull-docs-{name}-", dir=base)) / "work"
 
 
+def _remove(directory: Path) -> None:
+    if KEEP:
+        print(f"kept {directory}")
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @dataclass
 class QuickstartRun:
     session: Session
@@ -350,7 +359,7 @@ def quickstart(image_layout: Path) -> Iterator[QuickstartRun]:
         yield run
     finally:
         problems = session.close()
-        shutil.rmtree(directory.parent, ignore_errors=True)
+        _remove(directory.parent)
         assert not problems, "\n".join(problems)
 
 
@@ -374,21 +383,21 @@ def test_doc_examples(doc: Doc, request: pytest.FixtureRequest, image_layout: Pa
     def session_for() -> Session:
         if not sessions:
             directory = _scratch(doc.path.stem)
-            directory.mkdir(parents=True)
             session = Session(directory, image_layout)
-            if base is not None:
+            if base is None:
+                directory.mkdir(parents=True)
+            else:
                 session.ports = base.ports  # the same registries
-                for item in base.directory.iterdir():
-                    if item.is_file():
-                        shutil.copy2(item, directory / item.name)
+                # The reader goes on in the quick start's directory, with all it left there.
+                shutil.copytree(base.directory, directory, symlinks=True)
             sessions.append(session)
         return sessions[0]
 
+    problems: list[str] = []
     try:
-        problems = check_doc(doc, session_for)
+        problems += check_doc(doc, session_for)
     finally:
         for session in sessions:
-            problems_at_close = session.close()
-            shutil.rmtree(session.directory.parent, ignore_errors=True)
-    problems += problems_at_close if sessions else []
+            problems += session.close()
+            _remove(session.directory.parent)
     assert not problems, "\n\n".join(problems)
