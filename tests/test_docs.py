@@ -112,6 +112,22 @@ def test_readme_stands_on_its_own() -> None:
         assert f"docs/{page}.md" in readme, page
 
 
+def lint_codes() -> set[str]:
+    """Every finding code guestpull.lint can report (literal codes in its source)."""
+    source = (REPO / "src" / "guestpull" / "lint.py").read_text()
+    codes = set(re.findall(r"(?:ERROR|WARNING|INFO),\s*\"([a-z][a-z-]+)\"", source))
+    codes |= set(re.findall(r"_error_finding\(\s*\"([a-z][a-z-]+)\"", source))
+    return codes
+
+
+def test_every_lint_code_is_documented() -> None:
+    page = (REPO / "docs" / "compatibility.md").read_text()
+    codes = lint_codes()
+    assert {"ca-self-signed", "insecure-without-location", "invalid-document"} <= codes
+    missing = sorted(code for code in codes if f"`{code}`" not in page)
+    assert not missing, f"docs/compatibility.md does not explain the finding codes {missing}"
+
+
 # --- sessions: a scratch directory where a page's shell blocks run ---------------------------
 
 
