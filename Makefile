@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`.  Both do all set-up first.
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast reliability bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -8,10 +8,14 @@ demo: setup
 	@.venv/bin/python -m guestpull.demo
 
 test: setup
-	@.venv/bin/python -m pytest
+	@.venv/bin/python -m pytest -m "not reliability"
 
 test-fast: setup
-	@.venv/bin/python -m pytest -m "not registry and not slow"
+	@.venv/bin/python -m pytest -m "not registry and not slow and not reliability"
+
+# Every hostile-registry scenario, the slow ones too (default limits); the report goes to docs.
+reliability: setup
+	@GUESTPULL_RELIABILITY_REPORT=docs/reliability.md .venv/bin/python -m pytest -p no:cacheprovider tests/test_hostile_registry.py
 
 bench: setup
 	@.venv/bin/python -m bench

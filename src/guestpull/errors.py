@@ -12,6 +12,27 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
+#: The most characters of a string from the network or a layer (an entry name, a media type,
+#: a header) that a message repeats: a 64 KiB entry name must not become a 64 KiB error line
+#: (nor the log a place an attacker writes into).
+ECHO_LIMIT = 200
+
+
+def clip(text: object, limit: int = ECHO_LIMIT) -> str:
+    """``text`` for a message: at most ``limit`` characters, marked when cut."""
+    value = str(text)
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…(+{len(value) - limit} chars)"
+
+
+def shown(value: str, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for a message (names, where quotes show spaces), cut like :func:`clip`."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}…(+{len(value) - limit} chars)"
+
+
 class Category(enum.StrEnum):
     """What kind of failure this is; each has its own exit code."""
 
@@ -196,6 +217,10 @@ class UnpackError(GuestpullError):
 
 class NoSpaceError(GuestpullError):
     category = Category.NO_SPACE
+
+
+class StoreError(UnpackError):
+    """The image store on disk is damaged (meta.db unreadable); ``store check`` repairs it."""
 
 
 class PullTimeoutError(GuestpullError):

@@ -440,7 +440,7 @@ class _CandidatePull:
             for d, diff_id in zip(parsed.layers, config.diff_ids, strict=True)
         )
         refs = [LayerRef(x.digest, x.media_type, x.size, x.diff_id) for x in layers]
-        builder = self._start_bundle(config_bytes, parsed.config.digest, refs)
+        builder = self._start_bundle(config, parsed.config.digest, refs)
         workers = None
         try:
             workers = _unpack_workers(builder)
@@ -482,7 +482,9 @@ class _CandidatePull:
             return top, None
         index = oci.ImageIndex.parse(top.data, f"image index {top.digest}")
         entry = oci.select_platform(index, self.wanted)
-        child = await self.client.get_manifest(repo, entry.digest, expected_digest=entry.digest)
+        child = await self.client.get_manifest(
+            repo, entry.digest, expected_digest=entry.digest, expected_media_type=entry.media_type
+        )
         if len(child.data) != entry.size:
             raise DigestError(
                 f"manifest {entry.digest} is {len(child.data)} bytes; the index says {entry.size}"
@@ -501,12 +503,12 @@ class _CandidatePull:
         return self.store.content.read(descriptor.digest)
 
     def _start_bundle(
-        self, config_bytes: bytes, config_digest: str, layers: Sequence[LayerRef]
+        self, config: oci.ImageConfig, config_digest: str, layers: Sequence[LayerRef]
     ) -> BundleBuilder | None:
         if self.bundle is None:
             return None
         builder = BundleBuilder(
-            self.store, config_bytes, f"image config {config_digest}", layers, self.bundle.path,
+            self.store, config, f"image config {config_digest}", layers, self.bundle.path,
             mode=self.bundle.mode, force=self.bundle.force,
         )
         self.emit(PullEvent("bundle-start", str(self.ref),

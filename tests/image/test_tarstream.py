@@ -441,19 +441,6 @@ def test_size_above_the_limit_names_the_entry() -> None:
     refused(header + bytes(1024), "'huge'", "refused", max_size=1 << 30)
 
 
-def test_gnu_sparse_type_is_refused() -> None:
-    block = info("holes", tarfile.GNUTYPE_SPARSE).tobuf(tarfile.GNU_FORMAT)
-    refused(block + bytes(1024), "'holes'", "sparse")
-
-
-def test_pax_sparse_is_refused() -> None:
-    records = pax_records({b"GNU.sparse.major": b"1", b"GNU.sparse.minor": b"0",
-                           b"GNU.sparse.name": b"real-name"})
-    archive = meta_member(b"x", records) + info("GNUSparseFile.0/x", size=0).tobuf(
-        tarfile.USTAR_FORMAT) + bytes(1024)
-    refused(archive, "'real-name'", "sparse")
-
-
 @pytest.mark.parametrize("records", [
     b"99 path=x\n",  # length beyond the header
     b"5 path=x\n",  # length too short

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "rm": "guestpull.cli.store:rm_command",
     "prune": "guestpull.cli.store:prune_command",
     "umount": "guestpull.cli.store:umount_command",
+    "store": "guestpull.cli.store:store_group",
 }
 
 

@@ -1,17 +1,19 @@
-"""``guestpull images | rm | prune | umount``: look after the image store and bundles."""
+"""``guestpull images | rm | prune | umount | store check``: look after the image store and bundles."""
 
 from __future__ import annotations
 
 import datetime
+import sys
 from pathlib import Path
 
 import click
 
 from guestpull.cli.common import emit_json, handles_errors, json_option
 from guestpull.config import ImageConfig
-from guestpull.errors import NotFoundError
+from guestpull.errors import EXIT_CODES, NotFoundError, StoreError
 from guestpull.image.bundle import umount_bundle
 from guestpull.image.store import ImageRecord, Store, open_store
+from guestpull.image.storecheck import check_store
 from guestpull.reference import parse_reference
 
 work_dir_option = click.option(
@@ -97,3 +99,29 @@ def umount_command(bundle: Path, work_dir: Path | None, as_json: bool) -> None:
         emit_json({"ok": True, "unmounted": mounted})
     else:
         click.echo(f"unmounted {bundle / 'rootfs'}" if mounted else f"nothing mounted at {bundle / 'rootfs'}")
+
+
+@click.group("store")
+def store_group() -> None:
+    """Look after the image store itself."""
+
+
+@store_group.command("check")
+@click.option("--repair", is_flag=True, help="Remove what is broken (a later pull fetches it again).")
+@work_dir_option
+@json_option
+@handles_errors
+def check_command(repair: bool, work_dir: Path, as_json: bool) -> None:
+    """Verify blobs against their digests, layer rows against their directories, and find
+    what interrupted pulls left; exit 14 (unpack) while problems remain."""
+    report = check_store(work_dir, repair=repair)
+    if as_json:
+        emit_json({"ok": not report.unrepaired, **report.to_dict()})
+    else:
+        for problem in report.problems:
+            state = "repaired" if problem.repaired else "found"
+            click.echo(f"{state}: {problem.kind}: {problem.path}: {problem.detail}")
+        click.echo(f"{report.blobs} blobs, {report.layers} layers, {report.images} images fine;"
+                   f" {len(report.problems)} problems, {len(report.unrepaired)} left")
+    if report.unrepaired:
+        sys.exit(EXIT_CODES[StoreError.category])

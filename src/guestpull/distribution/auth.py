@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -18,7 +18,8 @@ from typing import Protocol
 
 from yarl import URL
 
-from guestpull.errors import AuthError, GuestpullError
+from guestpull.errors import AuthError, GuestpullError, clip
+from guestpull.strictjson import load_json
 
 # RFC 7235 auth-param: token "=" ( token / quoted-string )
 _PARAM = re.compile(r'\s*([A-Za-z0-9_.\-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*,?')
@@ -26,7 +27,10 @@ _SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9_\-]*)(?:\s+|$)")
 
 DEFAULT_TOKEN_LIFETIME = 60.0  # seconds, as upstream, when a token says nothing about expiry
 EXPIRY_MARGIN = 5.0  # renew a little early so a token does not expire in flight
-MAX_TOKEN_RESPONSE = 1 << 20
+MAX_TOKEN_RESPONSE = 1 << 20  # containers/image's MaxAuthTokenBodySize
+#: RFC 6750 ``b64token``: what a Bearer token may hold.  Anything else (a CR/LF, a space, a
+#: quote) could split or extend the Authorization header it is sent in.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class Credentials(Protocol):
@@ -138,25 +142,24 @@ def token_from_response(body: bytes, *, now: float, wall_now: float | None = Non
     Lifetime: ``expires_in`` if given; else the JWT ``exp`` claim; else 60 s.
     ``now`` is on the cache's clock; ``wall_now`` (Unix time) converts a JWT ``exp``.
     """
-    try:
-        doc = json.loads(body)
-    except ValueError as err:
-        raise AuthError(f"the token response is not JSON: {err.msg}") from None
+    doc = load_json(body, "token response", error=AuthError)
     if not isinstance(doc, dict):
         raise AuthError("the token response is not a JSON object")
     value = doc.get("token") or doc.get("access_token")
     if not isinstance(value, str) or not value:
         raise AuthError("the token response has no token or access_token")
+    if not _B64TOKEN.fullmatch(value):
+        raise AuthError("the token in the token response has characters a Bearer token cannot hold")
     lifetime = _lifetime(doc.get("expires_in"), value, wall_now if wall_now is not None else time.time())
     return Token(value, now + lifetime)
 
 
 def _lifetime(expires_in: object, token: str, wall_now: float) -> float:
     if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) and expires_in > 0:
-        return float(expires_in)
+        return min(_finite(expires_in), _MAX_LIFETIME)
     exp = jwt_expiry(token)
     if exp is not None:
-        return max(exp - wall_now, 0.0)
+        return min(max(exp - wall_now, 0.0), _MAX_LIFETIME)
     return DEFAULT_TOKEN_LIFETIME
 
 
@@ -167,29 +170,47 @@ def jwt_expiry(token: str) -> float | None:
         return None
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):
+        claims = load_json(base64.urlsafe_b64decode(payload), "token claims", error=AuthError)
+    except (binascii.Error, ValueError, AuthError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+    return _finite(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+
+
+#: A token is renewed at least daily, whatever it claims (and 1e400 is not a lifetime).
+_MAX_LIFETIME = 86400.0
+
+
+def _finite(value: float) -> float:
+    number = float(min(value, 1e300))  # an int of 400 digits does not fit a float
+    return number if math.isfinite(number) else 1e300
 
 
 def token_url(challenge: Challenge, scope: str) -> URL:
     """The token request URL: the realm with ``service`` and ``scope`` added to its query."""
-    realm = URL(challenge.realm)
-    if realm.scheme not in ("http", "https") or not realm.host:
-        raise AuthError(f"the registry's Bearer challenge has an unusable realm {challenge.realm!r}")
-    query = dict(realm.query)
-    if challenge.params.get("service"):
-        query["service"] = challenge.params["service"]
-    query["scope"] = scope
-    return realm.with_query(query)
+    unusable = AuthError(f"the registry's Bearer challenge has an unusable realm {clip(repr(challenge.realm))}")
+    if not challenge.realm.isprintable():  # CR/LF or other controls: never into a request line
+        raise unusable
+    try:
+        realm = URL(challenge.realm)
+        if realm.scheme not in ("http", "https") or not realm.host:
+            raise unusable
+        query = dict(realm.query)
+        if challenge.params.get("service"):
+            query["service"] = challenge.params["service"]
+        query["scope"] = scope
+        return realm.with_query(query)
+    except ValueError:
+        raise unusable from None
 
 
 def realm_for_message(challenge: Challenge) -> str:
     """The realm without userinfo or query, safe to print."""
-    realm = URL(challenge.realm)
-    return str(realm.with_user(None).with_query(None)) if realm.host else challenge.realm
+    try:
+        realm = URL(challenge.realm)
+        return clip(str(realm.with_user(None).with_query(None)) if realm.host else challenge.realm)
+    except ValueError:
+        return clip(repr(challenge.realm))
 
 
 def auth_failure(
@@ -197,7 +218,7 @@ def auth_failure(
 ) -> GuestpullError:
     """The AuthError for a request the registry still refuses after authenticating."""
     how = "with the credentials from the auth file" if had_credentials else "anonymously"
-    realm = f" (realm {challenge.realm!r}, {challenge.scheme})" if challenge and challenge.realm else ""
+    realm = f" (realm {clip(repr(challenge.realm))}, {clip(challenge.scheme)})" if challenge and challenge.realm else ""
     hint = None if had_credentials else "add credentials for this registry to the auth file"
     verb = "denied access to" if status == 403 else "refused"
     return AuthError(

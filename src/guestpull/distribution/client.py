@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import aiohttp
 from yarl import URL
 
 from guestpull.distribution import auth
-from guestpull.distribution.transport import Transport, safe_url
+from guestpull.distribution.transport import Transport, deadline, read_body, safe_url
 from guestpull.image import oci
 from guestpull.errors import (
     AuthError,
@@ -30,18 +29,15 @@ from guestpull.errors import (
     NetworkError,
     NotFoundError,
     UnsupportedError,
+    clip,
 )
 
 log = logging.getLogger(__name__)
 
-MEDIA_TYPES_SCHEMA1 = (
-    "application/vnd.docker.distribution.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
-)
 # The order of coco-behaviour.md §7.2.
 MANIFEST_ACCEPT = ", ".join(oci.MANIFEST_ACCEPT)
 
-MAX_MANIFEST_SIZE = 4 << 20
+MAX_MANIFEST_SIZE = oci.MAX_MANIFEST_SIZE
 BLOB_CHUNK = 1 << 20
 _HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 
@@ -79,6 +75,8 @@ class FetchedManifest:
     digest: str
     media_type: str
     data: bytes
+    #: ``data`` parsed (strictly) once: the manifest or index it is.
+    document: oci.ImageManifest | oci.ImageIndex | None = None
 
     @property
     def is_index(self) -> bool:
@@ -145,7 +143,8 @@ class RegistryClient:
             if self._pinged:
                 return
             url = self.base / "v2" / ""
-            async with self.transport.request(url) as response:
+            async with deadline(self.transport.settings.document_timeout, f"registry check GET {safe_url(url)}"), \
+                    self.transport.request(url) as response:
                 if response.status == 401:
                     challenges = auth.parse_challenges(response.headers.get("WWW-Authenticate", ""))
                     self._challenge = auth.pick_challenge(challenges)
@@ -180,25 +179,37 @@ class RegistryClient:
                 raise _status_error(response.status, f"registry check GET {safe_url(url)}")
 
     async def get_manifest(
-        self, repository: str, ref: str, *, expected_digest: str | None = None
+        self,
+        repository: str,
+        ref: str,
+        *,
+        expected_digest: str | None = None,
+        expected_media_type: str = "",
     ) -> FetchedManifest:
-        """Fetch a manifest or index by tag or digest and verify it (at most 4 MiB)."""
+        """Fetch a manifest or index by tag or digest and verify it (at most 4 MiB).
+
+        ``expected_media_type``: what the descriptor pointing here says (an index entry's);
+        the document, its Content-Type and that must agree (oci.document_media_type).
+        """
         url = self._url(repository, "manifests", ref)
         what = f"manifest {self.registry}/{repository}:{ref}" if ":" not in ref else (
             f"manifest {self.registry}/{repository}@{ref}"
         )
         headers = {"Accept": MANIFEST_ACCEPT}
-        data, response_headers = await self._with_auth(
-            repository, url, headers, what, lambda r: _read_manifest(r, what)
-        )
+        async with deadline(self.transport.settings.document_timeout, what):
+            data, response_headers = await self._with_auth(
+                repository, url, headers, what, lambda r: _read_manifest(r, what)
+            )
         header_digest = response_headers.get("Docker-Content-Digest", "").strip()
         if header_digest:
             check_digest(data, header_digest, f"{what} (against Docker-Content-Digest)")
         if expected_digest:
             check_digest(data, expected_digest, what)
-        media_type = _manifest_media_type(data, response_headers.get("Content-Type", ""), what)
+        document = oci.parse_manifest_document(
+            data, response_headers.get("Content-Type", ""), what, expected_media_type=expected_media_type
+        )
         digest = header_digest or expected_digest or digest_of(data)
-        return FetchedManifest(digest=digest, media_type=media_type, data=data)
+        return FetchedManifest(digest=digest, media_type=document.media_type, data=data, document=document)
 
     async def fetch_blob(
         self, repository: str, blob: BlobRef, open_sink: Callable[[], BlobSink]
@@ -212,6 +223,14 @@ class RegistryClient:
         """
         new_hasher(blob.digest)  # refuse an unusable digest before any I/O
         what = f"blob {blob.digest} of {self.registry}/{repository}"
+        # A floor on the transfer rate: a registry dripping one byte at a time cannot hold
+        # the pull for longer than this blob deserves.
+        async with deadline(self.transport.settings.blob_deadline(blob.size), what):
+            return await self._fetch_blob_anywhere(repository, blob, open_sink, what)
+
+    async def _fetch_blob_anywhere(
+        self, repository: str, blob: BlobRef, open_sink: Callable[[], BlobSink], what: str
+    ) -> Any:
         try:
             return await self._fetch_from_registry(repository, blob, open_sink, what)
         except (NotFoundError, HTTPStatusError, NetworkError) as err:
@@ -361,7 +380,8 @@ class RegistryClient:
             )
         try:
             # The realm is another origin: the Basic credentials go to it explicitly.
-            async with self.transport.request(url, authorization=basic) as response:
+            async with deadline(self.transport.settings.document_timeout, f"token request to realm {realm}"), \
+                    self.transport.request(url, authorization=basic) as response:
                 if response.status != 200:
                     how = "with the credentials from the auth file" if basic else "anonymously"
                     raise AuthError(
@@ -369,7 +389,7 @@ class RegistryClient:
                         f"HTTP {response.status}",
                         hint=None if basic else "add credentials for this registry to the auth file",
                     )
-                body = await response.content.read(auth.MAX_TOKEN_RESPONSE + 1)
+                body = await read_body(response, auth.MAX_TOKEN_RESPONSE, f"token response from realm {realm}")
         except NetworkError as err:
             raise NetworkError(f"token request to realm {realm} failed: {err.message}") from None
         if len(body) > auth.MAX_TOKEN_RESPONSE:
@@ -394,40 +414,10 @@ async def _read_manifest(response: aiohttp.ClientResponse, what: str) -> bytes:
     length = response.content_length
     if length is not None and length > MAX_MANIFEST_SIZE:
         raise UnsupportedError(f"{what} is {length} bytes; manifests are limited to 4 MiB")
-    try:
-        data = await response.content.read(MAX_MANIFEST_SIZE + 1)
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as err:
-        raise NetworkError(f"{what}: the connection broke while reading: {err}") from None
+    data = await read_body(response, MAX_MANIFEST_SIZE, what)
     if len(data) > MAX_MANIFEST_SIZE:
         raise UnsupportedError(f"{what} is larger than 4 MiB; manifests are limited to 4 MiB")
-    if length is not None and len(data) != length:
-        raise NetworkError(f"{what}: got {len(data)} of {length} bytes")
     return data
-
-
-def _manifest_media_type(data: bytes, content_type: str, what: str) -> str:
-    """The manifest's media type (body first, then Content-Type); refuse schema 1 and others."""
-    try:
-        doc = json.loads(data)
-    except ValueError as err:
-        raise UnsupportedError(f"{what} is not JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise UnsupportedError(f"{what} is not a JSON object")
-    header_type = content_type.split(";", 1)[0].strip()
-    media_type = doc.get("mediaType") or header_type
-    if doc.get("schemaVersion") == 1 or media_type in MEDIA_TYPES_SCHEMA1:
-        raise UnsupportedError(
-            f"{what} is a Docker schema 1 manifest, which is deprecated and not supported",
-            hint="push the image again with a current client (it converts to schema 2 / OCI)",
-        )
-    if doc.get("schemaVersion") != 2:
-        raise UnsupportedError(f"{what} has schemaVersion {doc.get('schemaVersion')!r}, expected 2")
-    if media_type not in oci.IMAGE_MANIFEST_TYPES | oci.INDEX_TYPES:
-        if not media_type:
-            # OCI allows mediaType to be absent: "manifests" means an index.
-            return oci.OCI_INDEX if "manifests" in doc else oci.OCI_MANIFEST
-        raise UnsupportedError(f"{what} has unsupported media type {media_type!r}")
-    return media_type
 
 
 async def _stream_into(

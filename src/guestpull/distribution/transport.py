@@ -2,15 +2,19 @@
 
 Everything about *how* bytes move lives here; *what* is asked for lives in client.py.
 
-- Timeouts bound connecting and each read, never the whole request (a large layer may take
-  longer than any fixed total).
+- Timeouts bound connecting, each read (a stall), and the response-header phase (status line,
+  headers and any number of ``1xx`` responses); whole documents and whole blobs get their own
+  deadlines in client.py (a blob's grows with its size, see :meth:`TransportSettings.blob_deadline`).
 - Connection errors, 5xx and 429 are retried with exponential backoff (``Retry-After`` is
   honoured, within a cap); the number of tries is bounded.
 - Redirects are followed here, hop by hop, so that each hop gets its own proxy decision and
   TLS context, an ``Authorization`` header only on the origin it was meant for, and no
   HTTPS → HTTP downgrade.
 - aiohttp failures become :mod:`guestpull.errors` classes with messages that name the cause
-  (an unknown CA, a plain-HTTP server on an HTTPS candidate, ...).
+  (an unknown CA, a plain-HTTP server on an HTTPS candidate, a malformed response, ...) and the
+  hop that failed; nothing from aiohttp or yarl leaves this module (httpx's rule).
+- Bodies read whole (:func:`read_body`) are read to EOF under a cap: ``content.read(n)``
+  returns what happens to be buffered, not ``n`` bytes.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import aiohttp
 from yarl import URL
 
 from guestpull import __version__, tls
-from guestpull.errors import GuestpullError, NetworkError, TLSError
+from guestpull.errors import GuestpullError, NetworkError, PullTimeoutError, TLSError, clip
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +59,66 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class TransportSettings:
+    """Every time bound of the network path; docs/threat-model.md explains each value."""
+
     connect_timeout: float = 30.0
+    #: A stall: no byte at all for this long.
     read_timeout: float = 120.0
+    #: Status line and headers of one hop, ``1xx`` responses included (aiohttp skips any
+    #: number of them, so an endless ``100 Continue`` stream would otherwise never end).
+    response_timeout: float = 30.0
+    #: A whole small document (ping, manifest, index, token), retries and redirects included.
+    document_timeout: float = 60.0
+    #: A blob's deadline is ``blob_grace + size / min_rate``: a slow drip cannot hold a pull.
+    min_rate: float = 32 * 1024
+    blob_grace: float = 30.0
     connection_limit: int = 16
     max_redirects: int = 10
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     user_agent: str = f"guestpull/{__version__}"
+
+    def blob_deadline(self, size: int) -> float:
+        """Seconds a blob of ``size`` bytes may take, retries included."""
+        return self.blob_grace + size / self.min_rate
+
+
+@contextlib.asynccontextmanager
+async def deadline(seconds: float, what: str) -> AsyncIterator[None]:
+    """Bound the whole block; PullTimeoutError naming ``what`` when it runs out."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise PullTimeoutError(f"{what}: not done within {seconds:g} s") from None
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The whole body, read to EOF under a cap; NetworkError if the connection breaks or lies.
+
+    Returns at most ``limit + 1`` bytes, so the caller can tell "too large" from "exactly
+    the limit".  A body shorter than its ``Content-Length`` is a NetworkError.
+    """
+    try:
+        data = await read_at_most(response.content, limit + 1)
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise NetworkError(f"{what}: the connection broke while reading: {_error_text(err)}") from None
+    length = response.content_length
+    if length is not None and len(data) <= limit and len(data) != length:
+        raise NetworkError(f"{what}: got {len(data)} of the {length} bytes announced")
+    return data
+
+
+async def read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``stream``: fewer only at EOF."""
+    chunks: list[bytes] = []
+    received = 0
+    while received < limit:
+        chunk = await stream.read(limit - received)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        received += len(chunk)
+    return b"".join(chunks)
 
 
 # --- proxies -------------------------------------------------------------------------------
@@ -216,10 +274,10 @@ class Transport:
             last = attempt == tries
             try:
                 response = await self._follow(url, method, headers or {}, authorization)
-            except (aiohttp.ClientConnectionError, TimeoutError) as err:
-                if last or not _retryable_exception(err):
-                    raise await self.describe(err, url) from None
-                log.debug("retrying %s after %s", _safe(url), type(err).__name__)
+            except _HopFailed as failed:
+                if last or not _retryable_exception(failed.error):
+                    raise await self.describe(failed.error, failed.url, origin=url) from None
+                log.debug("retrying %s after %s", _safe(url), type(failed.error).__name__)
                 await asyncio.sleep(policy.delay(attempt))
                 continue
             if not last and _retryable_status(response.status):
@@ -231,6 +289,9 @@ class Transport:
             try:
                 await self._check_tls_port(response, url)
                 yield response
+            except (aiohttp.ClientError, TimeoutError) as err:
+                # A body read by the caller broke in a way it did not handle itself.
+                raise await self.describe(err, response.url, origin=url) from None
             finally:
                 response.release()
             return
@@ -244,28 +305,30 @@ class Transport:
             send = dict(headers)
             if authorization and hop.origin() == origin:
                 send["Authorization"] = authorization
-            response = await self.session.request(
-                method,
-                hop,
-                headers=send,
-                allow_redirects=False,
-                proxy=self.proxies.proxy_for(hop),
-                ssl=self._ssl_for(hop),
-            )
+            response = await self._send(method, hop, send)
             location = response.headers.get("Location")
             if response.status not in _REDIRECTS or not location:
                 return response
             response.release()
-            target = hop.join(URL(location, encoded=True))
-            if hop.scheme == "https" and target.scheme != "https":
-                raise TLSError(
-                    f"refused a redirect from {_safe(hop)} to {_safe(target)}: "
-                    "it would leave HTTPS for plain HTTP"
+            hop = _redirect_target(hop, location)
+        raise NetworkError(f"too many redirects (more than {self.settings.max_redirects}) fetching {_safe(url)}")
+
+    async def _send(self, method: str, hop: URL, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        """One hop; its failure is tagged with the hop so the message blames the right server."""
+        try:
+            # Status line and headers, however many 1xx responses come first, in bounded time.
+            async with asyncio.timeout(self.settings.response_timeout):
+                return await self.session.request(
+                    method,
+                    hop,
+                    headers=headers,
+                    allow_redirects=False,
+                    proxy=self.proxies.proxy_for(hop),
+                    ssl=self._ssl_for(hop),
                 )
-            if target.scheme not in ("http", "https"):
-                raise NetworkError(f"refused a redirect to {_safe(target)}: unsupported scheme")
-            hop = target
-        raise NetworkError(f"too many redirects fetching {_safe(url)}")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            # ValueError: aiohttp refuses to send, e.g. a header value holding CR/LF.
+            raise _HopFailed(hop, err) from None
 
     def _ssl_for(self, url: URL) -> ssl.SSLContext | bool:
         if url.scheme != "https":
@@ -275,13 +338,30 @@ class Transport:
     async def _check_tls_port(self, response: aiohttp.ClientResponse, url: URL) -> None:
         if response.url.scheme != "http" or response.status != 400:
             return
-        body = await response.content.read(4096)
+        body = await read_at_most(response.content, 4096)
         if _GO_TLS_PORT_BODY in body.lower():
             raise tls.tls_server_error(authority(response.url))
 
-    async def describe(self, err: BaseException, url: URL) -> GuestpullError:
-        """Turn an aiohttp/OS failure for ``url`` into a GuestpullError naming the cause."""
+    async def describe(self, err: BaseException, url: URL, *, origin: URL | None = None) -> GuestpullError:
+        """Turn an aiohttp/OS failure at ``url`` into a GuestpullError naming the cause.
+
+        ``origin``: the URL first asked for, named too when ``url`` is a redirect target.
+        """
+        described = await self._describe(err, url)
+        if origin is not None and url.origin() != origin.origin():
+            described.message += f" (after a redirect from {_safe(origin)})"
+        return described
+
+    async def _describe(self, err: BaseException, url: URL) -> GuestpullError:
         host = authority(url)
+        if isinstance(err, ValueError) and not isinstance(err, aiohttp.ClientError):
+            return NetworkError(f"cannot send the request to {host}: {clip(err)}")
+        if isinstance(err, aiohttp.ClientResponseError):
+            # aiohttp's parser refused the response: header too long, too many headers, bad
+            # status line (the "status" is aiohttp's 400, not the server's).
+            return NetworkError(f"malformed HTTP response from {host}: {clip(err.message)}")
+        if isinstance(err, aiohttp.ClientPayloadError):
+            return NetworkError(f"malformed HTTP body from {host}: {_error_text(err)}")
         if isinstance(err, aiohttp.ClientConnectorCertificateError):
             cert_error = err.certificate_error
             if isinstance(cert_error, ssl.SSLCertVerificationError):
@@ -314,7 +394,7 @@ class Transport:
             return NetworkError(f"cannot connect to {host}: {_os_reason(err)}")
         if isinstance(err, aiohttp.ClientHttpProxyError):
             return NetworkError(f"the proxy refused the connection to {host}: HTTP {err.status}")
-        return NetworkError(f"connection to {host} failed: {type(err).__name__}: {err}")
+        return NetworkError(f"connection to {host} failed: {_error_text(err)}")
 
     async def _peer_certificate(self, url: URL) -> object | None:
         # Through a proxy we would have to CONNECT again just for a better message: skip it.
@@ -337,7 +417,39 @@ class Transport:
         return await tls.speaks_tls(url.host, url.port or 80, timeout=2.0)
 
 
+class _HopFailed(Exception):
+    """One hop of a request failed; carries the hop URL for the message."""
+
+    def __init__(self, url: URL, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.url = url
+        self.error = error
+
+
+def _redirect_target(hop: URL, location: str) -> URL:
+    """The URL a redirect points at, refused unless it is HTTP(S) and keeps HTTPS."""
+    try:
+        target = hop.join(URL(location, encoded=True))
+        # yarl parses lazily: touch every part aiohttp will use, so a bad port fails here.
+        scheme, host, _ = target.scheme, target.host, target.port
+    except ValueError:
+        raise NetworkError(f"refused a redirect from {_safe(hop)} to an invalid URL {clip(location)!r}") from None
+    if scheme not in ("http", "https") or not host:
+        raise NetworkError(
+            f"refused a redirect from {_safe(hop)} to {clip(location)!r}: only http(s) URLs with a host"
+        )
+    if hop.scheme == "https" and scheme != "https":
+        raise TLSError(
+            f"refused a redirect from {_safe(hop)} to {_safe(target)}: "
+            "it would leave HTTPS for plain HTTP"
+        )
+    return target
+
+
 def _retryable_exception(err: BaseException) -> bool:
+    # A response aiohttp could not parse is the server's doing, not the weather.
+    if isinstance(err, (aiohttp.ClientResponseError, ValueError)):
+        return False
     # TLS and certificate failures are configuration, not weather: retrying cannot help.
     if isinstance(err, (aiohttp.ClientSSLError, aiohttp.ClientConnectorCertificateError)):
         return False
@@ -354,9 +466,9 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() too, but float("²") fails
         return float(value)
-    with contextlib.suppress(TypeError, ValueError):
+    with contextlib.suppress(TypeError, ValueError, OverflowError):
         when = email.utils.parsedate_to_datetime(value)
         return max(when.timestamp() - time.time(), 0.0)
     return None
@@ -369,7 +481,15 @@ def _os_reason(err: aiohttp.ClientConnectorError) -> str:
 
 def _safe(url: URL) -> str:
     """A URL fit for messages: no userinfo, no query (presigned URLs carry secrets there)."""
-    return str(url.with_user(None).with_query(None).with_fragment(None))
+    try:
+        text = str(url.with_user(None).with_query(None).with_fragment(None))
+    except ValueError:  # a relative or host-less URL (file:///…) has no user to drop
+        text = str(url.with_query(None).with_fragment(None)) if not url.user else "<a URL>"
+    return clip(text)
+
+
+def _error_text(err: BaseException) -> str:
+    return clip(f"{type(err).__name__}: {err}")
 
 
 safe_url = _safe

@@ -92,7 +92,7 @@ class BundleBuilder:
     def __init__(
         self,
         store: Store,
-        config_bytes: bytes,
+        config_bytes: bytes | ImageConfig,
         config_doc: str,
         layers: Sequence[LayerRef],
         bundle_dir: str | os.PathLike[str],
@@ -106,7 +106,9 @@ class BundleBuilder:
         self.runner = runner
         self.bundle = Path(bundle_dir).absolute()
         self.rootfs = self.bundle / BUNDLE_ROOTFS
-        self.config = ImageConfig.parse(config_bytes, doc=config_doc)
+        # A caller that has parsed the config already passes it: parsed once per pull.
+        self.config = (config_bytes if isinstance(config_bytes, ImageConfig)
+                       else ImageConfig.parse(config_bytes, doc=config_doc))
         if self.config.os != "linux":
             raise UnsupportedError(
                 f"image OS is {self.config.os!r}; only linux images can run",

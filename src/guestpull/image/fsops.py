@@ -18,11 +18,12 @@ import contextlib
 import ctypes
 import os
 import resource
-import shutil
 import stat
+from dataclasses import dataclass, field
+from pathlib import Path
 from collections.abc import Sequence
 
-from guestpull.errors import UnpackError
+from guestpull.errors import UnpackError, shown
 
 # --- openat2 ---------------------------------------------------------------------------------
 
@@ -88,25 +89,43 @@ def read_in_root(root: str | os.PathLike[str], path: str, limit: int = 4 << 20) 
 # --- entry names -----------------------------------------------------------------------------
 
 
-def split_entry_name(name: str) -> tuple[str, ...]:
-    """A tar entry name as path components; UnpackError for ``..`` or an absolute name.
+#: Longest entry name or hard-link target accepted, in bytes: Linux's PATH_MAX.  No path a
+#: container can open is longer, and it bounds the depth too (at most 2,048 components,
+#: ``a/a/…``), so the work per entry stays linear and small.
+MAX_PATH_BYTES = 4096
 
-    ``./a//b/`` → ``("a", "b")``; the root itself is ``()``.
+
+def split_entry_name(name: str) -> tuple[str, ...]:
+    """A tar entry name as path components, cleaned as containerd does; the root is ``()``.
+
+    ``./a//b/`` → ``("a", "b")``; a leading ``/`` is relative to the root (``tar -P`` and
+    ``umoci insert … /`` write such names); ``a/../b`` → ``("b",)`` (lexically, like Go's
+    ``filepath.Clean``).  UnpackError for a ``..`` that climbs above the root (containerd
+    clamps it, we refuse it: no honest tool writes one), a NUL byte, or a name longer than
+    :data:`MAX_PATH_BYTES`.
     """
-    if name.startswith("/"):
-        raise UnpackError(f"entry {name!r}: absolute path refused")
+    _check_path_size(name, name)
     if "\0" in name:
-        raise UnpackError(f"entry {name!r}: NUL byte in name")
+        raise UnpackError(f"entry {shown(name)}: NUL byte in name")
     raw = name.split("/")
     # The common case (``a/b/c``, or ``a/b/`` for a directory) needs no filtering.
     if raw[-1] == "":
         raw.pop()
-    parts = tuple(raw) if "" not in raw and "." not in raw else tuple(
-        p for p in raw if p and p != "."
-    )
-    if ".." in parts:
-        raise UnpackError(f"entry {name!r}: '..' component refused")
+    if "" not in raw and "." not in raw and ".." not in raw:
+        return tuple(raw)
+    parts = normalize_inside((), name)
+    if parts is None:
+        raise UnpackError(f"entry {shown(name)}: '..' climbs above the root; refused")
     return parts
+
+
+def _check_path_size(path: str, entry: str) -> None:
+    # A character is at most 4 bytes in UTF-8 (surrogate escapes are 1): encode only when needed.
+    if len(path) * 4 > MAX_PATH_BYTES and len(os.fsencode(path)) > MAX_PATH_BYTES:
+        raise UnpackError(
+            f"entry {shown(entry)}: path of {len(os.fsencode(path))} bytes refused "
+            f"(limit {MAX_PATH_BYTES}, Linux's PATH_MAX)"
+        )
 
 
 def normalize_inside(base: Sequence[str], target: str) -> tuple[str, ...] | None:
@@ -125,6 +144,12 @@ def normalize_inside(base: Sequence[str], target: str) -> tuple[str, ...] | None
         else:
             out.append(part)
     return tuple(out)
+
+
+def link_target(entry: str, target: str) -> tuple[str, ...] | None:
+    """A hard-link target as path components (root-relative, cleaned); None if it escapes."""
+    _check_path_size(target, entry)
+    return normalize_inside((), target)
 
 
 # --- the resolver ----------------------------------------------------------------------------
@@ -155,6 +180,10 @@ def _dir_cache_size() -> int:
         soft = 1 << 20
     return max(64, int(soft * _CACHE_SHARE_OF_FD_LIMIT))
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class ParentNotDirectory(UnpackError):
+    """A parent component of an entry is a file (or device…): nothing can exist below it."""
 
 
 class Tree:
@@ -250,14 +279,18 @@ class Tree:
         try:
             target = os.readlink(parts[-1], dir_fd=parent)
         except OSError:
-            raise UnpackError(f"entry {entry!r}: parent {where!r} is not a directory") from None
+            raise ParentNotDirectory(
+                f"entry {shown(entry)}: parent {shown(where)} is not a directory"
+            ) from None
         if depth >= _MAX_SYMLINKS:
-            raise UnpackError(f"entry {entry!r}: too many levels of symlinks at {where!r}")
+            raise UnpackError(
+                f"entry {shown(entry)}: too many levels of symlinks at {shown(where)}"
+            )
         resolved = None if target.startswith("/") else normalize_inside(parts[:-1], target)
         if resolved is None:
             raise UnpackError(
-                f"entry {entry!r}: parent {where!r} is a symlink to {target!r}, which leads "
-                "outside the root; refusing to write through it"
+                f"entry {shown(entry)}: parent {shown(where)} is a symlink to {shown(target)}, "
+                "which leads outside the root; refusing to write through it"
             )
         return self._walk(resolved, create, entry, depth + 1)
 
@@ -283,7 +316,7 @@ class Tree:
             return
         if stat.S_ISDIR(st.st_mode):
             self.forget()
-            shutil.rmtree(name, dir_fd=dir_fd)
+            remove_at(dir_fd, name)
             return
         os.unlink(name, dir_fd=dir_fd)
         if stat.S_ISLNK(st.st_mode):
@@ -293,3 +326,116 @@ class Tree:
 
 def is_dir(st: os.stat_result | None) -> bool:
     return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+# --- removing trees --------------------------------------------------------------------------
+
+#: Directory fds :func:`remove_at` keeps open on its way down; deeper levels are re-reached
+#: through ``..`` (checked by device and inode), so any depth needs a fixed number of fds.
+_REMOVE_OPEN_LEVELS = 64
+
+
+@dataclass
+class _Level:
+    """One directory on the way down: its name in the parent and what is left to remove."""
+
+    name: str
+    key: tuple[int, int]  # (st_dev, st_ino), to check a re-opened ``..``
+    fd: int  # -1 once closed to bound the open fds
+    subdirs: list[str] = field(default_factory=list)
+
+
+def remove_at(dir_fd: int, name: str) -> None:
+    """Remove ``name`` under ``dir_fd`` (a whole tree if it is a directory).
+
+    Iterative and fd-based: never follows a symlink, never recurses, so no directory depth a
+    layer can build (``shutil.rmtree`` raises RecursionError at ~1,000 levels) stops it.
+    Missing is fine; other OSErrors propagate.
+    """
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    stack = [_open_level(dir_fd, name)]
+    try:
+        while stack:
+            level = stack[-1]
+            if level.subdirs:
+                stack.append(_open_level(level.fd, level.subdirs.pop()))
+                if len(stack) > _REMOVE_OPEN_LEVELS:
+                    closing = stack[-_REMOVE_OPEN_LEVELS - 1]
+                    os.close(closing.fd)
+                    closing.fd = -1
+                continue
+            stack.pop()
+            parent_fd = _reopen_parent(level, stack[-1]) if stack else dir_fd
+            os.close(level.fd)
+            level.fd = -1
+            os.rmdir(level.name, dir_fd=parent_fd)
+    finally:
+        for level in stack:
+            if level.fd >= 0:
+                os.close(level.fd)
+
+
+def remove_path(path: str | os.PathLike[str]) -> None:
+    """:func:`remove_at` for a path (its parent is opened normally; the rest fd-based)."""
+    target = Path(path)
+    try:
+        parent = os.open(target.parent, _DIR_FLAGS & ~os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        remove_at(parent, target.name)
+    finally:
+        os.close(parent)
+
+
+def _open_level(parent_fd: int, name: str) -> _Level:
+    """Open directory ``name``, delete its non-directories, and list its subdirectories."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        _make_searchable(parent_fd, name)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        st = os.fstat(fd)
+        if not st.st_mode & stat.S_IWUSR and os.geteuid() != 0:
+            os.fchmod(fd, 0o700)  # a read-only directory of the layer: we delete it anyway
+        level = _Level(name, (st.st_dev, st.st_ino), fd)
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    level.subdirs.append(entry.name)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.name, dir_fd=fd)
+        return level
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _make_searchable(parent_fd: int, name: str) -> None:
+    """chmod a directory we may not read (mode 000 from a layer) without following links."""
+    fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    finally:
+        os.close(fd)
+
+
+def _reopen_parent(child: _Level, parent: _Level) -> int:
+    """``parent``'s fd, re-opened through the child's ``..`` if it was closed (and verified)."""
+    if parent.fd >= 0:
+        return parent.fd
+    fd = os.open("..", _DIR_FLAGS, dir_fd=child.fd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != parent.key:
+        os.close(fd)
+        raise OSError(f"directory {parent.name!r} moved while it was being removed")
+    parent.fd = fd
+    return fd

@@ -7,13 +7,13 @@ field, e.g. ``image manifest: layers[2].digest: expected a string``.
 
 from __future__ import annotations
 
-import json
 import platform as _platform
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from guestpull.errors import ConfigError, DigestError, Location, PlatformError, UnsupportedError
+from guestpull.errors import ConfigError, DigestError, Location, PlatformError, UnsupportedError, clip
+from guestpull.strictjson import load_json
 
 # --- media types -----------------------------------------------------------------------------
 
@@ -44,6 +44,22 @@ DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.ta
 MANIFEST_ACCEPT = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
 IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+SCHEMA1_TYPES = frozenset({
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+})
+
+# --- limits (docs/threat-model.md) -------------------------------------------------------------
+
+#: Manifests and indexes: containerd's ``MaxManifestSize`` is 4 * 1048 * 1048 bytes and
+#: containers/image's ``MaxManifestBodySize`` 4 MiB; the registry API itself caps pushes at 4 MiB.
+MAX_MANIFEST_SIZE = 4 << 20
+#: Image configs: containers/image (podman, CRI-O) caps them at 4 MiB (``MaxConfigBodySize``);
+#: we allow twice that.  The config is read whole and parsed, so it must be bounded.
+MAX_CONFIG_SIZE = 8 << 20
+#: No blob of a real image comes near 1 TiB; a larger size is a lie, refused before any space
+#: check or download (2^62 would otherwise read as "no space").
+MAX_BLOB_SIZE = 1 << 40
 
 GZIP_LAYER_TYPES = frozenset({OCI_LAYER_GZIP, OCI_LAYER_ND_GZIP, DOCKER_LAYER_GZIP})
 ZSTD_LAYER_TYPES = frozenset({OCI_LAYER_ZSTD, OCI_LAYER_ND_ZSTD})
@@ -72,9 +88,9 @@ def split_digest(digest: str) -> tuple[str, str]:
     algorithm, sep, hexpart = digest.partition(":")
     expected = _DIGEST_HEX_LEN.get(algorithm)
     if not sep or expected is None:
-        raise DigestError(f"unsupported or malformed digest {digest!r} (want sha256/384/512:<hex>)")
+        raise DigestError(f"unsupported or malformed digest {clip(repr(digest))} (want sha256/384/512:<hex>)")
     if len(hexpart) != expected or not _HEX.match(hexpart):
-        raise DigestError(f"malformed digest {digest!r}: want {expected} lowercase hex characters")
+        raise DigestError(f"malformed digest {clip(repr(digest))}: want {expected} lowercase hex characters")
     return algorithm, hexpart
 
 
@@ -146,11 +162,7 @@ def _fail(doc: str, where: str, message: str) -> ConfigError:
 
 
 def _load_json(data: bytes, doc: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        line = getattr(exc, "lineno", None)
-        raise ConfigError(f"not valid JSON: {exc}", location=Location(file=doc, line=line)) from exc
+    value = load_json(data, doc, error=ConfigError)
     if not isinstance(value, dict):
         raise _fail(doc, "", "expected a JSON object at the top level")
     return value
@@ -217,6 +229,11 @@ class Descriptor:
         size = _get(obj, "size", int, doc, where, required=True)
         if size < 0:
             raise _fail(doc, f"{where}.size", f"size must not be negative, got {size}")
+        if size > MAX_BLOB_SIZE:
+            raise UnsupportedError(
+                f"size {clip(size)} is larger than any blob guestpull accepts (1 TiB)",
+                location=Location(file=doc, field=f"{where}.size"),
+            )
         plat = obj.get("platform")
         platform = None
         if plat is not None:
@@ -243,13 +260,14 @@ def _check_schema(obj: dict[str, Any], doc: str, allowed: frozenset[str]) -> str
     version = obj.get("schemaVersion")
     if version != 2 or isinstance(version, bool):
         raise UnsupportedError(
-            f"unsupported schemaVersion {version!r} (only 2 is supported; Docker schema1 is not)",
+            f"unsupported schemaVersion {clip(repr(version))} (only 2 is supported; Docker schema1 is not)",
             location=Location(file=doc, field="schemaVersion"),
         )
     media_type = _get(obj, "mediaType", str, doc, "", default="")
     if media_type and media_type not in allowed:
         raise UnsupportedError(
-            f"unsupported media type {media_type!r}", location=Location(file=doc, field="mediaType")
+            f"unsupported media type {clip(repr(media_type))}",
+            location=Location(file=doc, field="mediaType"),
         )
     return media_type
 
@@ -263,13 +281,18 @@ class ImageManifest:
 
     @classmethod
     def parse(cls, data: bytes, doc: str = "image manifest") -> ImageManifest:
-        obj = _load_json(data, doc)
-        return cls._from_obj(obj, doc)
+        return cls._from_obj(_parse_as(data, doc, IMAGE_MANIFEST_TYPES, "an image manifest"), doc)
 
     @classmethod
     def _from_obj(cls, obj: dict[str, Any], doc: str) -> ImageManifest:
         media_type = _check_schema(obj, doc, IMAGE_MANIFEST_TYPES)
         config = Descriptor.from_json(obj.get("config"), doc, "config")
+        if config.size > MAX_CONFIG_SIZE:
+            # Refused before the download: the config is read whole into memory.
+            raise UnsupportedError(
+                f"the image config is {config.size} bytes; configs are limited to {MAX_CONFIG_SIZE >> 20} MiB",
+                location=Location(file=doc, field="config.size"),
+            )
         layers = _get(obj, "layers", list, doc, "", required=True)
         return cls(
             media_type=media_type or OCI_MANIFEST,
@@ -287,7 +310,7 @@ class ImageIndex:
 
     @classmethod
     def parse(cls, data: bytes, doc: str = "image index") -> ImageIndex:
-        return cls._from_obj(_load_json(data, doc), doc)
+        return cls._from_obj(_parse_as(data, doc, INDEX_TYPES, "an image index"), doc)
 
     @classmethod
     def _from_obj(cls, obj: dict[str, Any], doc: str) -> ImageIndex:
@@ -303,14 +326,70 @@ class ImageIndex:
 
 
 def parse_manifest_document(
-    data: bytes, content_type: str = "", doc: str = "manifest"
+    data: bytes, content_type: str = "", doc: str = "manifest", *, expected_media_type: str = ""
 ) -> ImageManifest | ImageIndex:
-    """An image manifest or an index, told apart by media type or, failing that, by shape."""
+    """An image manifest or an index; the one place that tells them apart (see document_media_type)."""
     obj = _load_json(data, doc)
-    kind = obj.get("mediaType") or content_type.split(";")[0].strip()
-    if kind in INDEX_TYPES or (kind not in IMAGE_MANIFEST_TYPES and "manifests" in obj):
+    if document_media_type(obj, content_type, doc, expected_media_type) in INDEX_TYPES:
         return ImageIndex._from_obj(obj, doc)
     return ImageManifest._from_obj(obj, doc)
+
+
+def document_media_type(
+    obj: dict[str, Any], content_type: str, doc: str, expected_media_type: str = ""
+) -> str:
+    """The media type of a manifest document, refusing every ambiguity an attacker could use.
+
+    The body's ``mediaType``, the ``Content-Type`` and the descriptor that pointed here
+    (``expected_media_type``, e.g. an index entry's) must agree wherever they are given, and
+    the document's shape must match: an image manifest has no ``manifests``, an index no
+    ``layers`` or ``config`` (containerd's fix for CVE-2021-41190).  Without any declared
+    type the shape decides.  Docker schema 1 is refused with a hint.
+    """
+    body = _get(obj, "mediaType", str, doc, "", default="")
+    header = content_type.split(";", 1)[0].strip().lower()
+    version = obj.get("schemaVersion")
+    if version == 1 or body in SCHEMA1_TYPES or header in SCHEMA1_TYPES:
+        raise UnsupportedError(
+            f"{doc} is a Docker schema 1 manifest (schemaVersion 1), which is deprecated and unsupported",
+            hint="push the image again with a current client (it converts to schema 2 / OCI)",
+        )
+    _check_schema(obj, doc, IMAGE_MANIFEST_TYPES | INDEX_TYPES)
+    is_index_shaped = "manifests" in obj
+    if is_index_shaped and ("layers" in obj or "config" in obj):
+        raise _ambiguous(doc, "it has both 'manifests' (an index) and 'layers'/'config' (a manifest)")
+    known = IMAGE_MANIFEST_TYPES | INDEX_TYPES
+    declared = [(what, value) for what, value in (
+        ("its mediaType", body),
+        ("the Content-Type", header if header in known else ""),
+        ("the descriptor that points at it", expected_media_type if expected_media_type in known else ""),
+    ) if value]
+    if len({value for _, value in declared}) > 1:
+        listing = ", ".join(f"{what} says {clip(value)!r}" for what, value in declared)
+        raise _ambiguous(doc, listing)
+    if declared:
+        media_type = declared[0][1]
+    else:
+        media_type = OCI_INDEX if is_index_shaped else OCI_MANIFEST
+    if (media_type in INDEX_TYPES) != is_index_shaped:
+        shape = "has 'manifests'" if is_index_shaped else "has no 'manifests'"
+        raise _ambiguous(doc, f"it is declared {media_type!r} but {shape}")
+    return media_type
+
+
+def _ambiguous(doc: str, why: str) -> UnsupportedError:
+    return UnsupportedError(
+        f"ambiguous document: {why}; refusing what other readers may see differently",
+        location=Location(file=doc),
+    )
+
+
+def _parse_as(data: bytes, doc: str, kinds: frozenset[str], noun: str) -> dict[str, Any]:
+    obj = _load_json(data, doc)
+    media_type = document_media_type(obj, "", doc)
+    if media_type not in kinds:
+        raise UnsupportedError(f"expected {noun}, got {media_type!r}", location=Location(file=doc))
+    return obj
 
 
 def select_platform(index: ImageIndex, wanted: Platform) -> Descriptor:
@@ -362,6 +441,10 @@ class ImageConfig:
 
     @classmethod
     def parse(cls, data: bytes, doc: str = "image config") -> ImageConfig:
+        if len(data) > MAX_CONFIG_SIZE:
+            raise UnsupportedError(
+                f"{doc} is {len(data)} bytes; image configs are limited to {MAX_CONFIG_SIZE >> 20} MiB"
+            )
         obj = _load_json(data, doc)
         rootfs = _get(obj, "rootfs", dict, doc, "", required=True)
         rootfs_type = _get(rootfs, "type", str, doc, "rootfs", default="")

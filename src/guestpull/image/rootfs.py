@@ -15,12 +15,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from guestpull.errors import NotFoundError, UnpackError, UnsupportedError
+from guestpull.image.fsops import remove_path
 from guestpull.image.store import LayerRef, Store
 from guestpull.image.unpack import LayerStats, Mode, unpack_file
 
@@ -170,7 +170,5 @@ def start_copy_rootfs(rootfs: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
+    """Remove ``path`` whatever it is (a tree of any depth; symlinks are not followed)."""
+    remove_path(path)

@@ -14,6 +14,12 @@ Rules: a blob becomes visible only by ``rename`` after its digest and size match
 becomes visible only when its SQLite row is marked complete after a verified unpack.  A
 killed pull leaves temporaries that :meth:`Store.recover` (run by :func:`open_store`) removes;
 temporaries still locked by a live process are left alone.
+
+Whatever a crash or a hostile layer leaves, recovery never makes the store unusable: trees of
+any depth are removed without recursion (:func:`~guestpull.image.fsops.remove_path`), what
+cannot be removed is logged and skipped, a layer row whose directory vanished is replaced on
+the next pull, and a damaged meta.db is a :class:`~guestpull.errors.StoreError` that names
+``guestpull store check --repair`` (:mod:`guestpull.image.storecheck`).
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
-import shutil
 import sqlite3
 import tempfile
 import time
@@ -34,8 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
-from guestpull.errors import DigestError, NoSpaceError, NotFoundError
+from guestpull.errors import DigestError, NoSpaceError, NotFoundError, StoreError
+from guestpull.image.fsops import remove_path
 from guestpull.image.oci import split_digest
+
+log = logging.getLogger(__name__)
 
 DEFAULT_WORK_DIR = Path("/run/kata-containers/image")
 
@@ -292,7 +301,7 @@ class LayerStore:
             existing = self.get(diff_id)
             if existing is not None:
                 return existing
-            self._drop_incomplete(diff_id)
+            self._drop_stale(diff_id)
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix="tmp.", dir=self.root))
             dir_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -308,27 +317,31 @@ class LayerStore:
                     )
                     layer_id = int(cur.lastrowid or 0)
                 final = self.root / str(layer_id)
+                _discard(final)  # an orphan with our fresh id can only be debris
                 os.rename(tmp, final)
                 with self._store._db() as db:
                     db.execute("UPDATE layers SET complete = 1 WHERE id = ?", (layer_id,))
                 return final
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                _discard(tmp)
                 if layer_id is not None:
-                    shutil.rmtree(self.root / str(layer_id), ignore_errors=True)
+                    _discard(self.root / str(layer_id))
                     with self._store._db() as db:
                         db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
                 raise
             finally:
                 os.close(dir_fd)
 
-    def _drop_incomplete(self, diff_id: str) -> None:
+    def _drop_stale(self, diff_id: str) -> None:
+        """Forget a row that :meth:`get` did not accept (unfinished, or its dir is gone).
+
+        Called under the layer's lock, so no live ``ensure`` owns it; without this a row whose
+        directory went missing would make every later INSERT of the diff_id fail.
+        """
         with self._store._db() as db:
-            row = db.execute(
-                "SELECT id FROM layers WHERE diff_id = ? AND complete = 0", (diff_id,)
-            ).fetchone()
+            row = db.execute("SELECT id FROM layers WHERE diff_id = ?", (diff_id,)).fetchone()
             if row is not None:
-                shutil.rmtree(self.root / str(row[0]), ignore_errors=True)
+                _discard(self.root / str(row[0]))
                 db.execute("DELETE FROM layers WHERE id = ?", (row[0],))
 
     def remove(self, diff_id: str) -> bool:
@@ -338,7 +351,7 @@ class LayerStore:
                 if row is None:
                     return False
                 db.execute("DELETE FROM layers WHERE id = ?", (row[0],))
-            shutil.rmtree(self.root / str(row[0]), ignore_errors=True)
+            _discard(self.root / str(row[0]))
             return True
 
     def diff_ids(self) -> list[str]:
@@ -362,27 +375,40 @@ class Store:
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         """A short-lived connection in one transaction (committed on success)."""
-        conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._db_errors():
+            conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+
+    @contextlib.contextmanager
+    def _db_errors(self) -> Iterator[None]:
+        """A damaged or unreadable meta.db is a typed error that says how to repair it."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"image store metadata {self.db_path} is unusable: {exc}",
+                hint=f"run `guestpull store check --repair --work-dir {self.work_dir}`",
+            ) from exc
 
     def _init(self) -> None:
         for sub in ("content", "ingest", "layers", "locks"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-        finally:
-            conn.close()
+        with self._db_errors():
+            conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+            finally:
+                conn.close()
 
     @contextlib.contextmanager
     def lock(self, key: str, *, shared: bool = False) -> Iterator[None]:
@@ -488,16 +514,26 @@ class Store:
                     removed_layers += 1
             return PruneResult(removed_blobs, removed_layers, freed)
 
-    def recover(self) -> None:
+    def recover(self) -> list[str]:
         """Remove what killed pulls left: ingest temps, unfinished layer dirs and rows.
 
-        Anything a live process still holds (its flock) is left alone.
+        Anything a live process still holds (its flock) is left alone.  Never raises for
+        debris it cannot remove (a later pull does not need it gone): it logs it and returns
+        the list; ``guestpull store check`` reports it too.  A damaged meta.db is a
+        :class:`StoreError`.
         """
-        for tmp in self.content.ingest_dir.iterdir():
-            _remove_if_unlocked(tmp)
-        for entry in self.layers.root.iterdir():
+        left: list[str] = []
+        for tmp in _listdir(self.content.ingest_dir):
+            _remove_if_unlocked(tmp, left)
+        for entry in _listdir(self.layers.root):
             if entry.name.startswith("tmp."):
-                _remove_if_unlocked(entry)
+                _remove_if_unlocked(entry, left)
+        self._recover_rows(left)
+        for message in left:
+            log.warning("store recovery: %s", message)
+        return left
+
+    def _recover_rows(self, left: list[str]) -> None:
         with self._db() as db:
             rows = db.execute("SELECT id, diff_id, complete FROM layers").fetchall()
         known = {str(r[0]) for r in rows}
@@ -508,15 +544,15 @@ class Store:
                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 if _try_flock(lock_fd):
-                    shutil.rmtree(self.layers.root / str(layer_id), ignore_errors=True)
+                    _discard(self.layers.root / str(layer_id), left)
                     with self._db() as db:
                         db.execute("DELETE FROM layers WHERE id = ? AND complete = 0", (layer_id,))
             finally:
                 os.close(lock_fd)
-        for entry in self.layers.root.iterdir():
+        for entry in _listdir(self.layers.root):
             if entry.name.isdigit() and entry.name not in known and not self._layer_row(entry.name):
                 # Re-checked: a live ensure() inserts its row before renaming into place.
-                shutil.rmtree(entry, ignore_errors=True)
+                _discard(entry, left)
 
     def _layer_row(self, layer_id: str) -> bool:
         with self._db() as db:
@@ -542,21 +578,45 @@ def _image_from_row(row: Sequence[object]) -> ImageRecord:
                        float(created))  # type: ignore[arg-type]
 
 
-def _remove_if_unlocked(path: Path) -> None:
+def _remove_if_unlocked(path: Path, left: list[str] | None = None) -> None:
+    """Remove a temporary unless a live process holds its flock."""
+    if is_unlocked(path):
+        _discard(path, left)
+
+
+def is_unlocked(path: Path) -> bool:
+    """True unless a live process holds the flock of the temporary at ``path``.
+
+    A symlink or unreadable debris is nobody's live temporary: True.  (Our own check's lock
+    is released at once; what matters is that no one else held it.)
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return
+        return True
     try:
-        if not _try_flock(fd):
-            return
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        return _try_flock(fd)
     finally:
         os.close(fd)
+
+
+def _discard(path: Path, left: list[str] | None = None) -> None:
+    """Remove ``path`` (any depth, symlinks not followed); failures are noted, not raised."""
+    try:
+        remove_path(path)
+    except OSError as exc:
+        message = f"cannot remove {path}: {exc.strerror or exc}"
+        if left is None:
+            log.warning("%s", message)
+        else:
+            left.append(message)
+
+
+def _listdir(path: Path) -> list[Path]:
+    try:
+        return sorted(path.iterdir())
+    except FileNotFoundError:
+        return []
 
 
 def _human(n: int) -> str:

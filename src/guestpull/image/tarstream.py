@@ -21,26 +21,44 @@ What the parser accepts, and how it reads it:
   (tarfile and archive/tar tolerate a missing end marker), but a zero block followed by a
   non-zero one is refused, as archive/tar does: tarfile would silently drop what follows.
 
+* GNU sparse files — old GNU ``S`` headers (with extension blocks) and the PAX formats 0.0
+  (repeated ``GNU.sparse.offset``/``numbytes``), 0.1 (``GNU.sparse.map``) and 1.0 (the map at
+  the start of the data) — become regular entries of their real size with
+  :attr:`Entry.sparse` set; :meth:`Entry.write_to` seeks over the holes (they stay holes) and
+  :meth:`Entry.chunks` yields the zeros.  The map must be in order, inside the real size, and
+  add up to the stored data.
+
 Refused, with :class:`~guestpull.errors.UnpackError` naming the entry or the offset: bad
-checksums, truncation, malformed numbers (including negative base-256 ones), GNU sparse files,
-sizes above ``max_size``, extended headers above ``max_pax_size`` and two extended headers of
-one kind for the same entry (ambiguous: tarfile and archive/tar disagree on which wins).
+checksums, truncation, malformed numbers (including negative base-256 ones and decimals over
+30 digits), sizes above ``max_size``, extended headers (and a sparse map) above
+``max_pax_size``, more than :data:`MAX_PAX_RECORDS` records in one header, global headers
+holding more than :data:`MAX_GLOBAL_RECORDS` records or :data:`MAX_GLOBAL_BYTES` in all, and
+two extended headers of one kind for the same entry (ambiguous: tarfile and archive/tar
+disagree on which wins).  Names in messages are cut to 200 characters.
 """
 
 from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from guestpull.errors import UnpackError
+from guestpull.errors import UnpackError, shown
 
 BLOCK = 512
 #: Size of every read from the stream.
 READ_SIZE = 1 << 20
 DEFAULT_MAX_SIZE = 1 << 40
 DEFAULT_MAX_PAX_SIZE = 1 << 20
+#: Records in one PAX header.  Real ones carry a handful (path, times, ids, a few xattrs; an
+#: inode's xattrs fit 64 KiB on ext4); a 1 MiB header of ``6 a=b\n`` records would be 170,000.
+MAX_PAX_RECORDS = 4096
+#: What ``g`` headers may hold in total, across the archive.  They apply to every later entry
+#: (merged per entry), and real archives use one or two keys (``git archive``: ``comment``);
+#: without a bound, 400 distinct 1 MiB global headers held 543 MiB.
+MAX_GLOBAL_RECORDS = 256
+MAX_GLOBAL_BYTES = 64 << 10
 
 REGTYPE = b"0"
 AREGTYPE = b"\0"
@@ -82,7 +100,7 @@ class Entry:
 
     __slots__ = (
         "name", "type", "size", "mode", "uid", "gid", "mtime", "mtime_ns", "linkname",
-        "uname", "gname", "devmajor", "devminor", "xattrs", "offset", "_reader",
+        "uname", "gname", "devmajor", "devminor", "xattrs", "offset", "sparse", "_reader",
     )
 
     name: str
@@ -100,6 +118,9 @@ class Entry:
     devminor: int
     xattrs: dict[str, bytes]
     offset: int  # of the entry's first header (an extended one if any) in the stream
+    #: For a GNU sparse file: its data segments ``(offset, length)`` in the file; ``size`` is
+    #: then the file's full size and the archive holds only the segments.  Else None.
+    sparse: tuple[tuple[int, int], ...] | None
 
     def __repr__(self) -> str:
         return f"<tarstream.Entry {self.name!r} type={self.type!r} size={self.size}>"
@@ -139,7 +160,13 @@ class Entry:
         return self._reader.chunks(self)
 
     def write_to(self, fd: int) -> int:
-        """Write all of the entry's (unread) data to ``fd``; returns the bytes written."""
+        """Write all of the entry's (unread) data to ``fd``; returns the bytes written.
+
+        A sparse file's holes are skipped with ``lseek`` (so they stay holes) and the file is
+        extended to its full size.
+        """
+        if self.sparse is not None:
+            return self._reader.write_sparse_to(self, fd)
         return self._reader.write_to(self, fd)
 
     def read(self) -> bytes:
@@ -256,10 +283,13 @@ class TarReader:
 
     def _check_current(self, entry: Entry) -> None:
         if entry is not self._current:
-            raise ValueError(f"data of entry {entry.name!r} is gone: a later entry was read")
+            raise ValueError(f"data of entry {shown(entry.name)} is gone: a later entry was read")
 
     def chunks(self, entry: Entry) -> Iterator[memoryview]:
         self._check_current(entry)
+        if entry.sparse is not None:
+            yield from self._sparse_chunks(entry)
+            return
         while self._data_left > 0:
             view = self._take(self._data_left)
             if view is None:
@@ -284,6 +314,36 @@ class TarReader:
                 view = view[os.write(fd, view):]
         return total
 
+    def _segment(self, entry: Entry, length: int) -> Iterator[memoryview]:
+        """The next ``length`` stored data bytes of the current (sparse) entry."""
+        while length > 0:
+            view = self._take(length)
+            if view is None:
+                raise self._truncated(entry)
+            length -= len(view)
+            self._data_left -= len(view)
+            yield view
+
+    def _sparse_chunks(self, entry: Entry) -> Iterator[memoryview]:
+        assert entry.sparse is not None
+        position = 0
+        for offset, length in entry.sparse:
+            yield from _zeros(offset - position)
+            yield from self._segment(entry, length)
+            position = offset + length
+        yield from _zeros(entry.size - position)
+
+    def write_sparse_to(self, entry: Entry, fd: int) -> int:
+        self._check_current(entry)
+        assert entry.sparse is not None
+        for offset, length in entry.sparse:
+            os.lseek(fd, offset, os.SEEK_SET)
+            for view in self._segment(entry, length):
+                while view:
+                    view = view[os.write(fd, view):]
+        os.ftruncate(fd, entry.size)
+        return entry.size
+
     def _finish_current(self) -> None:
         entry = self._current
         assert entry is not None
@@ -297,7 +357,7 @@ class TarReader:
 
     def _truncated(self, entry: Entry) -> UnpackError:
         return UnpackError(
-            f"entry {entry.name!r}: archive ends inside the file data "
+            f"entry {shown(entry.name)}: archive ends inside the file data "
             f"({entry.data_size()} bytes from offset {entry.offset})"
         )
 
@@ -325,11 +385,13 @@ class TarReader:
             self._read_extended(header, kind, offset, meta)
         entry = self._parse_header(header, offset)
         entry.offset = first_offset
+        old_sparse = self._old_gnu_sparse(header, offset) if entry.type == GNUTYPE_SPARSE else None
         self._resolve(entry, meta)
         entry._reader = self
         size = 0 if entry.type in _HEADER_ONLY_TYPES else entry.size
-        self._data_left = size
-        self._pad_left = -size % BLOCK
+        stored = self._sparse(entry, meta, old_sparse, size)
+        self._data_left = stored
+        self._pad_left = -stored % BLOCK
         return entry
 
     def _read_extended(self, header: bytes, kind: bytes, offset: int, meta: _Extended) -> None:
@@ -352,6 +414,13 @@ class TarReader:
                 self._globals[key] = value
             else:  # POSIX: an empty global value deletes the keyword
                 self._globals.pop(key, None)
+        total = sum(len(key) + len(value) for key, value in self._globals.items())
+        if len(self._globals) > MAX_GLOBAL_RECORDS or total > MAX_GLOBAL_BYTES:
+            raise self._malformed(
+                offset,
+                f"global PAX headers hold {len(self._globals)} records of {total} bytes "
+                f"(limit {MAX_GLOBAL_RECORDS} records, {MAX_GLOBAL_BYTES} bytes)",
+            )
 
     def _resolve(self, entry: Entry, meta: _Extended | None) -> None:
         """Apply extended headers and the old-format rules; check what the caller limits."""
@@ -368,10 +437,8 @@ class TarReader:
             entry.name = entry.name.rstrip("/") or entry.name[:1]
         if entry.size > self._max_size:
             raise UnpackError(
-                f"entry {entry.name!r}: size {entry.size} refused (limit {self._max_size} bytes)"
+                f"entry {shown(entry.name)}: size {entry.size} refused (limit {self._max_size} bytes)"
             )
-        if entry.type == GNUTYPE_SPARSE:
-            raise UnpackError(f"entry {entry.name!r}: GNU sparse files are not supported")
 
     def _check_end_marker(self, offset: int) -> None:
         """The second end block may be missing, but must not be a header: entries hidden
@@ -470,19 +537,106 @@ class TarReader:
                 entry.uname = _text(value)
             elif key == b"gname":
                 entry.gname = _text(value)
-            elif key.startswith(_SPARSE_PREFIX):
-                name = records.get(b"GNU.sparse.name") or records.get(b"path")
-                shown = _text(name) if name else entry.name
-                raise UnpackError(f"entry {shown!r}: GNU sparse files are not supported")
+            elif key == b"GNU.sparse.name":
+                entry.name = _text(value)  # the real name of a sparse file (path is a stand-in)
+
+    # --- GNU sparse files ------------------------------------------------------------------
+
+    def _old_gnu_sparse(self, header: bytes, offset: int) -> tuple[list[int], int]:
+        """The old GNU ``S`` header's map (flat offset/length list) and real size; reads the
+        extension blocks that follow the header."""
+        numbers: list[int] = []
+        block, start, count, flag = header, 386, 4, 482
+        blocks = 0
+        while True:
+            for i in range(count):
+                field = block[start + 24 * i:start + 24 * i + 24]
+                if not field.strip(b"\0"):
+                    break
+                numbers.append(_number(field[:12], "sparse offset", offset, self._malformed))
+                numbers.append(_number(field[12:], "sparse length", offset, self._malformed))
+            if not block[flag]:
+                break
+            blocks += 1
+            if blocks * BLOCK > self._max_pax_size:
+                raise self._malformed(offset, f"sparse map of over {blocks} blocks refused")
+            extension = self._read_exact(BLOCK)
+            if extension is None:
+                raise self._malformed(offset, "archive ends inside a sparse map")
+            block, start, count, flag = extension, 0, 21, 504
+        return numbers, _number(header[483:495], "sparse real size", offset, self._malformed)
+
+    def _sparse(self, entry: Entry, meta: _Extended | None,
+                old: tuple[list[int], int] | None, stored: int) -> int:
+        """Set ``entry.sparse`` (and its real size) for GNU sparse files; returns the number
+        of data bytes that follow in the archive."""
+        entry.sparse = None
+        if old is not None:
+            numbers, real_size = old
+        else:
+            pax = meta.pax if meta is not None and meta.pax else None
+            if pax is None or not any(key.startswith(_SPARSE_PREFIX) for key in pax):
+                return stored
+            if entry.type not in _REGULAR_TYPES:
+                raise UnpackError(f"entry {shown(entry.name)}: sparse map on a non-file entry")
+            numbers, real_size, stored = self._pax_sparse(entry, pax, stored)
+        entry.type = REGTYPE
+        entry.sparse = _sparse_map(numbers, real_size, stored, self._max_size,
+                                   lambda problem: UnpackError(
+                                       f"entry {shown(entry.name)}: {problem}"))
+        entry.size = real_size
+        return stored
+
+    def _pax_sparse(self, entry: Entry, pax: dict[bytes, bytes],
+                    stored: int) -> tuple[list[int], int, int]:
+        """The PAX sparse formats: 0.0 (offset/numbytes records), 0.1 (``map``), 1.0 (the map
+        at the start of the data).  Returns the map, the real size and the data size."""
+        def number(key: bytes) -> int:
+            return self._pax_int(entry, key, pax.get(key, b""))
+
+        if pax.get(b"GNU.sparse.major") == b"1" and pax.get(b"GNU.sparse.minor") == b"0":
+            real_size = number(b"GNU.sparse.realsize")
+            numbers, used = self._sparse_map_in_data(entry, stored)
+            return numbers, real_size, stored - used
+        real_size = number(b"GNU.sparse.size")
+        if b"GNU.sparse.map" in pax:  # 0.1
+            text = pax[b"GNU.sparse.map"]
+        elif b"GNU.sparse.offset" in pax:  # 0.0: the records repeat, in order
+            offsets = pax[b"GNU.sparse.offset"].split(b",")
+            lengths = pax.get(b"GNU.sparse.numbytes", b"").split(b",")
+            if len(offsets) != len(lengths):
+                raise UnpackError(f"entry {shown(entry.name)}: sparse offsets and lengths differ")
+            text = b",".join(b"%s,%s" % pair for pair in zip(offsets, lengths, strict=True))
+        else:
+            raise UnpackError(f"entry {shown(entry.name)}: GNU sparse header without a map")
+        return _numbers(text.split(b",") if text else [], entry), real_size, stored
+
+    def _sparse_map_in_data(self, entry: Entry, stored: int) -> tuple[list[int], int]:
+        """Format 1.0: decimal lines (count, then offset/length pairs) in whole blocks."""
+        text = bytearray()
+        newlines = 0
+        wanted: int | None = None
+        while wanted is None or newlines < wanted:
+            if len(text) + BLOCK > min(stored, self._max_pax_size):
+                raise UnpackError(f"entry {shown(entry.name)}: sparse map too long or truncated")
+            block = self._read_exact(BLOCK)
+            if block is None:
+                raise self._truncated(entry)
+            text += block
+            newlines += block.count(b"\n")
+            if wanted is None and newlines:
+                wanted = 1 + 2 * _numbers([bytes(text[:text.index(b"\n")])], entry)[0]
+        lines = bytes(text).split(b"\n", wanted)
+        return _numbers(lines[1:wanted], entry), len(text)
 
     def _pax_int(self, entry: Entry, key: bytes, value: bytes) -> int:
-        if not value.isdigit():
+        if not _is_decimal(value):
             raise self._bad_pax(entry, key, value)
         return int(value)
 
     def _pax_time(self, entry: Entry, value: bytes) -> tuple[int | float, int]:
         whole, dot, fraction = value.partition(b".")
-        if not whole.isdigit() or (dot and fraction and not fraction.isdigit()):
+        if not _is_decimal(whole) or (dot and fraction and not fraction.isdigit()):
             raise self._bad_pax(entry, b"mtime", value)
         seconds = int(whole)
         if not fraction:
@@ -492,17 +646,60 @@ class TarReader:
         return float(value), seconds * _NS + nanos
 
     def _bad_pax(self, entry: Entry, key: bytes, value: bytes) -> UnpackError:
-        shown = value[:40].decode("ascii", "backslashreplace")
-        return UnpackError(f"entry {entry.name!r}: PAX {_text(key)} value {shown!r} is not a "
-                           "non-negative decimal number")
+        text = value[:40].decode("ascii", "backslashreplace")
+        return UnpackError(f"entry {shown(entry.name)}: PAX {shown(_text(key))} value {text!r} "
+                           f"is not a non-negative decimal number (of at most {_MAX_DIGITS} digits)")
 
     def _malformed(self, offset: int, problem: str) -> UnpackError:
         return UnpackError(
-            f"malformed tar at offset {offset}: {problem} (after entry {self._last_name!r})"
+            f"malformed tar at offset {offset}: {problem} (after entry {shown(self._last_name)})"
         )
 
 
 # --- field decoding --------------------------------------------------------------------------
+
+
+def _zeros(count: int) -> Iterator[memoryview]:
+    """``count`` zero bytes (a sparse file's hole) in views of at most one READ_SIZE."""
+    block = memoryview(bytes(min(count, READ_SIZE)))
+    while count > 0:
+        step = min(count, READ_SIZE)
+        yield block[:step]
+        count -= step
+
+
+_MAX_DIGITS = 30  # a decimal field beyond 2**64 by far; int() refuses 4,300 digits anyway
+
+
+def _is_decimal(value: bytes) -> bool:
+    return value.isdigit() and len(value) <= _MAX_DIGITS
+
+
+def _numbers(fields: list[bytes], entry: Entry) -> list[int]:
+    if not all(_is_decimal(field) for field in fields):
+        raise UnpackError(f"entry {shown(entry.name)}: sparse map holds a non-number")
+    return [int(field) for field in fields]
+
+
+def _sparse_map(numbers: list[int], real_size: int, stored: int, max_size: int,
+                fail: Callable[[str], UnpackError]) -> tuple[tuple[int, int], ...]:
+    """Check a sparse map: pairs, in order, not overlapping, inside the real size, and adding
+    up to the data the archive holds."""
+    if len(numbers) % 2:
+        raise fail("sparse map has an odd number of fields")
+    if real_size > max_size:
+        raise fail(f"sparse file size {real_size} refused (limit {max_size} bytes)")
+    segments = tuple(zip(numbers[::2], numbers[1::2], strict=True))
+    position = total = 0
+    for offset, length in segments:
+        if offset < position or offset + length > real_size:
+            raise fail(f"sparse segment ({offset}, {length}) out of order or beyond the "
+                       f"file's size {real_size}")
+        position = offset + length
+        total += length
+    if total != stored:
+        raise fail(f"sparse segments hold {total} bytes but the archive has {stored}")
+    return segments
 
 
 class _Extended:
@@ -569,7 +766,7 @@ def _text(raw: bytes) -> str:
 def _parse_pax(data: bytes, fail: _PaxFail) -> dict[bytes, bytes]:
     """PAX records (``"%d %s=%s\\n"``) by their length prefix; values stay bytes."""
     records: dict[bytes, bytes] = {}
-    pos, end = 0, len(data)
+    pos, end, count = 0, len(data), 0
     while pos < end:
         if data[pos] == 0 and data.count(0, pos) == end - pos:
             break  # NUL padding after the last record
@@ -583,9 +780,18 @@ def _parse_pax(data: bytes, fail: _PaxFail) -> dict[bytes, bytes]:
         equals = data.find(b"=", space + 1, stop)
         if equals <= space + 1:
             raise fail(f"PAX record at byte {pos} has no keyword")
-        records[data[space + 1:equals]] = data[equals + 1:stop - 1]
+        count += 1
+        if count > MAX_PAX_RECORDS:
+            raise fail(f"more than {MAX_PAX_RECORDS} PAX records in one header")
+        key, value = data[space + 1:equals], data[equals + 1:stop - 1]
+        if key in _REPEATED_SPARSE_KEYS and key in records:
+            value = records[key] + b"," + value  # sparse format 0.0 repeats these, in order
+        records[key] = value
         pos = stop
     return records
+
+
+_REPEATED_SPARSE_KEYS = frozenset({b"GNU.sparse.offset", b"GNU.sparse.numbytes"})
 
 
 class _PaxFail(Protocol):

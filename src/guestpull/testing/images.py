@@ -261,6 +261,16 @@ class LayerSpec:
                           media_type=_LAYER_MEDIA_TYPES[self.compression])
 
 
+@dataclass(frozen=True)
+class TarLayerSpec(LayerSpec):
+    """A layer whose tar is given whole (written by GNU tar, or by hand)."""
+
+    tar: bytes = b""
+
+    def tar_bytes(self) -> bytes:
+        return self.tar
+
+
 def compress(data: bytes, compression: Compression) -> bytes:
     """Deterministic compression: gzip header mtime 0 and no name; zstd level 3."""
     if compression == "none":
@@ -308,7 +318,12 @@ class ImageSpec:
         return platform
 
     def build(self) -> BuiltImage:
-        layers = [layer.build() for layer in self.layers]
+        return self.assemble([layer.build() for layer in self.layers])
+
+    def assemble(self, layers: Sequence[BuiltLayer]) -> BuiltImage:
+        """The image of these built layers (hostile tests pass layers ``LayerSpec`` cannot
+        write, or whose ``tar`` differs from what the blob holds: a wrong diff_id)."""
+        layers = list(layers)
         config: dict[str, Any] = {
             "created": CREATED,
             **self.platform,
