@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: the real registry, the reference client and unpacker, a forward proxy,
 # containerd (a benchmark peer), compressors and GnuPG.
-debs=(docker-registry skopeo umoci tinyproxy containerd zstd pigz gpg gpgv openssl apache2-utils time)
+debs=(docker-registry skopeo umoci tinyproxy containerd zstd pigz gpg gpgv openssl apache2-utils time curl)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

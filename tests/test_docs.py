@@ -18,9 +18,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +68,7 @@ _LOOPBACK_PORT = re.compile(r"127\.0\.0\.1:(\d{2,5})\b")
 _SHOWN_DIR = "..."
 #: GUESTPULL_DOCS_KEEP=1 keeps the scratch directories (and logs) for a look after a failure.
 KEEP = os.environ.get("GUESTPULL_DOCS_KEEP") == "1"
+_PORTS_LOCK = threading.Lock()
 
 
 DOCS = [read_doc(path) for path in doc_files()]
@@ -148,9 +152,10 @@ class Session:
 
         def port(match: re.Match[str]) -> str:
             doc_port = match.group(1)
-            if doc_port not in self.ports:
-                self.ports[doc_port] = str(free_port())
-            return f"127.0.0.1:{self.ports[doc_port]}"
+            with _PORTS_LOCK:  # pages after the quick start share its port map, in threads
+                if doc_port not in self.ports:
+                    self.ports[doc_port] = str(free_port())
+                return f"127.0.0.1:{self.ports[doc_port]}"
 
         return _LOOPBACK_PORT.sub(port, text)
 
@@ -175,8 +180,11 @@ class Session:
                 env=self.env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            started = time.monotonic()
             try:
                 code = process.wait(timeout=BLOCK_TIMEOUT)
+                if os.environ.get("GUESTPULL_DOCS_TIMES"):
+                    print(f"{block.where}: {time.monotonic() - started:.2f}s")
             except subprocess.TimeoutExpired:
                 code = None
         if _group_alive(process.pid):
@@ -223,7 +231,7 @@ def _stop_group(pgid: int) -> None:
 # --- checking one page ---------------------------------------------------------------------
 
 
-def check_doc(doc: Doc, session_for: callable) -> list[str]:  # type: ignore[valid-type]
+def check_doc(doc: Doc, session_for: Callable[[], Session]) -> list[str]:
     """Exercise every block of ``doc`` in order; the problems found."""
     problems: list[str] = []
     for block in doc.blocks:
@@ -235,7 +243,7 @@ def check_doc(doc: Doc, session_for: callable) -> list[str]:  # type: ignore[val
     return problems
 
 
-def check_block(block: Block, session_for: callable) -> str | None:  # type: ignore[valid-type]
+def check_block(block: Block, session_for: Callable[[], Session]) -> str | None:
     kind = block.kind
     if kind in ("text", "skip", None):
         return None
@@ -346,8 +354,6 @@ def image_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _scratch(name: str) -> Path:
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-    import tempfile
-
     return Path(tempfile.mkdtemp(prefix=f"guestpull-docs-{name}-", dir=base)) / "work"
 
 
@@ -358,48 +364,14 @@ def _remove(directory: Path) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@dataclass
-class QuickstartRun:
-    session: Session
-    problems: list[str]
-
-
-@pytest.fixture(scope="module")
-def quickstart(image_layout: Path) -> Iterator[QuickstartRun]:
-    """docs/quickstart.md run once; its registries keep running for the other pages."""
-    directory = _scratch("quickstart")
-    directory.mkdir(parents=True)
-    session = Session(directory, image_layout)
-    run = QuickstartRun(session, check_doc(read_doc(QUICKSTART), lambda: session))
-    try:
-        yield run
-    finally:
-        problems = session.close()
-        _remove(directory.parent)
-        assert not problems, "\n".join(problems)
-
-
-_RUNNABLE = [doc for doc in DOCS if any(b.kind not in ("text", "skip") for b in doc.blocks)]
-
-
-@pytest.mark.registry
-@pytest.mark.parametrize("doc", _RUNNABLE, ids=_id)
-def test_doc_examples(doc: Doc, request: pytest.FixtureRequest, image_layout: Path) -> None:
-    if doc.path == QUICKSTART:
-        run: QuickstartRun = request.getfixturevalue("quickstart")
-        assert not run.problems, "\n\n".join(run.problems)
-        return
-    base: Session | None = None
-    if doc.session == AFTER_QUICKSTART:
-        run = request.getfixturevalue("quickstart")
-        assert not run.problems, "the quick start failed, so this page cannot run:\n" + "\n".join(run.problems)
-        base = run.session
+def _run_page(doc: Doc, layout: Path, base: Session | None) -> list[str]:
+    """Exercise one page in a scratch directory of its own; the problems found."""
     sessions: list[Session] = []
 
     def session_for() -> Session:
         if not sessions:
             directory = _scratch(doc.path.stem)
-            session = Session(directory, image_layout)
+            session = Session(directory, layout)
             if base is None:
                 directory.mkdir(parents=True)
             else:
@@ -416,4 +388,42 @@ def test_doc_examples(doc: Doc, request: pytest.FixtureRequest, image_layout: Pa
         for session in sessions:
             problems += session.close()
             _remove(session.directory.parent)
+    return problems
+
+
+_RUNNABLE = [doc for doc in DOCS if any(b.kind not in ("text", "skip") for b in doc.blocks)]
+
+
+@pytest.fixture(scope="module")
+def page_problems(image_layout: Path) -> Iterator[dict[Path, list[str]]]:
+    """Every runnable page exercised: the quick start first (its registries keep running), then
+    the other pages concurrently, each in its own directory (they wait on processes, mostly)."""
+    directory = _scratch("quickstart")
+    directory.mkdir(parents=True)
+    quickstart = Session(directory, image_layout)
+    results: dict[Path, list[str]] = {QUICKSTART: check_doc(read_doc(QUICKSTART), lambda: quickstart)}
+    try:
+        others = [doc for doc in _RUNNABLE if doc.path != QUICKSTART]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {}
+            for doc in others:
+                after = doc.session == AFTER_QUICKSTART
+                if after and results[QUICKSTART]:
+                    results[doc.path] = ["the quick start failed, so this page cannot run:",
+                                         *results[QUICKSTART]]
+                    continue
+                futures[doc.path] = pool.submit(_run_page, doc, image_layout, quickstart if after else None)
+            for path, future in futures.items():
+                results[path] = future.result()
+        yield results
+    finally:
+        problems = quickstart.close()
+        _remove(directory.parent)
+        assert not problems, "\n".join(problems)
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("doc", _RUNNABLE, ids=_id)
+def test_doc_examples(doc: Doc, page_problems: dict[Path, list[str]]) -> None:
+    problems = page_problems[doc.path]
     assert not problems, "\n\n".join(problems)
