@@ -9,6 +9,7 @@ leaves: its files, and its registries still running (its ``run cleanup`` blocks 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib
 import json
@@ -296,6 +297,7 @@ def _check_content(block: Block) -> str | None:
             parse_registries_config(block.text, where)
         elif block.kind == "auth-json":
             AuthFile.parse(block.text.encode(), where)
+            _auth_entries_decode(json.loads(block.text))
         elif block.kind == "json":
             json.loads(block.text)
         elif block.kind == "toml":
@@ -303,6 +305,15 @@ def _check_content(block: Block) -> str | None:
     except Exception as err:  # noqa: BLE001 - any failure is the finding
         return f"{where}: {type(err).__name__}: {err}"
     return None
+
+
+def _auth_entries_decode(doc: dict) -> None:
+    # The parser decodes an entry only when a pull looks it up: check every one here.
+    for key, entry in doc.get("auths", {}).items():
+        if "auth" in entry:
+            user, colon, _ = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+            if not (user and colon):
+                raise AssertionError(f"auths[{key!r}].auth is not base64 of user:password")
 
 
 def _no_unknown_keys(block: Block, raw: dict, model: type) -> None:

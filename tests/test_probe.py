@@ -219,3 +219,28 @@ def test_nothing_to_probe_is_a_usage_error(shm_path: Path) -> None:
     path.write_text('[kbc]\nname = "offline_fs_kbc"\n')
     result = invoke("probe", "--config", str(path))
     assert result.exit_code == 2 and "nothing to probe" in result.stderr
+
+
+# --- proxies --------------------------------------------------------------------------------
+
+
+def test_probe_goes_through_the_configured_proxy(shm_path: Path, https_registry: RegistryProcess,
+                                               ca_chain: CertChain, forward_proxy) -> None:  # type: ignore[no-untyped-def]
+    connect = f"CONNECT {https_registry.host}"
+    before = sum(connect in r for r in forward_proxy.requests())
+    cdh = cdh_toml(https_registry.host, ca_pem=ca_chain.ca_cert_pem)
+    cdh += f'[image.image_pull_proxy]\nhttps_proxy = "{forward_proxy.url}"\n'
+    code, report = _probe(shm_path, cdh, https_registry.host)
+    entry = _only(report, https_registry.host, "https")
+    assert code == 0, report
+    assert entry["tls"]["verified"] and entry["tls"]["anchor_source"] == "(through the proxy: not inspected)"
+    assert sum(connect in r for r in forward_proxy.requests()) > before
+
+
+def test_probe_names_a_dead_proxy(shm_path: Path, https_registry: RegistryProcess, ca_chain: CertChain) -> None:
+    cdh = cdh_toml(https_registry.host, ca_pem=ca_chain.ca_cert_pem)
+    cdh += '[image.image_pull_proxy]\nhttps_proxy = "http://127.0.0.1:9"\n'
+    code, report = _probe(shm_path, cdh, https_registry.host)
+    entry = _only(report, https_registry.host, "https")
+    assert code == 4 and entry["error"]["category"] == "network"
+    assert "proxy" in entry["error"]["message"]
