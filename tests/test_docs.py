@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import importlib
+import inspect
 import json
 import os
 import re
@@ -302,6 +303,8 @@ def _check_content(block: Block) -> str | None:
             json.loads(block.text)
         elif block.kind == "toml":
             tomllib.loads(block.text)
+        elif block.kind == "parse":
+            _parse_with(block)
     except Exception as err:  # noqa: BLE001 - any failure is the finding
         return f"{where}: {type(err).__name__}: {err}"
     return None
@@ -330,6 +333,15 @@ def _check_initdata(block: Block) -> str | None:
         listed = "\n".join(str(f) for f in report.findings)
         return f"{block.where}: expected findings {expected}, the linter found {found}:\n{listed}"
     return None
+
+
+def _parse_with(block: Block) -> None:
+    """``parse MODULE:FUNCTION``: ``FUNCTION(text, where)`` reads the block (bytes when its first
+    parameter is annotated bytes); any exception is the finding."""
+    module_name, _, name = block.words[0].partition(":")
+    parser = getattr(importlib.import_module(module_name), name)
+    first = next(iter(inspect.signature(parser).parameters.values()))
+    parser(block.text.encode() if "bytes" in str(first.annotation) else block.text, block.where)
 
 
 _DEF = re.compile(r"^(?P<indent>\s*)(?:async\s+)?(?P<what>def|class)\s+(?P<name>\w+)")

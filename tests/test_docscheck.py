@@ -167,3 +167,13 @@ def test_api_blocks_name_what_exists() -> None:
 def test_lint_codes_are_found() -> None:
     codes = lint_codes()
     assert {"ca-self-signed", "not-a-trust-anchor", "invalid-certificate", "unknown-key"} <= codes
+
+
+def test_parse_kind_uses_the_named_parser() -> None:
+    good = _block("parse", '{"auths": {}}', "guestpull.authfile:AuthFile.parse")
+    # A dotted attribute is not supported: name a module-level function.
+    assert _check_content(good) is not None
+    ok = _block("parse", '[[registry]]\nlocation = "h:5000"\n', "guestpull.config:parse_registries_config")
+    assert _check_content(ok) is None
+    bad = _block("parse", '[[registry]]\nprefix = ""\n', "guestpull.config:parse_registries_config")
+    assert "ConfigError" in (_check_content(bad) or "")

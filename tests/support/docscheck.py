@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: Every kind a marker may name (docs/CONTRIBUTING-docs.md says what each does).
 KINDS = frozenset({
     "run", "output", "file", "initdata", "cdh-toml", "aa-toml", "registries-conf", "auth-json",
-    "json", "toml", "api", "text", "skip",
+    "json", "toml", "parse", "api", "text", "skip",
 })
 
 _MARKER = re.compile(r"^<!--\s*check:\s*(?P<kind>[\w-]+)(?P<args>.*?)\s*-->\s*$")
