@@ -13,9 +13,10 @@ test: setup
 test-fast: setup
 	@.venv/bin/python -m pytest -m "not registry and not slow and not reliability"
 
-# Every hostile-registry scenario, the slow ones too (default limits); the report goes to docs.
+# Every hostile-registry and hostile-layer scenario, the slow ones too (default limits);
+# the registry report goes to docs/reliability.md.
 reliability: setup
-	@GUESTPULL_RELIABILITY_REPORT=docs/reliability.md .venv/bin/python -m pytest -p no:cacheprovider tests/test_hostile_registry.py
+	@GUESTPULL_RELIABILITY_REPORT=docs/reliability.md .venv/bin/python -m pytest -p no:cacheprovider tests/test_hostile_registry.py tests/image/test_hostile_layers.py
 
 bench: setup
 	@.venv/bin/python -m bench

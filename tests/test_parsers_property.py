@@ -8,17 +8,18 @@ document and flip, insert or delete bytes, so most examples get past the first c
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.fuzz import EXAMPLES, mutated
 
 from guestpull.authfile import AuthFile
 from guestpull.config import parse_aa_config, parse_cdh_config, parse_registries_config
 from guestpull.errors import GuestpullError
 from guestpull.initdata import InitData, decode_annotation, encode_annotation
 from guestpull.reference import parse_reference
-from support.fuzz import EXAMPLES, mutated
 
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -75,10 +76,11 @@ default AllowRequestsFailingPolicy := true
 \'\'\'
 ''').encode()
 
-AUTH_JSON = ('{"auths": {"registry.example:5000": {"auth": "%s"}, '
-             '"docker.io/library": {"auth": "%s"}, "quay.io": {"auth": "bm9jb2xvbg=="}}}'
-             % (base64.b64encode(b"user:pass").decode(), base64.b64encode(b"u:p\n").decode())
-             ).encode()
+AUTH_JSON = json.dumps({"auths": {
+    "registry.example:5000": {"auth": base64.b64encode(b"user:pass").decode()},
+    "docker.io/library": {"auth": base64.b64encode(b"u:p\n").decode()},
+    "quay.io": {"auth": "bm9jb2xvbg=="},
+}}).encode()
 
 
 def only_typed_errors(call: Callable[[], object]) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from support.storecheck import store_problems
+
 from guestpull.cli import main
 from guestpull.errors import EXIT_CODES, Category, StoreError
 from guestpull.image import store as store_module
@@ -163,3 +163,14 @@ def test_cli_store_check_repairs_a_damaged_meta_db(shm_path: Path) -> None:
 def test_cli_store_check_without_a_store_is_not_found(shm_path: Path) -> None:
     result = CliRunner().invoke(main, ["store", "check", "--work-dir", str(shm_path / "none")])
     assert result.exit_code == EXIT_CODES[Category.NOT_FOUND]
+
+
+def test_prune_skips_debris_in_content(store: Store) -> None:
+    stored_image(store)
+    (store.content.root / "not-an-algorithm").write_bytes(b"x")
+    (store.content.root / "sha256" / "a-directory").mkdir()
+    store.remove_image("example/img:1")
+    result = store.prune()  # iterdir() on the file raised NotADirectoryError
+    assert result.blobs_removed == 3
+    assert check_store(store.work_dir, repair=True).unrepaired == []
+    assert check_store(store.work_dir).problems == []

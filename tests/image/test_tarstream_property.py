@@ -16,8 +16,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from support.fuzz import EXAMPLES, mutated
+
 from guestpull.errors import GuestpullError
 from guestpull.image.fsops import remove_path
 from guestpull.image.tarstream import iter_entries

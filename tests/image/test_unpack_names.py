@@ -7,7 +7,8 @@
 * A layer that makes ``dir`` a file and then whites out ``dir/inner`` (umoci repack does):
   the whiteout hides nothing (nothing can be below a file) and is a no-op, as in umoci.
 
-Each case is compared with ``umoci raw unpack`` of the same layout, in both rootfs modes.
+Each case is compared with ``umoci raw unpack`` of the same layout, in both rootfs modes; the
+dir→file case also as real ``umoci repack`` output pushed to a registry and pulled.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
+from support.cli import config_args, image_ref, invoke, pull_args
 
 from guestpull.errors import UnpackError
 from guestpull.image import create_bundle, umount_bundle
+from guestpull.image.fsops import remove_path
 from guestpull.image.store import Store
 from guestpull.image.unpack import apply_layer
 from guestpull.testing.images import (
@@ -33,12 +37,14 @@ from guestpull.testing.images import (
     RawTarInfo,
     TarLayerSpec,
     Whiteout,
+    push,
     write_layout,
 )
 
 from .conftest import add_image
 from .test_umoci_equality import umoci_unpack
 from .treewalk import describe_tree, diff_trees
+
 
 def raw(name: str, kind: bytes = tarfile.REGTYPE, data: bytes | None = None,
         linkname: str = "", mode: int = 0o644) -> RawTarInfo:
@@ -60,7 +66,8 @@ def gnu_tar_absolute(shm_path: Path) -> bytes:
     os.symlink("/etc/conf", src / "etc" / "abs-link")
     done = subprocess.run(["tar", "-P", "--format=gnu", "-cf", "-", str(src)],
                           capture_output=True, check=True)
-    names = [m.name for m in tarfile.open(fileobj=io.BytesIO(done.stdout))]
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        names = archive.getnames()
     assert all(name.startswith("/") for name in names), names  # really absolute
     return done.stdout
 
@@ -131,3 +138,56 @@ def test_whiteout_below_a_file_is_a_no_op_in_copy_mode(shm_path: Path) -> None:
     stats = apply_layer(io.BytesIO(upper), shm_path, mode="copy")
     assert (shm_path / "dir").read_bytes() == b"file"
     assert stats.whiteouts == 2
+
+
+def umoci(*args: str) -> None:
+    done = subprocess.run(["umoci", *args], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.privileged
+@pytest.mark.skipif(os.geteuid() != 0, reason="umoci repack needs root here")
+@pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed")
+@pytest.mark.parametrize("mode", ["copy", "overlay"])
+def test_real_umoci_repack_of_a_dir_made_a_file_pulls_as_umoci_unpacks_it(
+    shm_path: Path, http_registry, repo_name: str, mode: str
+) -> None:
+    layout, bundle = shm_path / "img", shm_path / "work-bundle"
+    umoci("init", "--layout", str(layout))
+    umoci("new", "--image", f"{layout}:t")
+    umoci("unpack", "--image", f"{layout}:t", str(bundle))
+    (bundle / "rootfs" / "dir").mkdir()
+    (bundle / "rootfs" / "dir" / "inner").write_bytes(b"i")
+    umoci("repack", "--image", f"{layout}:t", str(bundle))
+    remove_path(bundle)
+    umoci("unpack", "--image", f"{layout}:t", str(bundle))
+    remove_path(bundle / "rootfs" / "dir")
+    (bundle / "rootfs" / "dir").write_bytes(b"now a file")
+    umoci("repack", "--image", f"{layout}:t", str(bundle))
+    # What umoci wrote: ``dir`` a file, then ``dir/.wh.inner`` below it.
+    blobs = sorted((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_mtime)
+    top_names = []
+    for blob in blobs:
+        try:
+            with tarfile.open(blob, "r:gz") as layer:
+                top_names = layer.getnames()
+        except tarfile.TarError:
+            continue
+        if "dir/.wh.inner" in top_names:
+            break
+    assert top_names[-2:] == ["dir", "dir/.wh.inner"], top_names
+
+    umoci_unpack(layout, "t", shm_path / "umoci")
+    expected = describe_tree(shm_path / "umoci")
+    assert stat.S_ISREG(expected["dir"]["type"]), expected
+    push(layout, "t", image_ref(http_registry, repo_name), tls_verify=False)
+    ours = shm_path / "bundle"
+    config = config_args(shm_path / "cfg", http_registry)
+    result = invoke(*pull_args(image_ref(http_registry, repo_name), config, shm_path / "work",
+                               ours, "--rootfs-mode", mode))
+    try:
+        assert result.exit_code == 0, result
+        assert diff_trees(expected, describe_tree(ours / "rootfs")) == []
+    finally:
+        umount_bundle(ours)

@@ -26,7 +26,7 @@ from guestpull.image import oci
 try:  # isal is 2.6x faster than zlib; it has no s390x wheel, so zlib stays the fallback.
     from isal import igzip as _gzip_impl
 except ImportError:  # pragma: no cover - exercised only where isal is missing
-    _gzip_impl = gzip  # type: ignore[assignment]
+    _gzip_impl = gzip  # type: ignore[assignment,misc]
 
 CHUNK = 1 << 20
 #: Decompressed chunks held ahead of the reader (bounded memory: 4 MiB).

@@ -19,9 +19,9 @@ import ctypes
 import os
 import resource
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 
 from guestpull.errors import UnpackError, shown
 

@@ -257,11 +257,11 @@ class ContentStore:
             os.unlink(self.path(digest))
 
     def digests(self) -> Iterator[str]:
-        if not self.root.is_dir():
-            return
-        for algo_dir in self.root.iterdir():
-            for blob in algo_dir.iterdir():
-                yield f"{algo_dir.name}:{blob.name}"
+        """Names of the stored blobs (debris that is not a file is skipped; see store check)."""
+        for algo_dir in list_dir(self.root):
+            for blob in list_dir(algo_dir):
+                if blob.is_file() and not blob.is_symlink():
+                    yield f"{algo_dir.name}:{blob.name}"
 
 
 # --- layers ----------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ class LayerStore:
     def has(self, diff_id: str) -> bool:
         return self.get(diff_id) is not None
 
-    def ensure(self, diff_id: str, fill: Callable[[Path], None]) -> Path:
+    def ensure(self, diff_id: str, fill: Callable[[Path], object]) -> Path:
         """The layer's directory, calling ``fill(tmpdir)`` to create it if it is missing.
 
         Concurrent callers for one diff_id (threads or processes) serialise on a file lock:
@@ -523,9 +523,9 @@ class Store:
         :class:`StoreError`.
         """
         left: list[str] = []
-        for tmp in _listdir(self.content.ingest_dir):
+        for tmp in list_dir(self.content.ingest_dir):
             _remove_if_unlocked(tmp, left)
-        for entry in _listdir(self.layers.root):
+        for entry in list_dir(self.layers.root):
             if entry.name.startswith("tmp."):
                 _remove_if_unlocked(entry, left)
         self._recover_rows(left)
@@ -549,7 +549,7 @@ class Store:
                         db.execute("DELETE FROM layers WHERE id = ? AND complete = 0", (layer_id,))
             finally:
                 os.close(lock_fd)
-        for entry in _listdir(self.layers.root):
+        for entry in list_dir(self.layers.root):
             if entry.name.isdigit() and entry.name not in known and not self._layer_row(entry.name):
                 # Re-checked: a live ensure() inserts its row before renaming into place.
                 _discard(entry, left)
@@ -612,10 +612,11 @@ def _discard(path: Path, left: list[str] | None = None) -> None:
             left.append(message)
 
 
-def _listdir(path: Path) -> list[Path]:
+def list_dir(path: Path) -> list[Path]:
+    """The entries of directory ``path``; none if it is missing or not a directory."""
     try:
         return sorted(path.iterdir())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 

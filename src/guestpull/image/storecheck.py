@@ -36,7 +36,7 @@ from pathlib import Path
 from guestpull.errors import GuestpullError, NotFoundError, StoreError
 from guestpull.image.fsops import remove_path
 from guestpull.image.oci import split_digest
-from guestpull.image.store import Store, is_unlocked
+from guestpull.image.store import Store, is_unlocked, list_dir
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,12 @@ class _Checker:
 
     def _blobs(self) -> None:
         root = self.store.content.root
-        for algo_dir in _children(root):
+        for algo_dir in list_dir(root):
             if not _is_real_dir(algo_dir):
                 self.found("blob-unexpected", algo_dir, "not a digest algorithm directory",
                            lambda p=algo_dir: remove_path(p))
                 continue
-            for blob in _children(algo_dir):
+            for blob in list_dir(algo_dir):
                 self._blob(algo_dir.name, blob)
 
     def _blob(self, algorithm: str, blob: Path) -> None:
@@ -169,8 +169,8 @@ class _Checker:
     # --- layers --------------------------------------------------------------------------
 
     def _temporaries(self) -> None:
-        candidates = _children(self.store.content.ingest_dir)
-        candidates += [p for p in _children(self.store.layers.root) if p.name.startswith("tmp.")]
+        candidates = list_dir(self.store.content.ingest_dir)
+        candidates += [p for p in list_dir(self.store.layers.root) if p.name.startswith("tmp.")]
         for path in candidates:
             if is_unlocked(path):
                 self.found("temporary", path, "left by a pull that did not finish",
@@ -191,7 +191,7 @@ class _Checker:
             else:
                 self.report.layers += 1
         known = {str(row[0]) for row in rows}
-        for path in _children(layers.root):
+        for path in list_dir(layers.root):
             if path.name.startswith("tmp.") or path.name in known:
                 continue
             self.found("layer-orphan", path, "no layer row names this directory",
@@ -219,13 +219,6 @@ class _Checker:
         except (ValueError, TypeError, KeyError, GuestpullError) as exc:
             return f"unreadable record ({exc})"
         return f"blobs missing or corrupt: {', '.join(absent)}" if absent else ""
-
-
-def _children(path: Path) -> list[Path]:
-    try:
-        return sorted(path.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _is_real_dir(path: Path) -> bool:

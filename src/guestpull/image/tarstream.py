@@ -121,6 +121,7 @@ class Entry:
     #: For a GNU sparse file: its data segments ``(offset, length)`` in the file; ``size`` is
     #: then the file's full size and the archive holds only the segments.  Else None.
     sparse: tuple[tuple[int, int], ...] | None
+    _reader: TarReader
 
     def __repr__(self) -> str:
         return f"<tarstream.Entry {self.name!r} type={self.type!r} size={self.size}>"
@@ -370,7 +371,8 @@ class TarReader:
             offset = self._offset()
             header = self._read_exact(BLOCK)
             if header is None:
-                return self._end_of_stream(offset, meta is not None)
+                self._end_of_stream(offset, meta is not None)
+                return None
             if header == _ZERO_BLOCK:
                 if meta is not None:
                     raise self._malformed(offset, "end of archive right after an extended header")
@@ -453,7 +455,6 @@ class TarReader:
             raise self._malformed(offset, f"archive ends inside a header ({partial} of {BLOCK} bytes)")
         if pending_meta:
             raise self._malformed(offset, "archive ends right after an extended header")
-        return None
 
     def _meta_data(self, header: bytes, kind: bytes, offset: int) -> bytes:
         size = _number(header[124:136], "size", offset, self._malformed)
@@ -705,7 +706,7 @@ def _sparse_map(numbers: list[int], real_size: int, stored: int, max_size: int,
 class _Extended:
     """What the extended headers before one entry said."""
 
-    __slots__ = ("pax", "longname", "longlink")
+    __slots__ = ("longlink", "longname", "pax")
 
     def __init__(self) -> None:
         self.pax: dict[bytes, bytes] | None = None

@@ -41,12 +41,17 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from guestpull.errors import GuestpullError, NoSpaceError, UnpackError, shown
 from guestpull.image.decode import LayerReader
-from guestpull.image.fsops import ParentNotDirectory, Tree, link_target, split_entry_name
-from guestpull.image.tarstream import Entry, iter_entries
+from guestpull.image.fsops import (
+    ParentNotDirectory,
+    Tree,
+    link_target,
+    split_entry_name,
+)
+from guestpull.image.tarstream import Entry, Readable, iter_entries
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,7 @@ class LayerStats:
 
 
 def apply_layer(
-    tar_stream: BinaryIO,
+    tar_stream: Readable,
     layer_dir: str | os.PathLike[str],
     *,
     mode: Mode = "overlay",
@@ -495,17 +500,30 @@ class _PathSet:
     one (about n²/2⁶⁴) could only spare one lower-layer file from a whiteout.
     """
 
-    __slots__ = ("_ids",)
+    __slots__ = ("_ids", "_parent", "_parent_id")
 
     def __init__(self) -> None:
         self._ids: set[int] = set()
+        # Entries come directory by directory: the last parent's id saves re-hashing it.
+        self._parent: tuple[str, ...] = ()
+        self._parent_id = 0
 
     def add(self, parts: tuple[str, ...]) -> None:
+        if not parts:
+            return
+        parent = parts[:-1]
+        if parent != self._parent:
+            self._parent, self._parent_id = parent, self._add_chain(parent)
+        self._ids.add(hash((self._parent_id, parts[-1])))
+
+    def _add_chain(self, parts: tuple[str, ...]) -> int:
+        """Add ``parts`` and its ancestors; returns its id."""
         ids = list(_chain(parts))
         for node in reversed(ids):  # deepest first: stop at the first ancestor already known
             if node in self._ids:
-                return
+                break
             self._ids.add(node)
+        return ids[-1] if ids else 0
 
     def __contains__(self, parts: tuple[str, ...]) -> bool:
         node = 0
