@@ -244,3 +244,46 @@ def test_probe_names_a_dead_proxy(shm_path: Path, https_registry: RegistryProces
     entry = _only(report, https_registry.host, "https")
     assert code == 4 and entry["error"]["category"] == "network"
     assert "proxy" in entry["error"]["message"]
+
+
+# --- what the docs promise about anchors and names --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def intermediate_registry(session_shm: Path) -> Iterator[tuple[RegistryProcess, CertChain]]:
+    """Serves its certificate followed by the intermediate CA that issued it."""
+    chain = make_ca_chain(intermediate=True)
+    with start_registry(session_shm / "probe-intermediate-registry", tls=chain) as registry:
+        yield registry, chain
+
+
+@pytest.mark.parametrize(("listed", "anchor"), [("root", "CN=guestpull test root CA"),
+                                                ("intermediate", "CN=guestpull test intermediate CA")])
+def test_the_anchor_is_the_listed_certificate_nearest_the_server(
+    shm_path: Path, intermediate_registry: tuple[RegistryProcess, CertChain], listed: str, anchor: str
+) -> None:
+    registry, chain = intermediate_registry
+    intermediate_pem = b"-----BEGIN CERTIFICATE-----" + chain.cert_pem.split(b"-----BEGIN CERTIFICATE-----")[2]
+    pem = chain.ca_cert_pem if listed == "root" else intermediate_pem
+    code, report = _probe(shm_path, cdh_toml(registry.host, ca_pem=pem), registry.host)
+    entry = _only(report, registry.host, "https")
+    assert code == 0, report
+    assert entry["tls"]["anchor"].startswith(anchor + ",")
+
+
+@pytest.fixture(scope="module")
+def name_only_registry(session_shm: Path) -> Iterator[tuple[RegistryProcess, CertChain]]:
+    """A certificate for DNS:localhost only, reached at 127.0.0.1."""
+    chain = make_ca_chain(("localhost",))
+    with start_registry(session_shm / "probe-name-only-registry", tls=chain) as registry:
+        yield registry, chain
+
+
+def test_an_ip_address_not_in_the_certificate_is_named(
+    shm_path: Path, name_only_registry: tuple[RegistryProcess, CertChain]
+) -> None:
+    registry, chain = name_only_registry
+    code, report = _probe(shm_path, cdh_toml(registry.host, ca_pem=chain.ca_cert_pem), registry.host)
+    message = _only(report, registry.host, "https")["error"]["message"]
+    assert code == 5
+    assert "does not cover the IP address 127.0.0.1; it covers DNS:localhost" in message
