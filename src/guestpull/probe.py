@@ -18,6 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from yarl import URL
+
 from guestpull import certs, tls
 from guestpull.authfile import AuthFile
 from guestpull.config import ImageConfig, RegistriesConfig, ResourceGetter
@@ -273,11 +277,9 @@ class _Anchors:
         self._extra: dict[bytes, str] = {}
         for index, pem in enumerate(extra_root_certificates):
             for cert in certs.load_pem_certificates(pem, f"image.extra_root_certificates[{index}]"):
-                self._extra[cert.public_bytes(_der())] = f"image.extra_root_certificates[{index}]"
+                self._extra[cert.public_bytes(Encoding.DER)] = f"image.extra_root_certificates[{index}]"
 
     async def report(self, registry: str, transport: Transport) -> TLSReport:
-        from yarl import URL
-
         url = URL(f"https://{registry}/")
         if transport.proxies.proxy_for(url) is not None or url.host is None:
             # Through a proxy the handshake is inside a CONNECT tunnel: verified, anchor unseen.
@@ -285,17 +287,9 @@ class _Anchors:
         chain = await tls.verified_chain(url.host, url.port or 443, transport.trust.context_for(registry))
         if not chain:
             return TLSReport(verified=True)
-        from cryptography import x509
-
         anchor = x509.load_der_x509_certificate(chain[-1])
         return TLSReport(verified=True, anchor=certs.describe(anchor).subject,
                          anchor_source=self._extra.get(chain[-1], "system roots"))
-
-
-def _der() -> Any:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.DER
 
 
 # --- text ----------------------------------------------------------------------------------
