@@ -164,8 +164,12 @@ def probe_targets(
         else:
             targets[key] = target
 
+    # Where the rules came from: inline, or the file registry_configuration_uri names.
+    origin = "image.registry_config.registry"
+    if image_config.registry_config is None and image_config.registry_configuration_uri:
+        origin = f"{image_config.registry_configuration_uri}: registry"
     for index, rule in enumerate(registries.registry if registries else []):
-        where = f"image.registry_config.registry[{index}]"
+        where = f"{origin}[{index}]"
         if rule.blocked:
             add(Target(_host(rule.location or rule.prefix), Scheme.HTTPS, [f"{where} (blocked)"],
                        blocked=f"rule prefix {rule.prefix!r} has blocked = true"))
