@@ -277,7 +277,8 @@ def _check_output(block: Block, actual: str | None) -> str | None:
     else:
         matches = lines_match(block.text, actual)
     if not matches:
-        return f"{block.where}: the output shown differs from the real output:\n{actual}"
+        return (f"{block.where}: the output shown differs from the real output:\n{actual}"
+                f"--- shown in the docs:\n{block.text}")
     return None
 
 
