@@ -23,7 +23,7 @@ from guestpull.errors import GuestpullError
 
 Filesystem = Literal["tmpfs", "ext4"]
 ToolKey = Literal["guestpull-copy", "guestpull-overlay", "guestpull-warm-copy",
-                  "guestpull-warm-overlay", "skopeo-umoci", "ctr"]
+                  "guestpull-warm-overlay", "guestpull-serve", "skopeo-umoci", "ctr"]
 TOOL_KEYS: tuple[str, ...] = get_args(ToolKey)
 COLD_TOOLS: tuple[ToolKey, ...] = ("guestpull-copy", "guestpull-overlay", "skopeo-umoci", "ctr")
 
@@ -100,12 +100,13 @@ def catalogue(*, quick: bool, rss_scaling: bool) -> list[Workload]:
                  ("guestpull-warm-copy", "guestpull-warm-overlay")),
         Workload("burst-single", f"One of the burst images ({sizes.burst_layers} × "
                  f"{_mib(sizes.burst_layer)}) pulled alone: the baseline for the burst "
-                 "throughput.", burst_plans(sizes)[:1], "tmpfs",
-                 ("guestpull-copy", "skopeo-umoci", "ctr")),
+                 "throughput; guestpull serve: the service already running.", burst_plans(sizes)[:1],
+                 "tmpfs", ("guestpull-copy", "guestpull-serve", "skopeo-umoci", "ctr")),
         Workload("burst", f"{BURST_IMAGES} different images ({sizes.burst_layers} × "
                  f"{_mib(sizes.burst_layer)} each) pulled at the same time from one registry; "
-                 "guestpull shares one store, ctr one daemon.", burst_plans(sizes), "tmpfs",
-                 ("guestpull-copy", "skopeo-umoci", "ctr")),
+                 "guestpull shares one store, ctr one daemon; guestpull serve gets every call "
+                 "on one connection.", burst_plans(sizes), "tmpfs",
+                 ("guestpull-copy", "guestpull-serve", "skopeo-umoci", "ctr")),
     ]
     if rss_scaling:
         for size in (sizes.rss_small, sizes.rss_large):
@@ -124,6 +125,10 @@ def make_tool(key: ToolKey, registry: Registry) -> Tool:
         return SkopeoUmociTool(registry)
     if key == "ctr":
         return CtrTool(registry)
+    if key == "guestpull-serve":
+        from bench.servetool import GuestpullServeTool
+
+        return GuestpullServeTool(registry)
     warm = key.startswith("guestpull-warm")
     mode = "overlay" if key.endswith("overlay") else "copy"
     return GuestpullTool(registry, mode=mode, warm=warm)

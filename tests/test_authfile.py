@@ -97,6 +97,10 @@ def test_decoding(decoded: str, user: str, password: str) -> None:
         (b'{"auths": {"r.local": {"identitytoken": "x"}}}', 'string "auth"'),
         (b'{"auths": {"r.local": {"auth": 5}}}', 'string "auth"'),
         (b'{"auths": {"r.local": "x"}}', 'string "auth"'),
+        # Strict JSON (issue 9): two entries for one registry are ambiguous, not "last wins".
+        (b'{"auths": {"r.local": {"auth": "eDp5"}, "r.local": {"auth": "eDp6"}}}', "duplicate key 'r.local'"),
+        ('{"auths": {}}'.encode("utf-16"), "UTF-8"),
+        (b"[" * 100 + b"]" * 100, "nested 100 levels"),
     ],
 )
 def test_parse_errors(data: bytes, fragment: str) -> None:
@@ -104,6 +108,15 @@ def test_parse_errors(data: bytes, fragment: str) -> None:
         AuthFile.parse(data, "auth.json")
     assert fragment in str(info.value)
     assert "auth.json" in str(info.value)
+
+
+def test_strict_json_errors_never_show_a_password() -> None:
+    secret = base64.b64encode(b"user:hunter2-secret").decode()
+    for data in (f'{{"auths": {{"r": {{"auth": "{secret}", "auth": "{secret}"}}}}}}',
+                 f'{{"auths": {{"r": {{"auth": "{secret}"}}}}, }}'):
+        with pytest.raises(ConfigError) as info:
+            AuthFile.parse(data.encode(), "auth.json")
+        assert secret not in str(info.value) and "hunter2" not in str(info.value)
 
 
 def test_other_fields_ignored() -> None:

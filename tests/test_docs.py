@@ -349,21 +349,25 @@ _DEF = re.compile(r"^(?P<indent>\s*)(?:async\s+)?(?P<what>def|class)\s+(?P<name>
 
 
 def _check_api(block: Block) -> str | None:
-    """A signature block: every class and function (and method) it names exists."""
-    module = importlib.import_module(block.words[0])
+    """A signature block: every class and function (and method) it names exists, in one of
+    the modules the marker lists."""
+    modules = [importlib.import_module(name) for name in block.words]
     missing = []
-    owner: object = module
+    owner: object | None = None
     for line in block.text.splitlines():
         found = _DEF.match(line)
         if not found:
             continue
-        top = not found.group("indent")
-        scope = module if top else owner
-        if not hasattr(scope, found.group("name")):
-            missing.append(found.group("name"))
-        elif top and found.group("what") == "class":
-            owner = getattr(module, found.group("name"))
-    return f"{block.where}: {block.words[0]} has no {', '.join(missing)}" if missing else None
+        name = found.group("name")
+        if found.group("indent"):
+            if owner is None or not hasattr(owner, name):
+                missing.append(name)
+            continue
+        defined = [getattr(m, name) for m in modules if hasattr(m, name)]
+        if not defined:
+            missing.append(name)
+        owner = defined[0] if defined and found.group("what") == "class" else None
+    return f"{block.where}: {' / '.join(block.words)} has no {', '.join(missing)}" if missing else None
 
 
 # --- the tests that run the pages -------------------------------------------------------------

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass, field
 
 from guestpull.errors import ConfigError, Location
+from guestpull.strictjson import load_json
 from guestpull.reference import Reference
 
 DOCKER_HUB_AUTH_REGISTRY = "index.docker.io"
@@ -35,14 +35,11 @@ class AuthFile:
     @classmethod
     def parse(cls, data: bytes, source: str) -> AuthFile:
         try:
-            document = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            line = getattr(err, "lineno", None)
-            # JSONDecodeError's text has only the position, never the document.
-            raise ConfigError(
-                f"invalid registry auth file: not valid JSON ({getattr(err, 'msg', err)})",
-                location=Location(file=source, line=line, column=getattr(err, "colno", None)),
-            ) from None
+            # Strict: a duplicate registry key would leave two readers with two passwords.
+            # Parser messages carry positions and keys, never values (the passwords).
+            document = load_json(data, source)
+        except ConfigError as err:
+            raise ConfigError(f"invalid registry auth file: {err.message}", location=err.location) from None
         if not isinstance(document, dict) or not isinstance(document.get("auths"), dict):
             raise ConfigError(
                 'invalid registry auth file: expected an object with an "auths" object',

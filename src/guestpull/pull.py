@@ -53,7 +53,13 @@ from guestpull.errors import (
     UsageError,
 )
 from guestpull.image import oci
-from guestpull.image.bundle import BundleBuilder, BundleResult, RootfsMode, check_bundle_target
+from guestpull.image.bundle import (
+    BundleBuilder,
+    BundleResult,
+    RootfsMode,
+    check_bundle_target,
+    remove_bundle,
+)
 from guestpull.image.store import LayerRef, Store, open_store
 from guestpull.image.worker import UnpackWorkers
 from guestpull.reference import Reference, parse_reference
@@ -206,6 +212,12 @@ class Puller:
     async def get_resource(self, uri: str) -> bytes:
         """A resource URI (path, ``file://``, ``kbs://``) through the configured KBC."""
         return await asyncio.to_thread(self.resolver.get, uri)
+
+    async def remove_bundle(self, bundle: str | os.PathLike[str]) -> None:
+        """Undo a bundle a pull built (the service does, when the call fails after the pull)."""
+        await self.open()
+        assert self._store is not None
+        await asyncio.to_thread(remove_bundle, bundle, self._store)
 
     async def pull(
         self,

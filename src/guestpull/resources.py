@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from guestpull.errors import ConfigError, Location, NotFoundError, UnsupportedError
+from guestpull.strictjson import load_json
 
 OFFLINE_FS_KEYS_FILE = Path("/etc/aa-offline_fs_kbc-keys.json")
 OFFLINE_FS_RESOURCES_FILE = Path("/etc/aa-offline_fs_kbc-resources.json")
@@ -162,11 +162,9 @@ def load_offline_fs(files: list[Path]) -> dict[str, bytes]:
 
 def _parse_offline_fs(raw: bytes, source: str) -> dict[str, bytes]:
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        line = getattr(err, "lineno", None)
-        raise ConfigError(f"offline_fs KBC file is not valid JSON: {err}",
-                          location=Location(file=source, line=line)) from None
+        data = load_json(raw, source)
+    except ConfigError as err:
+        raise ConfigError(f"offline_fs KBC file: {err.message}", location=err.location) from None
     if not isinstance(data, dict):
         raise ConfigError("offline_fs KBC file must be a JSON object of \"repo/type/tag\": base64",
                           location=Location(file=source))

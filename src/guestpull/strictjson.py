@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any
 
-from guestpull.errors import ConfigError, GuestpullError, Location, clip
+from guestpull.errors import ConfigError, GuestpullError, Location, clip, shown
 
 #: Deeper than any real manifest, index, config or token response (they nest < 10 levels),
 #: far below the ~1,000 levels where ``json.loads`` runs out of Python stack.
@@ -90,7 +90,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(obj) != len(pairs):
         seen: set[str] = set()
         duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise _Refused(f"duplicate key {clip(duplicate)!r}: the document is ambiguous")
+        raise _Refused(f"duplicate key {shown(duplicate)}: the document is ambiguous")
     return obj
 
 

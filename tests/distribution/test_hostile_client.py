@@ -18,13 +18,14 @@ from guestpull.errors import (
     ConfigError,
     GuestpullError,
     NetworkError,
+    NotFoundError,
     PullTimeoutError,
     TLSError,
     UnsupportedError,
 )
 from guestpull.image import oci
 from guestpull.testing import TEST_PASSWORD, TEST_USER
-from guestpull.testing.hostile import SCENARIOS, HostileRegistry
+from guestpull.testing.hostile import SCENARIOS, HostileRegistry, sha256
 from guestpull.testing.images import File, ImageSpec, LayerSpec
 
 from .helpers import FAST, Creds, Sinks, client, transport
@@ -127,3 +128,16 @@ async def test_redirect_to_other_port_keeps_credentials_home() -> None:
         await _fetch_all(registry, credentials=Creds(TEST_USER, TEST_PASSWORD))
     assert any(r.port == registry.other_port for r in registry.requests)
     assert registry.credentials_sent_elsewhere() == []
+
+
+async def test_unusable_foreign_urls_are_skipped_not_raised() -> None:
+    """Descriptor ``urls`` come from the manifest: yarl's ValueError must not escape."""
+    image = _image()
+    async with HostileRegistry(image, SCENARIOS["honest"]) as registry:
+        blob = b"not on this registry: the foreign URLs are tried next"
+        digest = sha256(blob)
+        urls = ["http://[::1", "http://a:99999/x", "file:///etc/passwd", f"{registry.url}/v2/app/blobs/x"]
+        async with transport() as t:
+            with pytest.raises(NotFoundError):
+                await client(t, registry.host).fetch_blob("app", BlobRef(digest, len(blob), tuple(urls)), Sinks())
+    assert [r.path for r in registry.requests if r.path.endswith("/blobs/x")]  # the usable one was tried

@@ -3,8 +3,7 @@
 Only GuestpullError subclasses may escape: manifests and indexes (with any Content-Type and
 pointing descriptor), image configs, WWW-Authenticate challenges and the realm URLs built
 from them, token responses, redirect locations, Retry-After, and the strict JSON loader
-under all of them.  The example
-counts (EXAMPLES) are reported in docs/threat-model.md.
+under all of them.  The example counts (EXAMPLES) are reported in docs/threat-model.md.
 """
 
 from __future__ import annotations
@@ -22,9 +21,9 @@ from guestpull.errors import GuestpullError
 from guestpull.image import oci
 from guestpull.strictjson import load_json
 from guestpull.testing.images import File, ImageSpec, LayerSpec, build_index
+from support.fuzz import EXAMPLES, mutated
 
-#: Examples per property (docs/threat-model.md reports these).
-EXAMPLES = 400
+# EXAMPLES (400, or $GUESTPULL_FUZZ_EXAMPLES) per property; docs/threat-model.md reports it.
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _IMAGE = ImageSpec([LayerSpec([File("a", b"a")]), LayerSpec([File("b", b"b")])]).build()
@@ -46,35 +45,25 @@ JSON_VALUES = st.recursive(
 
 
 @st.composite
-def mutated(draw: st.DrawFn, kind: str) -> bytes:
-    """A valid document with one structural or byte-level change."""
-    data = VALID[kind]
-    how = draw(st.sampled_from(["value", "flip", "insert", "delete", "truncate"]))
-    if how == "value":
-        doc = json.loads(data)
-        target: Any = doc
-        while isinstance(target, (dict, list)) and target and draw(st.booleans()):
-            key = draw(st.sampled_from(sorted(target) if isinstance(target, dict) else range(len(target))))
-            if not isinstance(target[key], (dict, list)):
-                break
-            target = target[key]
-        if isinstance(target, dict) and target:
-            target[draw(st.sampled_from(sorted(target)))] = draw(JSON_VALUES)
-        elif isinstance(target, list) and target:
-            target[draw(st.integers(0, len(target) - 1))] = draw(JSON_VALUES)
-        return json.dumps(doc).encode()
-    at = draw(st.integers(0, len(data) - 1))
-    if how == "flip":
-        return data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
-    if how == "insert":
-        return data[:at] + draw(st.binary(min_size=1, max_size=16)) + data[at:]
-    if how == "delete":
-        return data[:at] + data[at + draw(st.integers(1, 16)):]
-    return data[:at]
+def value_replaced(draw: st.DrawFn, kind: str) -> bytes:
+    """A valid document with one value, at a random depth, replaced by random JSON."""
+    doc = json.loads(VALID[kind])
+    target: Any = doc
+    while isinstance(target, (dict, list)) and target and draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(target) if isinstance(target, dict) else range(len(target))))
+        if not isinstance(target[key], (dict, list)):
+            break
+        target = target[key]
+    if isinstance(target, dict) and target:
+        target[draw(st.sampled_from(sorted(target)))] = draw(JSON_VALUES)
+    elif isinstance(target, list) and target:
+        target[draw(st.integers(0, len(target) - 1))] = draw(JSON_VALUES)
+    return json.dumps(doc).encode()
 
 
 def documents(kind: str) -> st.SearchStrategy[bytes]:
-    return st.binary(max_size=300) | mutated(kind)
+    """Random bytes, byte-level damage (support.fuzz), or a JSON value replaced."""
+    return st.binary(max_size=300) | mutated(VALID[kind]) | value_replaced(kind)
 
 
 def only_typed(call: Any, *args: Any, **kwargs: Any) -> None:

@@ -3,14 +3,15 @@ bounded time and memory, leaves nothing in ``layers/`` or ``ingest/``, and the n
 the same work dir works.
 
 The pull runs as ``guestpull pull`` in a subprocess against the fake registry; its peak RSS
-is its own ``VmHWM`` (fresh at exec, unlike ``ru_maxrss``, which counts the forking parent's
-pages) or that of the workers it waited for, whichever is larger.  The slow scenarios are
-marked ``reliability`` (``make reliability``).
+(of it and its workers) is sampled from /proc.  The slow scenarios are marked
+``reliability`` (``make reliability``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.cli import cdh_toml
-from support.storecheck import store_problems
 
+from support.cli import cdh_toml
+from support.processes import tree_rss_kib
+from support.storecheck import store_problems
 from guestpull.image.bundle import umount_bundle
 from guestpull.image.rootfs import is_mountpoint, overlay_supported
 from guestpull.testing import hostiletar
@@ -51,43 +53,28 @@ class Outcome:
         return json.dumps(error) if error else ""
 
 
-#: Runs the CLI and, at exit, writes its peak RSS in KiB to the file named first.
-_MEASURED_CLI = """
-import atexit, resource, sys
-report = sys.argv.pop(1)
-def write_peak():
-    with open("/proc/self/status") as status:
-        own = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    with open(report, "w") as out:
-        out.write(str(max(own, workers)))
-atexit.register(write_peak)
-from guestpull.cli import main
-sys.argv[0] = "guestpull"
-main()
-"""
+def run_measured(argv: list[str], scratch: Path) -> Outcome:
+    """Run ``argv``; its exit code, JSON stdout, wall time and peak RSS of its process tree.
 
-
-def run_measured(args: list[str], scratch: Path) -> Outcome:
-    """Run ``guestpull ARGS``; its exit code, JSON stdout, wall time and peak RSS."""
-    out_path, peak_path = scratch / "stdout.json", scratch / "peak-kib"
-    peak_path.unlink(missing_ok=True)
-    argv = [sys.executable, "-c", _MEASURED_CLI, str(peak_path), *args]
+    The RSS is sampled from /proc every 50 ms (support.processes): ``wait4``'s ``ru_maxrss``
+    starts from the parent's own peak at fork, so in a long pytest session it measured pytest.
+    """
+    out_path = scratch / "stdout.json"
+    peak = 0
     with open(out_path, "wb") as out, open(scratch / "stderr.txt", "wb") as err:
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=err)
-        try:
-            proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_kib(proc.pid))
+            if time.monotonic() - started > TIMEOUT:
+                os.kill(proc.pid, signal.SIGKILL)
+            time.sleep(0.05)
     text = out_path.read_text()
     try:
         output = json.loads(text) if text.strip() else {}
     except ValueError:
         output = {"unparsed": text[-2000:]}
-    peak_kib = int(peak_path.read_text()) if peak_path.exists() else 1 << 30  # killed: fail
-    return Outcome(proc.returncode, output, time.monotonic() - started, peak_kib / 1024)
+    return Outcome(proc.returncode, output, time.monotonic() - started, peak / 1024)
 
 
 @dataclass
@@ -116,9 +103,9 @@ class Pulls:
         cdh.write_text(cdh_toml(self.fake.host, insecure=True))
         scratch = self.root / "scratch"
         scratch.mkdir(exist_ok=True)
-        args = ["pull", reference, "--config", str(cdh), "--work-dir", str(self.work), "--json",
-                "--quiet", *extra]
-        return run_measured(args, scratch)
+        argv = [sys.executable, "-m", "guestpull", "pull", reference, "--config", str(cdh),
+                "--work-dir", str(self.work), "--json", "--quiet", *extra]
+        return run_measured(argv, scratch)
 
     def assert_store_clean_and_usable(self, mode: str) -> None:
         """Nothing left behind, and an honest image pulls next (into the same work dir)."""

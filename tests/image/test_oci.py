@@ -98,3 +98,78 @@ def test_default_platform_is_linux() -> None:
     assert Platform.parse("linux/arm64/v8") == Platform("linux", "arm64", "v8")
     with pytest.raises(ConfigError):
         Platform.parse("linux")
+
+
+# --- issue 9: unambiguous documents and bounded sizes ----------------------------------------
+
+_MANIFEST = {"schemaVersion": 2, "config": {"mediaType": oci.OCI_CONFIG, "digest": D, "size": 2},
+             "layers": [{"mediaType": oci.OCI_LAYER_GZIP, "digest": D, "size": 3}]}
+_INDEX = {"schemaVersion": 2, "manifests": [{"mediaType": oci.OCI_MANIFEST, "digest": D, "size": 4}]}
+
+
+def _doc(base: dict, **changes: object) -> bytes:
+    return json.dumps({**base, **changes}).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "expected", "kind"),
+    [
+        (_doc(_MANIFEST), "", "", oci.OCI_MANIFEST),  # no type anywhere: the shape decides
+        (_doc(_INDEX), "", "", oci.OCI_INDEX),
+        (_doc(_MANIFEST), oci.DOCKER_MANIFEST, "", oci.DOCKER_MANIFEST),  # the header fills in
+        (_doc(_MANIFEST, mediaType=oci.OCI_MANIFEST), "application/json", "", oci.OCI_MANIFEST),
+        (_doc(_MANIFEST, mediaType=oci.OCI_MANIFEST), oci.OCI_MANIFEST + "; charset=utf-8",
+         oci.OCI_MANIFEST, oci.OCI_MANIFEST),
+        (_doc(_INDEX), "", oci.DOCKER_MANIFEST_LIST, oci.DOCKER_MANIFEST_LIST),
+    ],
+)
+def test_media_type_agrees_everywhere(data: bytes, content_type: str, expected: str, kind: str) -> None:
+    doc = oci.parse_manifest_document(data, content_type, expected_media_type=expected)
+    assert doc.media_type == kind
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "expected", "text"),
+    [
+        # CVE-2021-41190: both shapes, no mediaType, the header says index.
+        (_doc(_MANIFEST, manifests=_INDEX["manifests"]), oci.OCI_INDEX, "", "both 'manifests'"),
+        (_doc(_MANIFEST, manifests=[]), "", "", "both 'manifests'"),
+        (_doc(_INDEX, config=_MANIFEST["config"], mediaType=oci.OCI_INDEX), "", "", "both"),
+        (_doc(_MANIFEST, mediaType=oci.OCI_MANIFEST), oci.OCI_INDEX, "", "Content-Type says"),
+        (_doc(_MANIFEST, mediaType=oci.OCI_MANIFEST), oci.DOCKER_MANIFEST, "", "Content-Type says"),
+        (_doc(_MANIFEST), "", oci.DOCKER_MANIFEST_LIST, "declared .* but has no 'manifests'"),
+        (_doc(_MANIFEST), oci.OCI_MANIFEST, oci.DOCKER_MANIFEST, "descriptor that points at it"),
+        (_doc(_MANIFEST, mediaType=oci.OCI_MANIFEST), "", oci.DOCKER_MANIFEST, "descriptor"),
+        (_doc(_MANIFEST, mediaType=oci.OCI_INDEX), "", "", "declared .* but has no 'manifests'"),
+        (_doc(_INDEX), oci.OCI_MANIFEST, "", "declared .* but has 'manifests'"),
+    ],
+)
+def test_ambiguous_documents_are_refused(data: bytes, content_type: str, expected: str, text: str) -> None:
+    with pytest.raises(UnsupportedError, match=text):
+        oci.parse_manifest_document(data, content_type, "m", expected_media_type=expected)
+
+
+def test_manifest_and_index_parsers_refuse_each_other() -> None:
+    with pytest.raises(UnsupportedError, match="expected an image manifest"):
+        ImageManifest.parse(_doc(_INDEX))
+    with pytest.raises(UnsupportedError, match="expected an image index"):
+        ImageIndex.parse(_doc(_MANIFEST))
+
+
+def test_absurd_sizes_are_refused_at_parse_time() -> None:
+    huge_layer = dict(_MANIFEST, layers=[{"digest": D, "size": 2**62}])
+    with pytest.raises(UnsupportedError, match="larger than any blob") as caught:
+        ImageManifest.parse(json.dumps(huge_layer).encode())
+    assert caught.value.location.field == "layers[0].size"
+    huge_config = dict(_MANIFEST, config={"digest": D, "size": oci.MAX_CONFIG_SIZE + 1})
+    with pytest.raises(UnsupportedError, match="configs are limited to 8 MiB"):
+        ImageManifest.parse(json.dumps(huge_config).encode())
+    with pytest.raises(UnsupportedError, match="limited to 8 MiB"):
+        ImageConfig.parse(b" " * (oci.MAX_CONFIG_SIZE + 1))
+
+
+def test_echoed_strings_are_clipped() -> None:
+    with pytest.raises(UnsupportedError) as caught:
+        ImageManifest.parse(_doc(_MANIFEST, mediaType="x" * 65536))
+    assert 200 < len(str(caught.value)) < 500
+    assert "…" in str(caught.value)  # marked as cut

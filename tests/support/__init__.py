@@ -5,6 +5,7 @@
 - :mod:`support.storecheck` — checking a work dir *as left on disk* (without ``open_store``,
   whose recovery would hide what a killed pull left behind).
 - :mod:`support.fuzz` — random and mutated inputs for the property tests.
+- :mod:`support.processes` — the resident memory of a subprocess tree (from /proc).
 
 The tests import them as ``from support.cli import ...``: pytest puts ``tests/`` on
 ``sys.path`` for the top-level test modules (there is no ``tests/__init__.py``).

@@ -111,7 +111,7 @@ def invoke(*args: str) -> CliResult:
     return CliResult(result.exit_code, result.stdout, stderr)
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     # No proxy from the environment: every test talks to 127.0.0.1 directly.
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
 
@@ -119,7 +119,7 @@ def _env() -> dict[str, str]:
 def run(*args: str, timeout: float = 120.0) -> CliResult:
     """``guestpull ARGS`` as a real subprocess, waited for (bounded)."""
     done = subprocess.run(
-        [*GUESTPULL, *args], capture_output=True, text=True, timeout=timeout, env=_env(),
+        [*GUESTPULL, *args], capture_output=True, text=True, timeout=timeout, env=child_env(),
         stdin=subprocess.DEVNULL, check=False,
     )
     return CliResult(done.returncode, done.stdout, done.stderr)
@@ -134,7 +134,7 @@ def spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
     """
     with open(log, "wb") as out, open(f"{log}.err", "wb") as err:
         return subprocess.Popen(
-            [*GUESTPULL, *args], stdout=out, stderr=err, env=_env(), stdin=subprocess.DEVNULL,
+            [*GUESTPULL, *args], stdout=out, stderr=err, env=child_env(), stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
 

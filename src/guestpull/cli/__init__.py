@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "initdata": "guestpull.cli.initdata:initdata_group",
     "probe": "guestpull.cli.probe:probe_command",
     "pull": "guestpull.cli.pull:pull_command",
+    "serve": "guestpull.cli.serve:serve_command",
     "images": "guestpull.cli.store:images_command",
     "rm": "guestpull.cli.store:rm_command",
     "prune": "guestpull.cli.store:prune_command",

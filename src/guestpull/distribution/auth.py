@@ -18,7 +18,7 @@ from typing import Protocol
 
 from yarl import URL
 
-from guestpull.errors import AuthError, GuestpullError, clip
+from guestpull.errors import AuthError, GuestpullError, clip, shown
 from guestpull.strictjson import load_json
 
 # RFC 7235 auth-param: token "=" ( token / quoted-string )
@@ -188,7 +188,7 @@ def _finite(value: float) -> float:
 
 def token_url(challenge: Challenge, scope: str) -> URL:
     """The token request URL: the realm with ``service`` and ``scope`` added to its query."""
-    unusable = AuthError(f"the registry's Bearer challenge has an unusable realm {clip(repr(challenge.realm))}")
+    unusable = AuthError(f"the registry's Bearer challenge has an unusable realm {shown(challenge.realm)}")
     if not challenge.realm.isprintable():  # CR/LF or other controls: never into a request line
         raise unusable
     try:
@@ -210,7 +210,7 @@ def realm_for_message(challenge: Challenge) -> str:
         realm = URL(challenge.realm)
         return clip(str(realm.with_user(None).with_query(None)) if realm.host else challenge.realm)
     except ValueError:
-        return clip(repr(challenge.realm))
+        return shown(challenge.realm)
 
 
 def auth_failure(
@@ -218,7 +218,7 @@ def auth_failure(
 ) -> GuestpullError:
     """The AuthError for a request the registry still refuses after authenticating."""
     how = "with the credentials from the auth file" if had_credentials else "anonymously"
-    realm = f" (realm {clip(repr(challenge.realm))}, {clip(challenge.scheme)})" if challenge and challenge.realm else ""
+    realm = f" (realm {shown(challenge.realm)}, {clip(challenge.scheme)})" if challenge and challenge.realm else ""
     hint = None if had_credentials else "add credentials for this registry to the auth file"
     verb = "denied access to" if status == 403 else "refused"
     return AuthError(

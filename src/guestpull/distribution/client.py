@@ -29,7 +29,7 @@ from guestpull.errors import (
     NetworkError,
     NotFoundError,
     UnsupportedError,
-    clip,
+    shown,
 )
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,18 @@ class RegistryClient:
     def _foreign_urls(self, blob: BlobRef) -> list[URL]:
         # Digest-verified either way; still, an HTTPS candidate does not fetch over plain HTTP.
         allowed = ("https",) if self.scheme == "https" else ("https", "http")
-        return [URL(u) for u in blob.urls if URL(u).scheme in allowed]
+        urls = []
+        for text in blob.urls:
+            try:
+                url = URL(text)
+                usable = url.scheme in allowed and bool(url.host) and url.port is not None
+            except ValueError:  # from the manifest: "http://[::1", a port of 99999, ...
+                usable = False
+            if usable:
+                urls.append(url)
+            else:
+                log.info("ignoring the foreign URL %s of %s", shown(text), blob.digest)
+        return urls
 
     async def _fetch_from_registry(
         self, repository: str, blob: BlobRef, open_sink: Callable[[], BlobSink], what: str

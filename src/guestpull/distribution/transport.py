@@ -33,11 +33,16 @@ import aiohttp
 from yarl import URL
 
 from guestpull import __version__, tls
-from guestpull.errors import GuestpullError, NetworkError, PullTimeoutError, TLSError, clip
+from guestpull.errors import GuestpullError, NetworkError, PullTimeoutError, TLSError, clip, shown
 
 log = logging.getLogger(__name__)
 
 _REDIRECTS = {301, 302, 303, 307, 308}
+#: Response status line and each header: 8 KiB, as nginx's default large_client_header_buffers
+#: and aiohttp's own default (set here so the limit is ours, not an accident of a version).
+MAX_HEADER_LINE = 8190
+#: Response headers per response: a registry sends about a dozen.
+MAX_HEADERS = 128
 # Go's net/http answers a plain request on a TLS port with this 400 body.
 _GO_TLS_PORT_BODY = b"client sent an http request to an https server"
 
@@ -235,6 +240,9 @@ def new_session(settings: TransportSettings) -> aiohttp.ClientSession:
         trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": settings.user_agent},
+        max_line_size=MAX_HEADER_LINE,
+        max_field_size=MAX_HEADER_LINE,
+        max_headers=MAX_HEADERS,
     )
 
 
@@ -359,7 +367,7 @@ class Transport:
         if isinstance(err, aiohttp.ClientResponseError):
             # aiohttp's parser refused the response: header too long, too many headers, bad
             # status line (the "status" is aiohttp's 400, not the server's).
-            return NetworkError(f"malformed HTTP response from {host}: {clip(err.message)}")
+            return NetworkError(f"malformed HTTP response from {host}: {clip(' '.join(str(err.message).split()))}")
         if isinstance(err, aiohttp.ClientPayloadError):
             return NetworkError(f"malformed HTTP body from {host}: {_error_text(err)}")
         if isinstance(err, aiohttp.ClientConnectorCertificateError):
@@ -433,10 +441,10 @@ def _redirect_target(hop: URL, location: str) -> URL:
         # yarl parses lazily: touch every part aiohttp will use, so a bad port fails here.
         scheme, host, _ = target.scheme, target.host, target.port
     except ValueError:
-        raise NetworkError(f"refused a redirect from {_safe(hop)} to an invalid URL {clip(location)!r}") from None
+        raise NetworkError(f"refused a redirect from {_safe(hop)} to an invalid URL {shown(location)}") from None
     if scheme not in ("http", "https") or not host:
         raise NetworkError(
-            f"refused a redirect from {_safe(hop)} to {clip(location)!r}: only http(s) URLs with a host"
+            f"refused a redirect from {_safe(hop)} to {shown(location)}: only http(s) URLs with a host"
         )
     if hop.scheme == "https" and scheme != "https":
         raise TLSError(

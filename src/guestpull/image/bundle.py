@@ -174,6 +174,14 @@ class BundleBuilder:
             self.prepare_layer(layer)
 
 
+def remove_bundle(bundle_dir: str | os.PathLike[str], store: Store) -> None:
+    """Undo a bundle that was built: unmount an overlay rootfs, remove ``rootfs``, the overlay
+    state and ``config.json``; the bundle directory itself stays (its creator owns it)."""
+    bundle = Path(bundle_dir).absolute()
+    _undo_rootfs(store, bundle)
+    remove_tree(bundle / BUNDLE_CONFIG)
+
+
 def umount_bundle(bundle_dir: str | os.PathLike[str], store: Store | None = None) -> bool:
     """Undo an overlay rootfs (unmount, drop upper/work).  False if nothing was mounted."""
     bundle = Path(bundle_dir).absolute()

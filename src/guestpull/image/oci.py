@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from guestpull.errors import ConfigError, DigestError, Location, PlatformError, UnsupportedError, clip
+from guestpull.errors import ConfigError, DigestError, Location, PlatformError, UnsupportedError, clip, shown
 from guestpull.strictjson import load_json
 
 # --- media types -----------------------------------------------------------------------------
@@ -88,9 +88,9 @@ def split_digest(digest: str) -> tuple[str, str]:
     algorithm, sep, hexpart = digest.partition(":")
     expected = _DIGEST_HEX_LEN.get(algorithm)
     if not sep or expected is None:
-        raise DigestError(f"unsupported or malformed digest {clip(repr(digest))} (want sha256/384/512:<hex>)")
+        raise DigestError(f"unsupported or malformed digest {shown(digest)} (want sha256/384/512:<hex>)")
     if len(hexpart) != expected or not _HEX.match(hexpart):
-        raise DigestError(f"malformed digest {clip(repr(digest))}: want {expected} lowercase hex characters")
+        raise DigestError(f"malformed digest {shown(digest)}: want {expected} lowercase hex characters")
     return algorithm, hexpart
 
 
@@ -266,7 +266,7 @@ def _check_schema(obj: dict[str, Any], doc: str, allowed: frozenset[str]) -> str
     media_type = _get(obj, "mediaType", str, doc, "", default="")
     if media_type and media_type not in allowed:
         raise UnsupportedError(
-            f"unsupported media type {clip(repr(media_type))}",
+            f"unsupported media type {shown(media_type)}",
             location=Location(file=doc, field="mediaType"),
         )
     return media_type
@@ -281,11 +281,10 @@ class ImageManifest:
 
     @classmethod
     def parse(cls, data: bytes, doc: str = "image manifest") -> ImageManifest:
-        return cls._from_obj(_parse_as(data, doc, IMAGE_MANIFEST_TYPES, "an image manifest"), doc)
+        return cls._from_obj(*_parse_as(data, doc, IMAGE_MANIFEST_TYPES, "an image manifest"), doc)
 
     @classmethod
-    def _from_obj(cls, obj: dict[str, Any], doc: str) -> ImageManifest:
-        media_type = _check_schema(obj, doc, IMAGE_MANIFEST_TYPES)
+    def _from_obj(cls, obj: dict[str, Any], media_type: str, doc: str) -> ImageManifest:
         config = Descriptor.from_json(obj.get("config"), doc, "config")
         if config.size > MAX_CONFIG_SIZE:
             # Refused before the download: the config is read whole into memory.
@@ -295,7 +294,7 @@ class ImageManifest:
             )
         layers = _get(obj, "layers", list, doc, "", required=True)
         return cls(
-            media_type=media_type or OCI_MANIFEST,
+            media_type=media_type,
             config=config,
             layers=tuple(Descriptor.from_json(d, doc, f"layers[{i}]") for i, d in enumerate(layers)),
             annotations=_str_map(obj, "annotations", doc, ""),
@@ -310,14 +309,13 @@ class ImageIndex:
 
     @classmethod
     def parse(cls, data: bytes, doc: str = "image index") -> ImageIndex:
-        return cls._from_obj(_parse_as(data, doc, INDEX_TYPES, "an image index"), doc)
+        return cls._from_obj(*_parse_as(data, doc, INDEX_TYPES, "an image index"), doc)
 
     @classmethod
-    def _from_obj(cls, obj: dict[str, Any], doc: str) -> ImageIndex:
-        media_type = _check_schema(obj, doc, INDEX_TYPES)
+    def _from_obj(cls, obj: dict[str, Any], media_type: str, doc: str) -> ImageIndex:
         entries = _get(obj, "manifests", list, doc, "", required=True)
         return cls(
-            media_type=media_type or OCI_INDEX,
+            media_type=media_type,
             manifests=tuple(
                 Descriptor.from_json(d, doc, f"manifests[{i}]") for i, d in enumerate(entries)
             ),
@@ -330,9 +328,10 @@ def parse_manifest_document(
 ) -> ImageManifest | ImageIndex:
     """An image manifest or an index; the one place that tells them apart (see document_media_type)."""
     obj = _load_json(data, doc)
-    if document_media_type(obj, content_type, doc, expected_media_type) in INDEX_TYPES:
-        return ImageIndex._from_obj(obj, doc)
-    return ImageManifest._from_obj(obj, doc)
+    media_type = document_media_type(obj, content_type, doc, expected_media_type)
+    if media_type in INDEX_TYPES:
+        return ImageIndex._from_obj(obj, media_type, doc)
+    return ImageManifest._from_obj(obj, media_type, doc)
 
 
 def document_media_type(
@@ -365,7 +364,7 @@ def document_media_type(
         ("the descriptor that points at it", expected_media_type if expected_media_type in known else ""),
     ) if value]
     if len({value for _, value in declared}) > 1:
-        listing = ", ".join(f"{what} says {clip(value)!r}" for what, value in declared)
+        listing = ", ".join(f"{what} says {shown(value)}" for what, value in declared)
         raise _ambiguous(doc, listing)
     if declared:
         media_type = declared[0][1]
@@ -384,12 +383,12 @@ def _ambiguous(doc: str, why: str) -> UnsupportedError:
     )
 
 
-def _parse_as(data: bytes, doc: str, kinds: frozenset[str], noun: str) -> dict[str, Any]:
+def _parse_as(data: bytes, doc: str, kinds: frozenset[str], noun: str) -> tuple[dict[str, Any], str]:
     obj = _load_json(data, doc)
     media_type = document_media_type(obj, "", doc)
     if media_type not in kinds:
         raise UnsupportedError(f"expected {noun}, got {media_type!r}", location=Location(file=doc))
-    return obj
+    return obj, media_type
 
 
 def select_platform(index: ImageIndex, wanted: Platform) -> Descriptor:

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from guestpull.testing import TEST_PASSWORD, TEST_USER
 
-FaultKind = Literal["status", "corrupt", "truncate", "reset", "redirect"]
+FaultKind = Literal["status", "corrupt", "truncate", "reset", "redirect", "slow"]
 
 
 @dataclass
@@ -44,7 +44,8 @@ class Fault:
       ``Docker-Content-Digest`` of the real content);
     - ``truncate``: announce the full length, send half, close the connection;
     - ``reset``: send the headers and a few bytes, then abort the connection (RST);
-    - ``redirect``: answer 307 to ``location``.
+    - ``redirect``: answer 307 to ``location``;
+    - ``slow``: send the content correctly, but spread over ``seconds`` (in 16 pieces).
     """
 
     kind: FaultKind
@@ -52,6 +53,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     location: str = ""
     times: int = 1
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ class FakeRegistry:
         if self.token_status is not None:
             return web.json_response({"errors": [{"code": "DENIED"}]}, status=self.token_status)
         header = request.headers.get("Authorization", "")
-        if header and header != _basic(self.username, self.password):
+        if header and header != basic_header(self.username, self.password):
             return web.json_response({"errors": [{"code": "UNAUTHORIZED"}]}, status=401)
         token = secrets.token_urlsafe(16)
         self._tokens[token] = time.monotonic() + self.token_ttl
@@ -254,7 +256,7 @@ class FakeRegistry:
         if self.auth == "none":
             return None
         if self.auth == "basic":
-            if header == _basic(self.username, self.password):
+            if header == basic_header(self.username, self.password):
                 return None
             challenge = 'Basic realm="fake-registry"'
         else:
@@ -285,7 +287,9 @@ class FakeRegistry:
         response.content_length = len(data)
         response.content_type = "application/octet-stream"
         await response.prepare(request)
-        if fault.kind == "truncate":
+        if fault.kind == "slow":
+            await _trickle(response, data, fault.seconds)
+        elif fault.kind == "truncate":
             await response.write(data[: len(data) // 2])
             request.transport.close()  # type: ignore[union-attr]
         else:  # reset
@@ -294,9 +298,18 @@ class FakeRegistry:
         return response
 
 
+async def _trickle(response: web.StreamResponse, data: bytes, seconds: float, pieces: int = 16) -> None:
+    step = max(1, -(-len(data) // pieces))
+    for offset in range(0, len(data), step):
+        await asyncio.sleep(seconds / pieces)
+        await response.write(data[offset : offset + step])
+    await response.write_eof()
+
+
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _basic(user: str, password: str) -> str:
+def basic_header(user: str, password: str) -> str:
+    """The ``Authorization`` value a client sends for ``user``/``password``."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -17,21 +17,21 @@ CLI in a subprocess.  The fake registry (fakeregistry.py) stays the tool for hon
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import secrets
+import ssl
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import zstandard
 
 from guestpull.testing import TEST_PASSWORD, TEST_USER
-from guestpull.testing.images import BuiltImage, BuiltLayer
+from guestpull.testing.fakeregistry import basic_header
+from guestpull.testing.images import BuiltImage, BuiltLayer, sha256_digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -67,6 +67,7 @@ class Scenario:
     expect: frozenset[str]
     respond: Respond = _honest
     auth: str = "none"  # none | basic | bearer
+    tls: bool = False  # the registry port speaks HTTPS (the test supplies the context)
     slow: bool = False
     bundle: bool = False
     tmpfs_mib: int = 0
@@ -82,8 +83,12 @@ class HostileRegistry:
     not speak TLS).
     """
 
-    def __init__(self, image: Any, scenario: Scenario, *, repository: str = "app") -> None:
+    def __init__(
+        self, image: Any, scenario: Scenario, *, repository: str = "app",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.image = image
+        self.ssl_context = ssl_context
         self.scenario = scenario
         self.repository = repository
         self.requests: list[RawRequest] = []
@@ -110,6 +115,10 @@ class HostileRegistry:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def url(self) -> str:
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}"
+
+    @property
     def reference(self) -> str:
         return f"{self.host}/{self.repository}:v1"
 
@@ -130,7 +139,8 @@ class HostileRegistry:
 
     async def start(self) -> Self:
         for attr in ("port", "other_port", "plain_port"):
-            server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_MAX_REQUEST_HEAD)
+            tls = self.ssl_context if attr == "port" else None
+            server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_MAX_REQUEST_HEAD, ssl=tls)
             self._servers.append(server)
             setattr(self, attr, server.sockets[0].getsockname()[1])
         return self
@@ -213,13 +223,13 @@ class HostileRegistry:
         if self.scenario.auth == "none" or request.port != self.port:
             return None
         if self.scenario.auth == "basic":
-            if header == basic(TEST_USER, TEST_PASSWORD):
+            if header == basic_header(TEST_USER, TEST_PASSWORD):
                 return None
             challenge = 'Basic realm="hostile"'
         else:
             if header.removeprefix("Bearer ") in self._tokens:
                 return None
-            challenge = f'Bearer realm="http://{self.host}/token",service="hostile"'
+            challenge = f'Bearer realm="{self.url}/token",service="hostile"'
         return response(401, {"WWW-Authenticate": challenge, "Content-Type": "application/json"}, b"{}")
 
 
@@ -232,12 +242,7 @@ def response(status: int, headers: dict[str, str], body: bytes, *, reason: str =
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+sha256 = sha256_digest
 
 
 def _parse_head(port: int, head: bytes) -> RawRequest:
@@ -581,6 +586,11 @@ _ALL_SCENARIOS: list[Scenario] = [
     Scenario("realm-on-other-port", _cats("ok"),
              _challenge(lambda r: f"http://127.0.0.1:{r.other_port}/token"), auth="bearer",
              description="the token realm on another port (it gets the credentials, as with docker)"),
+    Scenario("https-redirect-to-http", _cats("tls"), _redirect_to_thief, auth="basic", tls=True,
+             description="an HTTPS registry redirects blobs to plain HTTP on another port"),
+    Scenario("https-realm-over-http", _cats("auth"),
+             _challenge(lambda r: f"http://127.0.0.1:{r.other_port}/token"), auth="bearer", tls=True,
+             description="an HTTPS registry names a plain-HTTP token realm"),
     Scenario("redirect-to-file", _cats("network"), _redirect(lambda r: "file:///etc/passwd"),
              description="a blob redirected to file:///etc/passwd"),
     Scenario("redirect-loop", _cats("network"), _redirect(lambda r: f"http://{r.host}/v2/app/blobs/loop"),
