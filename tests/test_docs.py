@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -339,10 +340,13 @@ def _check_initdata(block: Block) -> str | None:
 
 
 def _parse_with(block: Block) -> None:
-    """``parse MODULE:FUNCTION``: ``FUNCTION(text, where)`` reads the block (bytes when its first
-    parameter is annotated bytes); any exception is the finding."""
-    module_name, _, name = block.words[0].partition(":")
-    parser = getattr(importlib.import_module(module_name), name)
+    """``parse MODULE:FUNCTION`` (or ``MODULE:Class.method``) reads the block: called with
+    ``(text, where)``, bytes when its first parameter is annotated bytes; any exception is the
+    finding."""
+    module_name, _, path = block.words[0].partition(":")
+    parser: Any = importlib.import_module(module_name)
+    for name in path.split("."):  # a function, or a classmethod such as Policy.parse
+        parser = getattr(parser, name)
     first = next(iter(inspect.signature(parser).parameters.values()))
     parser(block.text.encode() if "bytes" in str(first.annotation) else block.text, block.where)
 

@@ -170,9 +170,9 @@ def test_lint_codes_are_found() -> None:
 
 
 def test_parse_kind_uses_the_named_parser() -> None:
-    good = _block("parse", '{"auths": {}}', "guestpull.authfile:AuthFile.parse")
-    # A dotted attribute is not supported: name a module-level function.
-    assert _check_content(good) is not None
+    good = _block("parse", '{"auths": {}}', "guestpull.authfile:AuthFile.parse")  # bytes, classmethod
+    assert _check_content(good) is None
+    assert _check_content(_block("parse", '{"auths": 1}', "guestpull.authfile:AuthFile.parse")) is not None
     ok = _block("parse", '[[registry]]\nlocation = "h:5000"\n', "guestpull.config:parse_registries_config")
     assert _check_content(ok) is None
     bad = _block("parse", '[[registry]]\nprefix = ""\n', "guestpull.config:parse_registries_config")
