@@ -30,7 +30,7 @@ def shown(value: str, limit: int = ECHO_LIMIT) -> str:
     """``repr(value)`` for a message (names, where quotes show spaces), cut like :func:`clip`."""
     if len(value) <= limit:
         return repr(value)
-    return f"{value[:limit]!r}… ({len(value)} characters)"
+    return f"{value[:limit]!r}…(+{len(value) - limit} chars)"
 
 
 class Category(enum.StrEnum):
