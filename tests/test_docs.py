@@ -121,6 +121,14 @@ def test_readme_stands_on_its_own() -> None:
         assert f"docs/{page}.md" in readme, page
 
 
+def test_every_command_is_documented() -> None:
+    from guestpull.cli import COMMANDS
+
+    text = "\n".join(doc.path.read_text() for doc in DOCS)
+    missing = sorted(name for name in COMMANDS if f"guestpull {name}" not in text)
+    assert not missing, f"no page shows these commands: {missing}"
+
+
 def lint_codes() -> set[str]:
     """Every finding code guestpull.lint can report (literal codes in its source)."""
     source = (REPO / "src" / "guestpull" / "lint.py").read_text()
