@@ -131,11 +131,15 @@ def test_every_command_is_documented() -> None:
 
 
 def lint_codes() -> set[str]:
-    """Every finding code guestpull.lint can report (literal codes in its source)."""
-    source = (REPO / "src" / "guestpull" / "lint.py").read_text()
-    codes = set(re.findall(r"(?:ERROR|WARNING|INFO),\s*\"([a-z][a-z-]+)\"", source))
-    codes |= set(re.findall(r"\.add(?:_in)?\(\s*[\w.]+\s*,\s*\"([a-z][a-z-]+)\"", source))
-    codes |= set(re.findall(r"_error_finding\(\s*\"([a-z][a-z-]+)\"", source))
+    """Every finding code ``initdata check`` can report: the literal codes in guestpull.lint and
+    in the modules that hand it findings (any ``ERROR|WARNING|INFO, "code"`` in the package)."""
+    package = REPO / "src" / "guestpull"
+    source = "\n".join(path.read_text() for path in sorted(package.rglob("*.py"))
+                       if "testing" not in path.parts)
+    code = r"\"([a-z0-9]+(?:-[a-z0-9]+)+)\""  # codes are kebab-case, two words or more
+    codes = set(re.findall(r"(?:ERROR|WARNING|INFO),\s*" + code, source))
+    codes |= set(re.findall(r"\.add(?:_in)?\(\s*[\w.]+\s*,\s*" + code, source))
+    codes |= set(re.findall(r"_error_finding\(\s*" + code, source))
     # Codes made from names: invalid-<embedded file>.
     if 'f"invalid-{key' in source:
         codes |= {f"invalid-{key.replace('.', '-')}" for key in TOML_DATA_KEYS}
