@@ -22,6 +22,7 @@ from guestpull.image.fsops import remove_path
 from guestpull.testing import TEST_PASSWORD, TEST_USER
 from guestpull.testing.certs import CertChain, make_ca_chain, make_client_cert
 from guestpull.testing.proxy import ProxyProcess, start_proxy
+from guestpull.testing.realtools import Containers
 from guestpull.testing.registry import RegistryProcess, start_registry
 from guestpull.testing.tokenserver import TokenServer
 
@@ -136,3 +137,9 @@ def forward_proxy(session_shm: Path) -> Iterator[ProxyProcess]:
     """tinyproxy; ``.url`` for clients, ``.requests()`` / ``.log_text()`` for assertions."""
     with start_proxy(session_shm / "forward-proxy") as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def containers(session_shm: Path) -> Containers:
+    """buildah and podman on a private store (vfs) for the session; needs root."""
+    return Containers(session_shm / "containers")

@@ -142,3 +142,26 @@ async def test_a_missing_image_fails_without_stopping_the_puller(shm_path: Path)
                 await puller.pull(f"{fake.host}/team/nope:v1")
             assert failed.value.category == "not-found"
             assert (await puller.pull(f"{fake.host}/team/app:v1")).manifest_digest == built.digest
+
+
+async def test_a_pull_cancelled_while_waiting_for_a_file_lock_does_not_keep_it(shm_path: Path) -> None:
+    """The thread that waited for the lock gets it after the cancel; it must let it go."""
+    import fcntl
+    import os
+
+    from guestpull.image.store import open_store
+    from guestpull.pull import store_lock
+
+    store = open_store(shm_path / "w")
+    with store.lock("blob-x"):  # another process holds it
+        waiting = asyncio.ensure_future(store_lock(store, "blob-x").__aenter__())
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    await asyncio.sleep(0.3)  # the waiting thread takes the lock now, then must release it
+    fd = os.open(store.locks_dir / "blob-x", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if it was kept
+    finally:
+        os.close(fd)

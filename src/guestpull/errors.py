@@ -8,6 +8,8 @@ error from something holding a secret passes only the parts that are safe to sho
 from __future__ import annotations
 
 import enum
+import errno
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -255,11 +257,11 @@ class AllCandidatesFailed(GuestpullError):
     """Every pull candidate failed; the category is that of the last attempt's cause."""
 
     def __init__(self, image: str, attempts: list[Attempt]) -> None:
-        lines = "\n".join(
-            f"  - {a.reference} ({a.scheme}, {a.kind}): [{a.error.category}] {a.error}"
-            for a in attempts
+        # One line (the CLI's rule for every error); ``to_dict`` keeps the attempts apart.
+        tried = "; ".join(
+            f"{a.reference} ({a.scheme}, {a.kind}): [{a.error.category}] {a.error}" for a in attempts
         )
-        super().__init__(f"failed to pull {image} from every candidate:\n{lines}")
+        super().__init__(f"failed to pull {image} from every candidate: {tried}")
         self.image = image
         self.attempts = attempts
 
@@ -291,3 +293,52 @@ class Finding:
             "message": self.message,
             "location": self.location.to_dict(),
         }
+
+
+class InternalError(GuestpullError):
+    """A failure guestpull did not expect: a bug, shown as one line (``--debug`` for more)."""
+
+    category = Category.INTERNAL
+
+
+#: errno → the error class a user sees for a path they gave that cannot be used.
+_OS_ERRORS: dict[int, type[GuestpullError]] = {
+    errno.ENOENT: NotFoundError,
+    errno.EEXIST: ExistsError,
+    errno.ENOSPC: NoSpaceError,
+    errno.EDQUOT: NoSpaceError,
+    errno.ENOTDIR: UsageError,
+    errno.EISDIR: UsageError,
+    errno.EACCES: UsageError,
+    errno.EPERM: UsageError,
+    errno.EROFS: UsageError,
+    errno.ENAMETOOLONG: UsageError,
+    errno.ELOOP: UsageError,
+    errno.EBUSY: UsageError,
+    errno.EXDEV: UsageError,
+}
+
+
+def from_os_error(err: OSError, action: str, path: str | os.PathLike[str] | None = None) -> GuestpullError:
+    """The typed error for ``err`` raised while doing ``action`` (e.g. "create the image store")
+    on ``path``: a missing path is not-found, a full disk no-space, an unusable path
+    (read-only, not a directory, no permission) usage; anything else internal."""
+    cls = _OS_ERRORS.get(err.errno or 0, InternalError)
+    reason = err.strerror or type(err).__name__
+    where = path if path is not None else err.filename
+    if err.filename is not None and where is not None and _nested(os.fspath(err.filename), os.fspath(where)):
+        reason += f" ({os.fspath(err.filename)})"  # the part of ``where`` the kernel refused
+    return cls(f"cannot {action}: {reason}", location=Location(file=os.fspath(where)) if where else None)
+
+
+def _nested(refused: str | bytes, given: str | bytes) -> bool:
+    """Whether ``refused`` is an ancestor or a descendant of ``given`` (not the same path,
+    nor a sibling such as a temp file, whose name would only be noise)."""
+    refused, given = os.fsdecode(refused), os.fsdecode(given)
+    if refused == given:
+        return False
+    try:
+        common = os.path.commonpath([refused, given])
+    except ValueError:  # one relative, one absolute
+        return False
+    return common in (refused, given)

@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -67,6 +67,8 @@ from guestpull.registries import PullCandidate, resolve_candidates
 from guestpull.resources import ResourceResolver
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Layers unpacked at once in overlay mode (each into its own directory).
 UNPACK_CONCURRENCY = 2
@@ -369,11 +371,37 @@ async def pull_image(
 async def store_lock(store: Store, key: str, *, shared: bool = False) -> AsyncIterator[None]:
     """:meth:`Store.lock` without blocking the event loop while another process holds it."""
     lock = store.lock(key, shared=shared)
-    await asyncio.to_thread(lock.__enter__)
+    acquiring = asyncio.ensure_future(asyncio.to_thread(lock.__enter__))
+
+    def release_late(task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            lock.__exit__(None, None, None)
+
+    try:
+        await asyncio.shield(acquiring)
+    except asyncio.CancelledError:
+        # The thread goes on waiting for the file lock; whenever it gets it, let it go again,
+        # or a cancelled pull would hold the lock for the life of the process.
+        acquiring.add_done_callback(release_late)
+        raise
     try:
         yield
     finally:
         lock.__exit__(None, None, None)
+
+
+async def in_thread_to_the_end(fn: Callable[..., T], *args: Any) -> T:
+    """``asyncio.to_thread``, except that a cancelled caller still waits for the thread.
+
+    Unpacking writes into the bundle: its cleanup must not start while a thread still writes.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):  # its outcome no longer matters
+            await work
+        raise
 
 
 def pull_image_sync(image: str, image_config: ImageConfig, **kwargs: Any) -> PullResult:
@@ -461,7 +489,7 @@ class _CandidatePull:
                                     parsed.config.digest, manifest.data, refs)
             made = None
             if builder is not None:
-                made = await asyncio.to_thread(builder.finish, str(self.ref))
+                made = await in_thread_to_the_end(builder.finish, str(self.ref))
                 self.emit(PullEvent("bundle-done", str(self.ref),
                                     {"bundle": str(made.rootfs.parent), "mode": made.mode_used}))
         except BaseException:
@@ -599,14 +627,14 @@ async def _unpack_as_stored(builder: BundleBuilder, stored: dict[str, asyncio.Ev
     if builder.sequential:
         for layer in builder.layers:
             await stored[layer.digest].wait()
-            await asyncio.to_thread(builder.prepare_layer, layer)
+            await in_thread_to_the_end(builder.prepare_layer, layer)
         return
     limit = asyncio.Semaphore(UNPACK_CONCURRENCY)
 
     async def one(layer: LayerRef) -> None:
         await stored[layer.digest].wait()
         async with limit:
-            await asyncio.to_thread(builder.prepare_layer, layer)
+            await in_thread_to_the_end(builder.prepare_layer, layer)
 
     await _all_or_nothing([one(layer) for layer in builder.layers])
 

@@ -16,7 +16,7 @@ def _xattrs(path: str) -> dict[str, bytes]:
         return {}
     out = {}
     for name in names:
-        if name.startswith("security."):
+        if name == "security.selinux":  # the host's label, not the image's
             continue
         try:
             out[name] = os.getxattr(path, name, follow_symlinks=False)
@@ -42,11 +42,12 @@ def describe_tree(root: Path, *, dir_mtimes: bool = False) -> dict[str, Any]:
                 "gid": st.st_gid,
                 "xattrs": _xattrs(full),
             }
+            if not stat.S_ISDIR(st.st_mode):  # hard links to symlinks, fifos, devices too
+                inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
             if stat.S_ISREG(st.st_mode):
                 item["size"] = st.st_size
                 with open(full, "rb") as f:
                     item["sha256"] = hashlib.sha256(f.read()).hexdigest()
-                inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
             elif stat.S_ISLNK(st.st_mode):
                 item["target"] = os.readlink(full)
                 del item["mode"]  # symlink modes mean nothing on Linux

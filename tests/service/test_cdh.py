@@ -115,7 +115,7 @@ async def test_pull_failure_is_one_internal_line_naming_the_category(cdh: Servic
     [result] = await call_async(ttrpc_peer, cdh.socket, [pull_call("missing/app:v1", "/run/kata-containers/x")])
     assert result["code"] == Code.INTERNAL
     assert result["message"] == (
-        "[CDH] [ERROR]: Image Pull error: not-found: failed to pull missing/app:v1 from every candidate:; "
+        "[CDH] [ERROR]: Image Pull error: not-found: failed to pull missing/app:v1 from every candidate: "
         "missing/app:v1 (https, registry): [not-found] manifest unknown: missing/app:v1"
     )
     assert "\n" not in result["message"] and "Traceback" not in result["message"]

@@ -41,5 +41,6 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="guestpull")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="On an unexpected error, also print its traceback.")
+def main(debug: bool) -> None:
     """Pull container images inside a confidential guest, as Init-Data configures it."""

@@ -1,16 +1,17 @@
-"""What every command shares: turning a GuestpullError into a message, JSON and exit code."""
+"""What every command shares: turning any error into one line (or JSON) and an exit code."""
 
 from __future__ import annotations
 
 import functools
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from guestpull.errors import GuestpullError
+from guestpull.errors import GuestpullError, InternalError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,9 +22,18 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
 
 
-def handles_errors(func: F) -> F:
-    """Run a command; a GuestpullError becomes one message on stderr (or JSON) and its exit code.
+def debug_enabled() -> bool:
+    """Whether the global ``guestpull --debug`` flag was given."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("debug"))
 
+
+def handles_errors(func: F) -> F:
+    """Run a command; every error ends as one message on stderr (or JSON) and its exit code.
+
+    A GuestpullError keeps its category.  Anything else is a bug: it becomes ``internal``
+    (exit 70) with one line naming the exception, and the traceback only under ``--debug``.
+    click's own usage errors pass through (click prints them, exit 2).
     The command must take ``as_json`` as a keyword argument (from :data:`json_option`) for the
     JSON form; commands without it always print the message.
     """
@@ -32,11 +42,28 @@ def handles_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except GuestpullError as err:
-            if kwargs.get("as_json"):
-                emit_json({"ok": False, "error": err.to_dict()})
-            else:
-                click.echo(f"guestpull: error [{err.category}]: {err}", err=True)
-            sys.exit(err.exit_code)
+            _fail(err, as_json=bool(kwargs.get("as_json")))
+        except Exception as exc:  # noqa: BLE001  # the boundary: nothing leaves as a traceback
+            if debug_enabled():
+                traceback.print_exc(file=sys.stderr)
+            message = f"unexpected {type(exc).__name__}: {_one_line(str(exc))}"
+            _fail(InternalError(message, hint="rerun with guestpull --debug for the traceback"),
+                  as_json=bool(kwargs.get("as_json")))
 
+    wrapper.handles_errors = True  # type: ignore[attr-defined]  # tests check every command has it
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def _fail(err: GuestpullError, *, as_json: bool) -> None:
+    if as_json:
+        emit_json({"ok": False, "error": err.to_dict()})
+    else:
+        click.echo(f"guestpull: error [{err.category}]: {_one_line(str(err))}", err=True)
+    sys.exit(err.exit_code)

@@ -14,7 +14,7 @@ import click
 
 from guestpull import certs
 from guestpull.cli.common import emit_json, handles_errors, json_option
-from guestpull.errors import EXIT_CODES, Category, ConfigError, ExistsError, Location
+from guestpull.errors import EXIT_CODES, Category, ConfigError, ExistsError, Location, from_os_error
 from guestpull.initdata import (
     ALGORITHMS,
     DEFAULT_ALGORITHM,
@@ -353,6 +353,13 @@ def write_output(path: Path | None, data: bytes, *, force: bool) -> None:
     if path.exists() and not force:
         raise ExistsError("the output file exists; pass --force to replace it",
                           location=Location(file=str(path)))
+    try:
+        _write_atomically(path, data, force=force)
+    except OSError as err:
+        raise from_os_error(err, "write the output file", path) from None
+
+
+def _write_atomically(path: Path, data: bytes, *, force: bool) -> None:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -93,6 +93,8 @@ def prune_command(work_dir: Path, as_json: bool) -> None:
 @handles_errors
 def umount_command(bundle: Path, work_dir: Path | None, as_json: bool) -> None:
     """Undo an overlay rootfs under BUNDLE (a copy rootfs needs nothing)."""
+    if not bundle.is_dir():
+        raise NotFoundError(f"no bundle directory at {bundle}")
     store = _open(work_dir) if work_dir else None
     mounted = umount_bundle(bundle, store)
     if as_json:

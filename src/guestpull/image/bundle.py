@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from guestpull.errors import ConfigError, ExistsError, GuestpullError, Location, UnsupportedError
+from guestpull.errors import (
+    ConfigError,
+    ExistsError,
+    GuestpullError,
+    Location,
+    UnsupportedError,
+    from_os_error,
+)
 from guestpull.image.fsops import read_in_root
 from guestpull.image.oci import ImageConfig
 from guestpull.image.rootfs import (
@@ -125,9 +132,12 @@ class BundleBuilder:
         self.mode_used = _choose_mode(mode, self.privileged, len(layers))
         self.all_layers = tuple(layers)
         self.warnings: list[str] = []
-        _prepare_bundle_dir(self.bundle, force)
-        if self.mode_used == "copy":
-            _start_copy_rootfs(self.rootfs)
+        try:
+            _prepare_bundle_dir(self.bundle, force)
+            if self.mode_used == "copy":
+                _start_copy_rootfs(self.rootfs)
+        except OSError as err:
+            raise from_os_error(err, "create the bundle directory", self.bundle) from None
 
     @property
     def sequential(self) -> bool:
@@ -156,7 +166,10 @@ class BundleBuilder:
                     raise
                 self._fall_back_to_copy(exc)
         spec = runtime_spec(self.config, self.rootfs)
-        config_path = _write_json_atomically(self.bundle / BUNDLE_CONFIG, spec)
+        try:
+            config_path = _write_json_atomically(self.bundle / BUNDLE_CONFIG, spec)
+        except OSError as err:
+            raise from_os_error(err, "write the bundle's config.json", self.bundle / BUNDLE_CONFIG) from None
         log.info("bundle %s created with the %s rootfs mode", self.bundle, self.mode_used)
         return BundleResult(self.mode_used, self.rootfs, config_path, tuple(self.warnings))
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
-from guestpull.errors import DigestError, NoSpaceError, NotFoundError, StoreError
+from guestpull.errors import DigestError, NoSpaceError, NotFoundError, StoreError, from_os_error
 from guestpull.image.fsops import remove_path
 from guestpull.image.oci import split_digest
 
@@ -632,6 +632,9 @@ def _human(n: int) -> str:
 def open_store(work_dir: str | os.PathLike[str] = DEFAULT_WORK_DIR) -> Store:
     """Open (creating if needed) the store at ``work_dir`` and repair what a killed pull left."""
     store = Store(Path(work_dir))
-    store._init()
-    store.recover()
+    try:
+        store._init()
+        store.recover()
+    except OSError as err:
+        raise from_os_error(err, "open the image store", work_dir) from None
     return store

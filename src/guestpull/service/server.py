@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from guestpull.config import CdhConfig
-from guestpull.errors import ConfigError, ExistsError, Location
+from guestpull.errors import ConfigError, ExistsError, Location, from_os_error
 from guestpull.service.aa import RuntimeMeasurer
 from guestpull.service.cdh import ConfidentialDataHub, ImagePuller, write_kbs_credentials
 from guestpull.service.ttrpc import CallRecord, Code, TtrpcServer, code_name, unix_socket_path
@@ -90,6 +90,13 @@ def claim_socket_path(path: Path) -> None:
     """Make ``path`` free for a new socket: refuse if a server answers there or it is not a
     socket; remove a stale socket file."""
     try:
+        _claim_socket_path(path)
+    except OSError as err:  # a path the user gave that cannot hold a socket
+        raise from_os_error(err, "prepare the socket path", path) from None
+
+
+def _claim_socket_path(path: Path) -> None:
+    try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +126,8 @@ async def _listening(server: TtrpcServer, path: Path) -> AsyncIterator[None]:
     old_umask = os.umask(0o177)
     try:
         await server.start_unix(path)
+    except OSError as err:  # e.g. a read-only directory
+        raise from_os_error(err, "listen on the socket", path) from None
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)

@@ -555,15 +555,27 @@ def push(
     CA file (or a directory of ``*.crt``); ``tls_verify=False`` is for plain-HTTP registries.
     ``all_platforms`` copies every image of an index (``--multi-arch all``).
     """
+    extra = ["--preserve-digests"] + (["--multi-arch", "all"] if all_platforms else [])
+    skopeo_copy(f"oci:{Path(layout_dir)}:{tag}", dest_ref, *extra, tls_ca=tls_ca,
+                tls_verify=tls_verify, creds=creds, client_cert=client_cert, timeout=timeout)
+
+
+def skopeo_copy(
+    source: str,
+    dest_ref: str,
+    *extra: str,
+    tls_ca: Path | None = None,
+    tls_verify: bool = True,
+    creds: tuple[str, str] | None = None,
+    client_cert: tuple[Path, Path] | None = None,
+    timeout: float = 120.0,
+) -> None:
+    """``skopeo copy [EXTRA] SOURCE docker://DEST_REF`` (SOURCE in any skopeo transport, e.g.
+    ``oci:DIR:TAG`` or ``docker-archive:FILE``); EXTRA such as ``--format v2s2`` converts."""
     skopeo = require_binary("skopeo")
     with tempfile.TemporaryDirectory(prefix="guestpull-skopeo-") as tmp:
         tmp_dir = Path(tmp)
-        argv = [
-            skopeo, "copy", "--quiet", "--insecure-policy", "--preserve-digests",
-            "--retry-times", "0",
-        ]
-        if all_platforms:
-            argv += ["--multi-arch", "all"]
+        argv = [skopeo, "copy", "--quiet", "--insecure-policy", "--retry-times", "0", *extra]
         if tls_ca is not None or client_cert is not None:
             argv += ["--dest-cert-dir", str(_cert_dir(tmp_dir / "certs", tls_ca, client_cert))]
         if not tls_verify:
@@ -571,7 +583,7 @@ def push(
         ref = _docker_ref(dest_ref)
         if creds is None:
             argv.append("--dest-no-creds")
-        argv += [f"oci:{Path(layout_dir)}:{tag}", ref]
+        argv += [source, ref]
         _run_skopeo(argv, _skopeo_env(tmp_dir, ref, creds), timeout, "copy")
 
 
