@@ -11,7 +11,6 @@ import pytest
 from guestpull.config import ImageConfig, parse_cdh_config
 from guestpull.probe import probe_targets
 from guestpull.registries import Scheme
-from guestpull.resources import ResourceResolver
 from guestpull.testing import TEST_USER
 from guestpull.testing.certs import CertChain, make_ca_chain, make_self_signed
 from guestpull.testing.registry import RegistryProcess, start_registry
@@ -290,6 +289,13 @@ def test_an_ip_address_not_in_the_certificate_is_named(
     assert "does not cover the IP address 127.0.0.1; it covers DNS:localhost" in message
 
 
+class _FileGetter:
+    """config.ResourceGetter for file:// URIs only."""
+
+    def get(self, uri: str) -> bytes:
+        return Path(uri.removeprefix("file://")).read_bytes()
+
+
 def test_rules_from_registry_configuration_uri_are_named_by_their_file(shm_path: Path) -> None:
     conf = shm_path / "registries.conf"
     conf.write_text('[[registry]]\nlocation = "10.0.0.5:5000"\ninsecure = true\n')
@@ -297,6 +303,6 @@ def test_rules_from_registry_configuration_uri_are_named_by_their_file(shm_path:
         f'[kbc]\nname = "offline_fs_kbc"\n[image]\nregistry_configuration_uri = "file://{conf}"\n', "cdh.toml"
     ).image
     assert image is not None
-    targets = probe_targets(image, image.registries(ResourceResolver()))
+    targets = probe_targets(image, image.registries(_FileGetter()))
     assert [(t.registry, t.sources) for t in targets] == [
         ("10.0.0.5:5000", [f"file://{conf}: registry[0].location"])]

@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from guestpull.cli.common import emit_json, handles_errors, json_option
-from guestpull.config import CdhConfig, ImageConfig
 from guestpull.errors import EXIT_CODES, Category
 
 
@@ -28,13 +27,13 @@ def probe_command(registries: tuple[str, ...], initdata: Path | None, config: Pa
     request).  Exit 0 when every registry is usable, else the exit code of the first failure.
     """
     from guestpull.probe import probe, report_lines
-    from guestpull.pull import load_cdh
-    from guestpull.resources import ResourceResolver
+    from guestpull.pull import Puller, load_cdh
 
-    cdh = load_cdh(initdata, config)
-    image_config = cdh.image_config() if isinstance(cdh, CdhConfig) else ImageConfig()
-    resolver = ResourceResolver(kbc=cdh.kbc.name) if cdh else ResourceResolver()
-    report = asyncio.run(probe(image_config, resolver, registries))
+    # The puller's own reading of the configuration (its [image] settings and the resolver
+    # for resource URIs, KBC included), so the probe sees exactly what a pull would.  It is
+    # never opened: no store, no session.
+    puller = Puller(load_cdh(initdata, config))
+    report = asyncio.run(probe(puller.image_config, puller.resolver, registries))
     if as_json:
         emit_json(report.to_dict())
     else:
