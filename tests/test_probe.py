@@ -83,11 +83,15 @@ def test_insecure_rule_on_an_https_registry_says_it_speaks_tls(
     assert "speaks HTTPS" in entry["error"]["message"]
 
 
+def _serving(session_shm: Path, name: str, chain: CertChain) -> Iterator[tuple[RegistryProcess, CertChain]]:
+    """A registry of this module's own, presenting ``chain`` (for module-scoped fixtures)."""
+    with start_registry(session_shm / f"probe-{name}-registry", tls=chain) as registry:
+        yield registry, chain
+
+
 @pytest.fixture(scope="module")
 def ca_true_registry(session_shm: Path) -> Iterator[tuple[RegistryProcess, CertChain]]:
-    chain = make_self_signed(ca=True)
-    with start_registry(session_shm / "probe-ca-true-registry", tls=chain) as registry:
-        yield registry, chain
+    yield from _serving(session_shm, "ca-true", make_self_signed(ca=True))
 
 
 def test_ca_true_self_signed_leaf_is_verified_by_itself(
@@ -252,9 +256,7 @@ def test_probe_names_a_dead_proxy(shm_path: Path, https_registry: RegistryProces
 @pytest.fixture(scope="module")
 def intermediate_registry(session_shm: Path) -> Iterator[tuple[RegistryProcess, CertChain]]:
     """Serves its certificate followed by the intermediate CA that issued it."""
-    chain = make_ca_chain(intermediate=True)
-    with start_registry(session_shm / "probe-intermediate-registry", tls=chain) as registry:
-        yield registry, chain
+    yield from _serving(session_shm, "intermediate", make_ca_chain(intermediate=True))
 
 
 @pytest.mark.parametrize(("listed", "anchor"), [("root", "CN=guestpull test root CA"),
@@ -274,9 +276,7 @@ def test_the_anchor_is_the_listed_certificate_nearest_the_server(
 @pytest.fixture(scope="module")
 def name_only_registry(session_shm: Path) -> Iterator[tuple[RegistryProcess, CertChain]]:
     """A certificate for DNS:localhost only, reached at 127.0.0.1."""
-    chain = make_ca_chain(("localhost",))
-    with start_registry(session_shm / "probe-name-only-registry", tls=chain) as registry:
-        yield registry, chain
+    yield from _serving(session_shm, "name-only", make_ca_chain(("localhost",)))
 
 
 def test_an_ip_address_not_in_the_certificate_is_named(
