@@ -129,7 +129,6 @@ class Case:
     must_have: Sequence[str] | Mapping[str, Mapping[str, Any]]  # paths (and facts) the reference has
     manifest_has: tuple[str, ...] = ()  # in the registry's manifest (or index), as pushed
     tar_has: tuple[bytes, ...] = ()  # in the layer tars (GNU tar cases)
-    needs_sto: str | None = None  # while the tar-layer fix is not merged: why it fails
 
 
 @dataclass
@@ -410,7 +409,6 @@ FEATURE_FACTS_PAX = FEATURE_FACTS | {
 #: umoci 0.4 ``insert`` ends its layer right after the last file's data: no padding to the
 #: block, no end-of-archive blocks.  Go's archive/tar (umoci, containerd) reads it as the end;
 #: GNU tar reports "Unexpected EOF"; guestpull refuses it.  Deciding is the tar layer's call.
-UMOCI_INSERT_END = "needs sto: a layer that ends inside the last file's padding block (umoci 0.4 insert)"
 
 CASES: dict[str, Case] = {
     "gnutar-pax": Case(build_gnutar_pax, FEATURE_FACTS_PAX,
@@ -422,10 +420,8 @@ CASES: dict[str, Case] = {
                               tar_has=(b"GNU.sparse.offset=", b"GNU.sparse.map=", b"GNU.sparse.major=1")),
     "gnutar-sparse-gnu": Case(build_sparse_gnu, ("sparse-gnu", "after")),
     "gnutar-empty-layers": Case(build_empty_layers, ("only",), tar_has=(b"\0" * 10240,)),
-    "umoci-insert-root": Case(build_umoci_insert, ("bin/busybox", "etc/motd"),
-                              needs_sto=UMOCI_INSERT_END),
-    "umoci-insert-dir": Case(build_umoci_insert_dir, ("data/bin/busybox", "etc/motd"),
-                             needs_sto=UMOCI_INSERT_END),
+    "umoci-insert-root": Case(build_umoci_insert, ("bin/busybox", "etc/motd")),
+    "umoci-insert-dir": Case(build_umoci_insert_dir, ("data/bin/busybox", "etc/motd")),
     "umoci-repack-whiteouts": Case(build_umoci_whiteouts, ("data/keep", "data/tree/new")),
     "umoci-repack-dir-to-file": Case(build_umoci_dir_to_file, ("data/tree", "data/keep")),
     "buildah-oci-gzip": Case(buildah_case(["--compression-format", "gzip"]), BUSYBOX_PATHS,
@@ -459,8 +455,7 @@ def corpus(http_registry: RegistryProcess, containers: Containers, session_shm: 
 def _params() -> list[Any]:
     out = []
     for name, case in CASES.items():
-        marks = [pytest.mark.xfail(strict=True, reason=case.needs_sto)] if case.needs_sto else []
-        out += [pytest.param(name, mode, id=f"{name}-{mode}", marks=marks) for mode in ("copy", "overlay")]
+        out += [pytest.param(name, mode, id=f"{name}-{mode}") for mode in ("copy", "overlay")]
     return out
 
 

@@ -55,3 +55,15 @@ def test_a_sibling_temp_file_is_not_named() -> None:
 def test_without_a_path_the_errors_own_filename_is_used() -> None:
     err = from_os_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "/a"), "read")
     assert err.location is not None and err.location.file == "/a"
+
+
+def test_a_policy_rejection_outranks_a_later_candidates_failure() -> None:
+    """A mirror served an image the policy refuses; the origin was then unreachable."""
+    from guestpull.errors import AllCandidatesFailed, Attempt, EXIT_CODES, NetworkError, PolicyError
+
+    rejected = Attempt("mirror.local/app:v1", "https", "mirror", PolicyError("no signature"))
+    unreachable = Attempt("origin.local/app:v1", "https", "original", NetworkError("refused"))
+    failed = AllCandidatesFailed("origin.local/app:v1", [rejected, unreachable])
+    assert failed.category == Category.POLICY
+    assert failed.exit_code == EXIT_CODES[Category.POLICY]
+    assert AllCandidatesFailed("x", [unreachable]).category == Category.NETWORK

@@ -1,8 +1,9 @@
-"""Fail closed: a setting guestpull reads but does not implement refuses the pull.
+"""Fail closed: a policy that rejects, or cannot be read, refuses the pull; so does a
+``kbs://`` resource that would need the cc_kbc KBC.
 
-A signature policy that nothing checks, or a ``kbs://`` resource that would need the cc_kbc
-KBC, must stop the pull with a clear error before anything is fetched or unpacked — never be
-skipped silently.  (The FAKE registry serves the image: these are about refusing, not pulling.)
+The pull stops with a clear error before any config or layer is fetched or unpacked — never
+skipped silently.  (The FAKE registry serves the image; real signatures are tested in
+tests/signature/.)
 """
 
 from __future__ import annotations
@@ -44,21 +45,58 @@ def pull(tmp: Path, host: str, config: str) -> tuple[object, Path]:
     return result, bundle
 
 
+ACCEPT_ALL = '{"default": [{"type": "insecureAcceptAnything"}]}'
+
+
+def blob_requests(fake: FakeRegistry) -> list[str]:
+    return [r.path for r in fake.requests if "/blobs/" in r.path]
+
+
 @pytest.mark.parametrize("policy_line", [
-    'image_security_policy_uri = "file:///nonexistent/policy.json"',
     'image_security_policy_uri = "{policy}"',
     f"image_security_policy = '{REJECT_ALL}'",
 ])
-def test_configured_policy_refuses_the_pull(fake: FakeRegistry, shm_path: Path, policy_line: str) -> None:
+def test_reject_policy_refuses_the_pull_before_any_blob(fake: FakeRegistry, shm_path: Path, policy_line: str) -> None:
     policy = shm_path / "policy.json"
     policy.write_text(REJECT_ALL)
     result, bundle = pull(shm_path, fake.host, cdh(fake.host, policy_line.replace("{policy}", str(policy))))
     assert result.exit_code == EXIT_CODES[Category.POLICY], result
     error = result.json["error"]
     assert error["category"] == "policy"
-    assert "image_security_policy" in error["message"]
+    assert "scope 'default' requirement reject" in error["message"]
     assert not (bundle / "rootfs").exists() and not (bundle / "config.json").exists()
-    assert not fake.requests, "nothing may be fetched for a pull that is refused"
+    assert not blob_requests(fake), "no config or layer may be fetched for a rejected image"
+
+
+def test_missing_policy_file_refuses_the_pull(fake: FakeRegistry, shm_path: Path) -> None:
+    config = cdh(fake.host, 'image_security_policy_uri = "file:///nonexistent/policy.json"',
+                 f"image_security_policy = '{ACCEPT_ALL}'")  # the URI wins, even when missing
+    result, bundle = pull(shm_path, fake.host, config)
+    assert result.exit_code == EXIT_CODES[Category.NOT_FOUND], result
+    assert "/nonexistent/policy.json" in result.json["error"]["message"]
+    assert not fake.requests, "nothing may be fetched when the policy cannot be read"
+    assert not bundle.exists() or not any(bundle.iterdir())
+
+
+def test_invalid_policy_refuses_the_pull(fake: FakeRegistry, shm_path: Path) -> None:
+    config = cdh(fake.host, """image_security_policy = '{"default": [{"type": "signedBaseLayer"}]}'""")
+    result, _ = pull(shm_path, fake.host, config)
+    assert result.exit_code == EXIT_CODES[Category.CONFIG], result
+    assert "signedBaseLayer" in result.json["error"]["message"]
+    assert not fake.requests
+
+
+def test_accept_policy_pulls_and_reports_it(fake: FakeRegistry, shm_path: Path) -> None:
+    result, bundle = pull(shm_path, fake.host, cdh(fake.host, f"image_security_policy = '{ACCEPT_ALL}'"))
+    assert result.exit_code == 0, result
+    assert result.json["result"]["policy"]["requirements"][0]["type"] == "insecureAcceptAnything"
+    assert (bundle / "rootfs" / "a.txt").read_bytes() == b"a"
+
+
+def test_no_policy_means_no_verification_step(fake: FakeRegistry, shm_path: Path) -> None:
+    result, _ = pull(shm_path, fake.host, cdh(fake.host))
+    assert result.exit_code == 0, result
+    assert result.json["result"]["policy"] is None
 
 
 def test_cc_kbc_resource_is_refused_naming_uri_and_kbc(fake: FakeRegistry, shm_path: Path) -> None:
@@ -88,17 +126,17 @@ def test_cc_kbc_resource_through_initdata_is_refused(fake: FakeRegistry, shm_pat
 
 
 def test_check_reports_what_would_be_refused(shm_path: Path) -> None:
-    config = cdh("127.0.0.1:5000", f"image_security_policy = '{REJECT_ALL}'",
+    config = cdh("127.0.0.1:5000", 'image_security_policy = \'{"default": [{"type": "signedBaseLayer"}]}\'',
                  'authenticated_registry_credentials_uri = "kbs:///default/credential/test"',
                  kbc="cc_kbc")
     initdata = write_initdata(shm_path / "initdata.toml", config)
     report = lint(initdata.read_bytes(), str(initdata))
     codes = {f.code: f for f in report.findings}
-    assert codes["signature-policy-unsupported"].severity == "error"
-    assert codes["signature-policy-unsupported"].location.field.endswith("image.image_security_policy")
+    assert codes["unknown-requirement-type"].severity == "error"
+    assert codes["unknown-requirement-type"].location.field.endswith("image.image_security_policy")
     assert "kbs:///default/credential/test" in codes["cc-kbc-unsupported"].message
     assert not report.ok
     result = invoke("initdata", "check", str(initdata), "--json")
     assert result.exit_code != 0
-    assert {"signature-policy-unsupported", "cc-kbc-unsupported"} <= {
+    assert {"unknown-requirement-type", "cc-kbc-unsupported"} <= {
         f["code"] for f in json.loads(result.stdout)["findings"]}

@@ -213,6 +213,18 @@ class PolicyError(GuestpullError):
     category = Category.POLICY
 
 
+class PolicyRejected(PolicyError):
+    """The signature policy rejected an image; ``decision`` is the verdict as plain data
+    (scope, requirements, why)."""
+
+    def __init__(self, message: str, *, decision: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.decision = decision
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "decision": self.decision}
+
+
 class UnpackError(GuestpullError):
     category = Category.UNPACK
 
@@ -254,7 +266,9 @@ class Attempt:
 
 
 class AllCandidatesFailed(GuestpullError):
-    """Every pull candidate failed; the category is that of the last attempt's cause."""
+    """Every pull candidate failed; the category is that of the last attempt's cause, unless
+    a candidate's image was rejected by the signature policy: then it is ``policy``, so that a
+    refused image never reads as a network problem of the candidate tried after it."""
 
     def __init__(self, image: str, attempts: list[Attempt]) -> None:
         # One line (the CLI's rule for every error); ``to_dict`` keeps the attempts apart.
@@ -267,6 +281,8 @@ class AllCandidatesFailed(GuestpullError):
 
     @property
     def category(self) -> Category:  # type: ignore[override]
+        if any(a.error.category == Category.POLICY for a in self.attempts):
+            return Category.POLICY
         return self.attempts[-1].error.category if self.attempts else Category.INTERNAL
 
     def to_dict(self) -> dict[str, Any]:

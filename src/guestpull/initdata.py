@@ -33,6 +33,8 @@ from guestpull.config import (
     parse_toml,
 )
 from guestpull.errors import ConfigError, GuestpullError, Location, UsageError
+from guestpull.signature.policy import Policy
+from guestpull.signature.sigstore_config import SigstoreConfig
 
 VERSION = "0.1.0"
 ALGORITHMS: tuple[str, ...] = ("sha256", "sha384", "sha512")
@@ -475,6 +477,9 @@ class BuildOptions:
     registry_config: SourceText | None = None
     auth_uri: str | None = None
     policy_uri: str | None = None
+    policy: SourceText | None = None  # a containers-policy.json to inline
+    sigstore_config_uri: str | None = None
+    sigstore_config: SourceText | None = None  # a registries.d-style YAML to inline
     https_proxy: str | None = None
     http_proxy: str | None = None
     no_proxy: str | None = None
@@ -538,8 +543,7 @@ def _image_table(options: BuildOptions) -> dict[str, Any]:
         image["max_concurrent_layer_downloads_per_image"] = options.max_concurrent_downloads
     if options.auth_uri is not None:
         image["authenticated_registry_credentials_uri"] = _check_uri(options.auth_uri, "--auth-uri")
-    if options.policy_uri is not None:
-        image["image_security_policy_uri"] = _check_uri(options.policy_uri, "--policy-uri")
+    image.update(_signature_settings(options))
     certs = _root_certificates(options.registry_cas)
     if certs:
         image["extra_root_certificates"] = certs
@@ -550,6 +554,24 @@ def _image_table(options: BuildOptions) -> dict[str, Any]:
     if registry_config:
         image["registry_config"] = registry_config
     return image
+
+
+def _signature_settings(options: BuildOptions) -> dict[str, str]:
+    """Policy and sigstore config, inline (checked as the guest will read them) or by URI."""
+    out: dict[str, str] = {}
+    pairs = (("policy", "image_security_policy", Policy.parse),
+             ("sigstore-config", "sigstore_config", SigstoreConfig.parse))
+    for option, key, parse in pairs:
+        uri: str | None = getattr(options, f"{option.replace('-', '_')}_uri")
+        file: SourceText | None = getattr(options, option.replace("-", "_"))
+        if uri is not None and file is not None:
+            raise UsageError(f"give --{option} or --{option}-uri, not both (the URI would win)")
+        if uri is not None:
+            out[f"{key}_uri"] = _check_uri(uri, f"--{option}-uri")
+        if file is not None:
+            parse(file.content, file.source)  # refuse what the guest would refuse
+            out[key] = _decode_text(file.content, file.source)
+    return out
 
 
 def _root_certificates(files: tuple[SourceText, ...]) -> list[str]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime
 import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,7 @@ from guestpull.errors import ConfigError, Finding, GuestpullError, Location
 from guestpull.initdata import AA_KEY, CDH_KEY, InitData, data_field, fit_digest
 from guestpull.registries import prefix_match, upstream_prefix_match
 from guestpull.resources import is_kbs_uri
+from guestpull.signature.check import check_policy, check_sigstore_config, unprotected_registries
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
@@ -95,6 +98,7 @@ def lint(
         _check_kbc(context, cdh, aa)
         if cdh.image is not None:
             _check_unimplemented(context, cdh)
+            _check_signatures(context, cdh.image)
             _check_certificates(context, cdh.image.extra_root_certificates)
             if cdh.image.registry_config is not None:
                 _check_registry_rules(context, cdh.image.registry_config)
@@ -189,15 +193,6 @@ def _check_unimplemented(context: _Context, cdh: CdhConfig) -> None:
     """Settings guestpull reads but does not implement: it refuses such pulls (fail closed)."""
     image = cdh.image
     assert image is not None
-    for key in ("image_security_policy_uri", "image_security_policy"):
-        if getattr(image, key):
-            context.add_in(
-                ERROR,
-                "signature-policy-unsupported",
-                "guestpull does not verify image signatures yet: every pull with this policy is "
-                "refused (an upstream guest enforces it)",
-                f"image.{key}",
-            )
     if cdh.kbc.name == "cc_kbc":
         for key, uri in _resource_uris(image):
             if is_kbs_uri(uri):
@@ -208,6 +203,56 @@ def _check_unimplemented(context: _Context, cdh: CdhConfig) -> None:
                     "yet: pulls that need it are refused",
                     key,
                 )
+
+
+def _check_signatures(context: _Context, image: ImageConfig) -> None:
+    """The policy and sigstore config the guest will read: inline, or a file on this host."""
+    policy_field, policy_raw = _signature_input(context, image, "image_security_policy")
+    policy = None
+    if policy_raw is not None:
+        policy, problems = check_policy(policy_raw, policy_field)
+        if policy is not None:
+            problems += unprotected_registries(policy, _insecure_locations(image))
+        for problem in problems:
+            context.add_in(problem.severity, problem.code, problem.message, policy_field)
+    sigstore_field, sigstore_raw = _signature_input(context, image, "sigstore_config")
+    if sigstore_raw is not None:
+        for problem in check_sigstore_config(sigstore_raw, sigstore_field):
+            context.add_in(problem.severity, problem.code, problem.message, sigstore_field)
+    configured = image.sigstore_config_uri or image.sigstore_config
+    if policy is not None and not configured and any(
+            r.type == "signedBy" for r in policy.all_requirements()):
+        context.add_in(WARNING, "no-signature-store",
+                       "the policy has signedBy requirements but no sigstore config says where "
+                       "simple signatures are (unless the guest's work_dir holds one)", policy_field)
+
+
+def _signature_input(context: _Context, image: ImageConfig, key: str) -> tuple[str, bytes | None]:
+    """(field, bytes) of ``key`` or ``key_uri``: the URI wins; a kbs:// one is not checked here."""
+    uri = getattr(image, f"{key}_uri")
+    inline = getattr(image, key)
+    if uri and inline:
+        context.add_in(INFO, f"{key.replace('_', '-')}-uri-overrides-inline",
+                       f"{key}_uri takes precedence; the inline {key} is not read", f"image.{key}")
+    if not uri:
+        return f"image.{key}", inline.encode() if inline else None
+    if is_kbs_uri(uri):
+        return f"image.{key}_uri", None
+    path = Path(unquote(urlsplit(uri).path)) if "://" in uri else Path(uri)
+    try:
+        return f"image.{key}_uri", path.read_bytes()
+    except OSError as err:
+        context.add_in(WARNING, "signature-file-not-checked",
+                       f"{uri} cannot be read on this host ({err.strerror}): the guest refuses "
+                       "every pull if it cannot read it either", f"image.{key}_uri")
+        return f"image.{key}_uri", None
+
+
+def _insecure_locations(image: ImageConfig) -> list[str]:
+    rules = image.registry_config.registry if image.registry_config else []
+    found = [r.location or r.prefix for r in rules if r.insecure]
+    found += [m.location for r in rules for m in r.mirror if m.insecure]
+    return [x for x in found if x]
 
 
 def _resource_uris(image: ImageConfig) -> Iterator[tuple[str, str]]:

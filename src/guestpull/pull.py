@@ -46,9 +46,7 @@ from guestpull.errors import (
     Attempt,
     DigestError,
     GuestpullError,
-    Location,
     NoSpaceError,
-    PolicyError,
     UnsupportedError,
     UsageError,
 )
@@ -65,6 +63,7 @@ from guestpull.image.worker import UnpackWorkers
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
 from guestpull.resources import ResourceResolver
+from guestpull.signature import PolicyDecision, Verifier, VerifyTarget, build_verifier
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +104,7 @@ class PullResult:
     layers: tuple[PulledLayer, ...]
     attempts: tuple[Attempt, ...] = ()
     bundle: BundleResult | None = None
+    policy: PolicyDecision | None = None  # None: no signature policy configured
 
     def to_dict(self) -> dict[str, Any]:
         bundle = self.bundle
@@ -122,12 +122,14 @@ class PullResult:
             "bundle": str(bundle.rootfs.parent) if bundle else None,
             "rootfs_mode": bundle.mode_used if bundle else None,
             "warnings": list(bundle.warnings) if bundle else [],
+            "policy": self.policy.to_dict() if self.policy else None,
         }
 
 
 @dataclass(frozen=True)
 class PullEvent:
-    """Progress: ``kind`` is one of candidate, attempt-failed, manifest, layer-cached,
+    """Progress: ``kind`` is one of candidate, attempt-failed, manifest, policy (the signature
+    policy accepted the image; ``detail`` is the decision), layer-cached,
     layer-start, layer-progress (``detail["bytes"]`` so far), layer-done, bundle-start,
     bundle-done, done."""
 
@@ -238,7 +240,6 @@ class Puller:
         cancellation nothing this pull put into the bundle is left behind.
         """
         emit = events or _no_events
-        refuse_unimplemented(self.image_config)
         wanted_bundle = None
         if bundle is not None:
             check_bundle_target(bundle, force)
@@ -264,7 +265,7 @@ class Puller:
                 puller = _CandidatePull(
                     candidate, client, store, wanted,
                     self.image_config.max_concurrent_layer_downloads_per_image, emit,
-                    wanted_bundle, self._blob_locks,
+                    wanted_bundle, self._blob_locks, verifier=loaded.verifier, requested=reference,
                 )
                 try:
                     result = await puller.run()
@@ -296,6 +297,8 @@ class Puller:
             registries=self.image_config.registries(self.resolver),
             auth_file=load_auth_file(self.image_config, self.resolver),
             transport=Transport(self._session, trust, proxies, self.settings),
+            # A policy that cannot be read refuses the pull; none configured: no verification.
+            verifier=build_verifier(self.image_config, self.resolver, self.work_dir),
         )
 
 
@@ -304,6 +307,7 @@ class _Loaded:
     registries: RegistriesConfig | None
     auth_file: AuthFile | None
     transport: Transport
+    verifier: Verifier | None
 
 
 class KeyedLocks:
@@ -409,21 +413,6 @@ def pull_image_sync(image: str, image_config: ImageConfig, **kwargs: Any) -> Pul
     return asyncio.run(pull_image(image, image_config, **kwargs))
 
 
-def refuse_unimplemented(image_config: ImageConfig) -> None:
-    """Fail closed: a configured signature policy that nothing checks refuses the pull.
-
-    Pulling anyway would run an image its owner's policy may reject; see issue 8.
-    """
-    for key in ("image_security_policy_uri", "image_security_policy"):
-        if getattr(image_config, key):
-            raise PolicyError(
-                f"cdh.toml [image] {key} is set, but this guestpull cannot verify image "
-                "signatures yet; refusing to pull rather than ignore the policy",
-                location=Location(field=f"image.{key}"),
-                hint="remove the policy only if unsigned images are acceptable",
-            )
-
-
 def load_auth_file(image_config: ImageConfig, resolver: ResourceGetter) -> AuthFile | None:
     uri = image_config.authenticated_registry_credentials_uri
     return AuthFile.parse(resolver.get(uri), uri) if uri else None
@@ -454,8 +443,13 @@ class _CandidatePull:
         emit: EventCallback,
         bundle: BundleRequest | None,
         blob_locks: KeyedLocks,
+        *,
+        verifier: Verifier | None = None,
+        requested: Reference | None = None,
     ) -> None:
         self.bundle = bundle
+        self.verifier = verifier
+        self.requested = requested or candidate.reference
         self.ref: Reference = candidate.reference
         self.candidate = candidate
         self.client = client
@@ -467,6 +461,8 @@ class _CandidatePull:
 
     async def run(self) -> dict[str, Any]:
         manifest, index_digest = await self._resolve_manifest()
+        # Before the config or any layer is fetched, and before the bundle builder starts.
+        policy = await self._verify(manifest.digest, index_digest)
         parsed = oci.ImageManifest.parse(manifest.data, f"image manifest {manifest.digest}")
         config_bytes = await self._fetch_config(parsed.config)
         config = oci.ImageConfig.parse(config_bytes, f"image config {parsed.config.digest}")
@@ -511,7 +507,17 @@ class _CandidatePull:
             "platform": _platform_text(config),
             "layers": layers,
             "bundle": made,
+            "policy": policy,
         }
+
+    async def _verify(self, manifest_digest: str, index_digest: str | None) -> PolicyDecision | None:
+        """The signature policy's verdict on every pull (PolicyError if it rejects)."""
+        if self.verifier is None:
+            return None
+        decision = await self.verifier.verify(
+            VerifyTarget(self.requested, self.ref, self.client, manifest_digest, index_digest))
+        self.emit(PullEvent("policy", str(self.ref), decision.to_dict()))
+        return decision
 
     async def _resolve_manifest(self) -> tuple[FetchedManifest, str | None]:
         repo = self.ref.repository

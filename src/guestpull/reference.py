@@ -74,8 +74,12 @@ class Reference:
         return text
 
 
-def parse_reference(text: str) -> Reference:
-    """Parse and normalise an image reference; raise InvalidReferenceError saying what is wrong."""
+def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
+    """Parse and normalise an image reference; raise InvalidReferenceError saying what is wrong.
+
+    ``default_tag=False`` keeps a name without tag or digest name-only (signature identities
+    and policy references are compared exactly, without adding ``latest``).
+    """
     if not text:
         raise _invalid(text, "the reference is empty")
     if any(ch.isspace() for ch in text):
@@ -89,7 +93,7 @@ def parse_reference(text: str) -> Reference:
     if len(repository) > NAME_TOTAL_LENGTH_MAX:
         limit = NAME_TOTAL_LENGTH_MAX
         raise _invalid(text, f"repository name is {len(repository)} characters, at most {limit}")
-    if tag is None and digest is None:
+    if tag is None and digest is None and default_tag:
         tag = DEFAULT_TAG
     return Reference(registry=registry, repository=repository, tag=tag, digest=digest)
 

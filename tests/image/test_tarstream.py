@@ -406,7 +406,15 @@ def test_garbage_is_refused() -> None:
 def test_truncated_data_names_the_entry() -> None:
     archive = build([(info("victim"), b"y" * 5000)], tarfile.USTAR_FORMAT)
     refused(archive[:512 + 100], "'victim'", "ends inside the file data")
-    refused(archive[:512 + 5000], "'victim'")  # data complete, padding missing
+
+
+@pytest.mark.parametrize("padding_kept", [0, 1, 119])
+def test_an_archive_may_end_inside_the_last_files_padding(padding_kept: int) -> None:
+    """umoci 0.4 `insert` writes such layers; Go's archive/tar (umoci, containerd) reads them."""
+    archive = build([(info("first"), b"x" * 10), (info("last"), b"y" * 5000)], tarfile.USTAR_FORMAT)
+    end_of_data = 512 + 512 + 512 + 5000
+    entries = parse(archive[:end_of_data + padding_kept])
+    assert [(e.name, data) for e, data in entries] == [("first", b"x" * 10), ("last", b"y" * 5000)]
 
 
 def test_truncated_header() -> None:

@@ -296,3 +296,27 @@ def _serve_argv(config: Path, shm_path: Path) -> list[str]:
     from support.cli import GUESTPULL
 
     return [*GUESTPULL, "serve", "--config", str(config), "--work-dir", str(shm_path / "work")]
+
+
+def test_the_signature_policy_holds_for_service_pulls(
+    fake: FakeRegistry, shm_path: Path, ttrpc_peer: Path, bundles: Bundles
+) -> None:
+    """kata-agent's PullImage goes through the same policy as ``guestpull pull``: a rejected
+    image is a policy error and leaves the bundle empty; another scope still pulls."""
+    for repo, seed in (("team/app", 21), ("other/app", 22)):
+        fake.add_image(repo, "v1", spec(seed).build())
+    policy = json.dumps({"default": [{"type": "insecureAcceptAnything"}],
+                         "transports": {"docker": {f"{fake.host}/team": [{"type": "reject"}]}}})
+    cdh = cdh_for(fake).replace("[image]\n", f"[image]\nimage_security_policy = '{policy}'\n", 1)
+    socket = shm_path / "cdh" / "cdh.sock"
+    rejected, accepted = bundles.new("rejected"), bundles.new("accepted")
+    with start_serve(shm_path / "serve", serve_cdh_toml(cdh, socket, shm_path / "no-aa.sock"), socket,
+                     work_dir=shm_path / "work") as svc:
+        refused, ok = call(ttrpc_peer, svc.socket, [pull_call(f"{fake.host}/team/app:v1", rejected),
+                                                     pull_call(f"{fake.host}/other/app:v1", accepted)])
+    assert refused["code"] == Code.INTERNAL
+    assert refused["message"].startswith("[CDH] [ERROR]: Image Pull error: policy: "), refused
+    assert f"scope '{fake.host}/team'" in refused["message"]
+    assert_empty_bundle(rejected)
+    assert ok["code"] == 0, ok
+    assert (accepted / "rootfs" / "layer0" / "name").read_bytes() == b"image 22\n"

@@ -124,6 +124,10 @@ def decode_command(value: str, output: Path | None, force: bool) -> None:
 @click.option("--registry-config", metavar="FILE", help="A registries.conf to inline.")
 @click.option("--auth-uri", help="authenticated_registry_credentials_uri (kbs:///..., file://...).")
 @click.option("--policy-uri", help="image_security_policy_uri (kbs:///..., file://...).")
+@click.option("--policy", metavar="FILE", help="A containers-policy.json to inline (image_security_policy).")
+@click.option("--sigstore-config", metavar="FILE",
+              help="A sigstore (registries.d-style) YAML to inline (sigstore_config).")
+@click.option("--sigstore-config-uri", help="sigstore_config_uri (kbs:///..., file://...).")
 @click.option("--https-proxy", help="Proxy for HTTPS registries.")
 @click.option("--http-proxy", help="Proxy for HTTP (insecure) registries.")
 @click.option("--no-proxy", help="Comma-separated hosts that bypass the proxies.")
@@ -138,6 +142,7 @@ def decode_command(value: str, output: Path | None, force: bool) -> None:
 def build_command(
     kbs_url: str | None, registry_cas: tuple[str, ...], insecure_registries: tuple[str, ...],
     registry_config: str | None, auth_uri: str | None, policy_uri: str | None,
+    policy: str | None, sigstore_config: str | None, sigstore_config_uri: str | None,
     https_proxy: str | None, http_proxy: str | None, no_proxy: str | None,
     agent_policy: str | None, algorithm: str, work_dir: str | None,
     max_concurrent_downloads: int | None, output: Path | None, force: bool,
@@ -150,6 +155,9 @@ def build_command(
         registry_config=read_source(registry_config) if registry_config else None,
         auth_uri=auth_uri,
         policy_uri=policy_uri,
+        policy=read_source(policy) if policy else None,
+        sigstore_config_uri=sigstore_config_uri,
+        sigstore_config=read_source(sigstore_config) if sigstore_config else None,
         https_proxy=https_proxy,
         http_proxy=http_proxy,
         no_proxy=no_proxy,

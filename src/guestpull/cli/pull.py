@@ -49,6 +49,8 @@ class TerminalProgress:
             self.tasks[detail["digest"]] = self.bars.add_task(label, total=detail["size"], completed=done)
         elif event.kind == "layer-progress" and detail["digest"] in self.tasks:
             self.bars.update(self.tasks[detail["digest"]], completed=detail["bytes"])
+        elif event.kind == "policy":
+            self.console.print(f"signature policy: accepted (scope {detail['scope']!r})", highlight=False)
         elif event.kind == "bundle-start":
             self.console.print(f"unpacking into {detail['bundle']}")
 

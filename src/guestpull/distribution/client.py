@@ -104,6 +104,27 @@ class BlobRef:
     urls: Sequence[str] = ()
 
 
+class MemorySink:
+    """A :class:`BlobSink` keeping a small blob in memory; ``commit()`` returns its bytes."""
+
+    def __init__(self, blob: BlobRef) -> None:
+        self._blob = blob
+        self._chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def commit(self) -> bytes:
+        data = b"".join(self._chunks)
+        if len(data) != self._blob.size:
+            raise DigestError(f"got {len(data)} bytes, the descriptor says {self._blob.size}")
+        check_digest(data, self._blob.digest, f"blob {self._blob.digest}")
+        return data
+
+    def abort(self) -> None:
+        self._chunks.clear()
+
+
 class _PayloadBroken(Exception):
     """The connection broke while a body streamed in: worth another try."""
 
@@ -249,6 +270,16 @@ class RegistryClient:
                     f"{what} from {safe_url(url)}: HTTP {refused.status}", status=refused.status
                 )
         raise last
+
+    async def fetch_blob_bytes(self, repository: str, blob: BlobRef, max_size: int) -> bytes:
+        """A small blob (a signature payload) into memory, verified; UnsupportedError when the
+        descriptor says it is larger than ``max_size``."""
+        if blob.size > max_size:
+            raise UnsupportedError(
+                f"blob {blob.digest} of {self.registry}/{repository} is {blob.size} bytes; "
+                f"at most {max_size} are read into memory"
+            )
+        return await self.fetch_blob(repository, blob, lambda: MemorySink(blob))  # type: ignore[no-any-return]
 
     # --- internals ---
 

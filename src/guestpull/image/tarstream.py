@@ -349,12 +349,17 @@ class TarReader:
         entry = self._current
         assert entry is not None
         self._current = None
-        left = self._data_left + self._pad_left
+        data, padding = self._data_left, self._pad_left
         self._data_left = self._pad_left = 0
-        if left <= len(self._buf) - self._pos:
-            self._pos += left
-        elif self._skip(left) > 0:
+        if data + padding <= len(self._buf) - self._pos:
+            self._pos += data + padding
+            return
+        if self._skip(data) > 0:
             raise self._truncated(entry)
+        # An archive may end inside the last file's padding: umoci 0.4's `insert` writes such
+        # layers and Go's archive/tar (umoci, containerd) reads them.  The data is whole, and
+        # the next header read finds the end of the stream.
+        self._skip(padding)
 
     def _truncated(self, entry: Entry) -> UnpackError:
         return UnpackError(

@@ -548,16 +548,19 @@ def push(
     all_platforms: bool = False,
     client_cert: tuple[Path, Path] | None = None,
     timeout: float = 120.0,
+    signing: Signing | None = None,
 ) -> None:
     """``skopeo copy oci:LAYOUT:TAG docker://DEST_REF`` keeping every byte and digest.
 
     ``dest_ref`` is ``HOST/REPO:TAG`` (``docker://`` is added if missing).  ``tls_ca`` is a
     CA file (or a directory of ``*.crt``); ``tls_verify=False`` is for plain-HTTP registries.
     ``all_platforms`` copies every image of an index (``--multi-arch all``).
+    ``signing`` also writes a simple (GPG) signature to the lookaside its registries.d names.
     """
     extra = ["--preserve-digests"] + (["--multi-arch", "all"] if all_platforms else [])
     skopeo_copy(f"oci:{Path(layout_dir)}:{tag}", dest_ref, *extra, tls_ca=tls_ca,
-                tls_verify=tls_verify, creds=creds, client_cert=client_cert, timeout=timeout)
+                tls_verify=tls_verify, creds=creds, client_cert=client_cert, timeout=timeout,
+                signing=signing)
 
 
 def skopeo_copy(
@@ -569,9 +572,11 @@ def skopeo_copy(
     creds: tuple[str, str] | None = None,
     client_cert: tuple[Path, Path] | None = None,
     timeout: float = 120.0,
+    signing: Signing | None = None,
 ) -> None:
     """``skopeo copy [EXTRA] SOURCE docker://DEST_REF`` (SOURCE in any skopeo transport, e.g.
-    ``oci:DIR:TAG`` or ``docker-archive:FILE``); EXTRA such as ``--format v2s2`` converts."""
+    ``oci:DIR:TAG`` or ``docker-archive:FILE``); EXTRA such as ``--format v2s2`` converts.
+    ``signing`` also writes a simple (GPG) signature to the lookaside its registries.d names."""
     skopeo = require_binary("skopeo")
     with tempfile.TemporaryDirectory(prefix="guestpull-skopeo-") as tmp:
         tmp_dir = Path(tmp)
@@ -583,8 +588,28 @@ def skopeo_copy(
         ref = _docker_ref(dest_ref)
         if creds is None:
             argv.append("--dest-no-creds")
+        env = _skopeo_env(tmp_dir, ref, creds)
+        if signing is not None:
+            argv += signing.arguments()
+            env["GNUPGHOME"] = str(signing.gnupg_home)
         argv += [source, ref]
-        _run_skopeo(argv, _skopeo_env(tmp_dir, ref, creds), timeout, "copy")
+        _run_skopeo(argv, env, timeout, "copy")
+
+
+@dataclass(frozen=True)
+class Signing:
+    """``skopeo copy --sign-by FINGERPRINT`` with the key in ``gnupg_home``; the signature goes
+    where ``registries_d`` says (its ``sigstore``/``lookaside``); ``identity`` overrides the
+    signed reference (``--sign-identity``)."""
+
+    fingerprint: str
+    gnupg_home: Path
+    registries_d: Path
+    identity: str | None = None
+
+    def arguments(self) -> list[str]:
+        argv = ["--sign-by", self.fingerprint, "--registries.d", str(self.registries_d)]
+        return argv + (["--sign-identity", self.identity] if self.identity else [])
 
 
 def _cert_dir(path: Path, ca: Path | None, client_cert: tuple[Path, Path] | None) -> Path:
