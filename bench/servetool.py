@@ -27,9 +27,9 @@ from pathlib import Path
 from bench.images import GeneratedImage
 from bench.measure import Sample, daemon_cpu_seconds, daemon_peak_rss_kib, reset_peak_rss
 from bench.tools import DEFAULT_TIMEOUT, Attempt, Registry, Tool, unmount_under, write_cdh_config
-from guestpull.service import proto
+from guestpull import protos as proto
 from guestpull.service.server import socket_answers
-from guestpull.service.ttrpc import RpcError, TtrpcClient
+from guestpull.ttrpc import RpcError, TtrpcClient
 from guestpull.testing import ManagedProcess, wait_for
 
 _START_TIMEOUT = 30.0

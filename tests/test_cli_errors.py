@@ -59,6 +59,9 @@ CASES: list[tuple[str, list[str]]] = [
     ("initdata build", ["initdata", "build", "--agent-policy", "{P}"]),
     ("initdata check", ["initdata", "check", "{P}"]),
     ("initdata show", ["initdata", "show", "{P}"]),
+    ("kbs get", ["kbs", "get", "kbs:///default/key/k", "--config", "{P}"]),
+    ("kbs get", ["kbs", "get", "kbs:///default/key/k", "--initdata", "{P}"]),
+    ("kbs get", ["kbs", "get", "kbs:///default/key/k", "--config", "{C}", "-o", "{P}"]),
 ]
 
 KINDS = ["missing", "read-only", "proc", "file-as-dir"]

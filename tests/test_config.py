@@ -336,7 +336,7 @@ def test_registries_from_uri_and_inline_precedence(tmp_path: Path) -> None:
     kbc = tmp_path / "kbc.json"
     encoded = base64.b64encode(b'[[registry]]\nlocation = "from-kbs.local"\n').decode()
     kbc.write_text(json.dumps({"d/registry/c": encoded}))
-    resolver = ResourceResolver([kbc])
+    resolver = ResourceResolver([kbc]).sync()
     by_file = ImageConfig(registry_configuration_uri=str(conf)).registries(resolver)
     assert by_file is not None and by_file.registry[0].location == "from-file.local"
     by_kbs = ImageConfig(registry_configuration_uri="kbs:///d/registry/c").registries(resolver)
@@ -356,12 +356,12 @@ def test_registries_uri_errors_name_the_uri(tmp_path: Path) -> None:
     bad = tmp_path / "bad.conf"
     bad.write_bytes(b"[[registry]]\nprefix = \n")
     with pytest.raises(ConfigError) as info:
-        ImageConfig(registry_configuration_uri=str(bad)).registries(ResourceResolver([]))
+        ImageConfig(registry_configuration_uri=str(bad)).registries(ResourceResolver([]).sync())
     assert info.value.location is not None and info.value.location.file == str(bad)
     assert info.value.location.line == 2
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="UTF-8"):
-        ImageConfig(registry_configuration_uri=str(bad)).registries(ResourceResolver([]))
+        ImageConfig(registry_configuration_uri=str(bad)).registries(ResourceResolver([]).sync())
 
 
 # --- aa.toml ------------------------------------------------------------------------------

@@ -391,7 +391,10 @@ _DEF = re.compile(r"^(?P<indent>\s*)(?:async\s+)?(?P<what>def|class)\s+(?P<name>
 def _check_api(block: Block) -> str | None:
     """A signature block: every class and function (and method) it names exists, in one of
     the modules the marker lists."""
-    modules = [importlib.import_module(name) for name in block.words]
+    try:
+        modules = [importlib.import_module(name) for name in block.words]
+    except ImportError as err:
+        return f"{block.where}: {err}"
     missing = []
     owner: object | None = None
     for line in block.text.splitlines():

@@ -1,9 +1,9 @@
 """Fail closed: a policy that rejects, or cannot be read, refuses the pull; so does a
-``kbs://`` resource that would need the cc_kbc KBC.
+``kbs://`` resource that cc_kbc cannot fetch (no attestation agent).
 
 The pull stops with a clear error before any config or layer is fetched or unpacked — never
 skipped silently.  (The FAKE registry serves the image; real signatures are tested in
-tests/signature/.)
+tests/signature/, pulls that succeed through cc_kbc in tests/kbs/.)
 """
 
 from __future__ import annotations
@@ -99,30 +99,38 @@ def test_no_policy_means_no_verification_step(fake: FakeRegistry, shm_path: Path
     assert result.json["result"]["policy"] is None
 
 
-def test_cc_kbc_resource_is_refused_naming_uri_and_kbc(fake: FakeRegistry, shm_path: Path) -> None:
+def cc_kbc(host: str, tmp: Path, *image_lines: str) -> str:
+    """A cc_kbc cdh.toml whose attestation agent socket does not exist."""
+    return cdh(host, *image_lines, kbc="cc_kbc").replace(
+        "[image]", f'[aa]\naa_socket = "unix://{tmp}/no-aa.sock"\n[image]', 1)
+
+
+def test_cc_kbc_resource_without_attestation_agent_refuses_the_pull(fake: FakeRegistry, shm_path: Path) -> None:
     uri = "kbs:///default/credential/test"
-    result, bundle = pull(shm_path, fake.host, cdh(
-        fake.host, f'authenticated_registry_credentials_uri = "{uri}"', kbc="cc_kbc"))
-    assert result.exit_code != 0, result
-    message = result.json["error"]["message"]
-    assert uri in message and "cc_kbc" in message
+    result, bundle = pull(shm_path, fake.host, cc_kbc(
+        fake.host, shm_path, f'authenticated_registry_credentials_uri = "{uri}"'))
+    assert result.exit_code == EXIT_CODES[Category.NETWORK], result
+    error = result.json["error"]
+    assert uri in error["message"] and "attestation agent" in error["message"]
+    assert "aa_socket" in error["hint"]
     assert not bundle.exists() or not any(bundle.iterdir())
     assert not fake.requests
 
 
 def test_cc_kbc_without_kbs_resources_still_pulls(fake: FakeRegistry, shm_path: Path) -> None:
-    result, bundle = pull(shm_path, fake.host, cdh(fake.host, kbc="cc_kbc"))
+    result, bundle = pull(shm_path, fake.host, cc_kbc(fake.host, shm_path))
     assert result.exit_code == 0, result
     assert (bundle / "rootfs" / "a.txt").read_bytes() == b"a"
 
 
 def test_cc_kbc_resource_through_initdata_is_refused(fake: FakeRegistry, shm_path: Path) -> None:
-    initdata = write_initdata(shm_path / "initdata.toml", cdh(
-        fake.host, 'authenticated_registry_credentials_uri = "kbs:///default/credential/test"', kbc="cc_kbc"))
+    initdata = write_initdata(shm_path / "initdata.toml", cc_kbc(
+        fake.host, shm_path, 'authenticated_registry_credentials_uri = "kbs:///default/credential/test"'))
     result = invoke("pull", f"{fake.host}/team/app:v1", "--initdata", str(initdata),
                     "--work-dir", str(shm_path / "work"), "--json")
     assert result.exit_code != 0, result
-    assert "cc_kbc" in result.json["error"]["message"]
+    assert "kbs:///default/credential/test" in result.json["error"]["message"]
+    assert not fake.requests
 
 
 def test_check_reports_what_would_be_refused(shm_path: Path) -> None:
@@ -134,9 +142,8 @@ def test_check_reports_what_would_be_refused(shm_path: Path) -> None:
     codes = {f.code: f for f in report.findings}
     assert codes["unknown-requirement-type"].severity == "error"
     assert codes["unknown-requirement-type"].location.field.endswith("image.image_security_policy")
-    assert "kbs:///default/credential/test" in codes["cc-kbc-unsupported"].message
+    assert "cc-kbc-unsupported" not in codes, "cc_kbc works: its kbs:// URIs are not refused"
     assert not report.ok
     result = invoke("initdata", "check", str(initdata), "--json")
     assert result.exit_code != 0
-    assert {"unknown-requirement-type", "cc-kbc-unsupported"} <= {
-        f["code"] for f in json.loads(result.stdout)["findings"]}
+    assert "unknown-requirement-type" in {f["code"] for f in json.loads(result.stdout)["findings"]}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guestpull.errors import ConfigError, NotFoundError, UnsupportedError
+from guestpull.errors import ConfigError, NotFoundError
 from guestpull.resources import (
     OFFLINE_FS_EXTRA_ENV,
     ResourceResolver,
@@ -27,7 +27,7 @@ def test_bare_path_and_file_uri(tmp_path: Path) -> None:
     target = tmp_path / "dir with space" / "policy.json"
     target.parent.mkdir()
     target.write_bytes(b"{}\n")
-    resolver = ResourceResolver(offline_fs_files=[])
+    resolver = ResourceResolver(offline_fs_files=[]).sync()
     assert resolver.get(str(target)) == b"{}\n"
     assert resolver.get(target.as_uri()) == b"{}\n"  # percent-encoded space
     assert resolver.get(f"file://{tmp_path}/dir with space/policy.json") == b"{}\n"
@@ -35,9 +35,9 @@ def test_bare_path_and_file_uri(tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="not found"):
-        ResourceResolver(offline_fs_files=[]).get(str(tmp_path / "nope"))
+        ResourceResolver(offline_fs_files=[]).sync().get(str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="directory"):
-        ResourceResolver(offline_fs_files=[]).get(str(tmp_path))
+        ResourceResolver(offline_fs_files=[]).sync().get(str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -70,13 +70,13 @@ def test_bad_uris(uri: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         check_resource_uri(uri)
     with pytest.raises(ConfigError, match=fragment):
-        ResourceResolver(offline_fs_files=[]).get(uri)
+        ResourceResolver(offline_fs_files=[]).sync().get(uri)
 
 
 def test_offline_fs_lookup_later_file_wins(tmp_path: Path) -> None:
     keys = write_kbc_file(tmp_path / "keys.json", {"default/key/1": b"one", "dup/x/y": b"old"})
     res = write_kbc_file(tmp_path / "res.json", {"default/policy/p": b"{}", "dup/x/y": b"new"})
-    resolver = ResourceResolver([keys, tmp_path / "missing.json", res])
+    resolver = ResourceResolver([keys, tmp_path / "missing.json", res]).sync()
     assert resolver.get("kbs:///default/key/1") == b"one"
     assert resolver.get("kbs+other://ignored.host/default/policy/p?q=1") == b"{}"
     assert resolver.get("kbs:///dup/x/y") == b"new"
@@ -85,7 +85,7 @@ def test_offline_fs_lookup_later_file_wins(tmp_path: Path) -> None:
 def test_offline_fs_not_found(tmp_path: Path) -> None:
     keys = write_kbc_file(tmp_path / "keys.json", {"a/b/c": b"x"})
     with pytest.raises(NotFoundError, match="resource not found a/b/d"):
-        ResourceResolver([keys]).get("kbs:///a/b/d")
+        ResourceResolver([keys]).sync().get("kbs:///a/b/d")
 
 
 @pytest.mark.parametrize(
@@ -101,19 +101,19 @@ def test_offline_fs_bad_files(tmp_path: Path, content: str, fragment: str) -> No
     bad = tmp_path / "bad.json"
     bad.write_text(content)
     with pytest.raises(ConfigError, match=fragment) as info:
-        ResourceResolver([bad]).get("kbs:///a/b/c")
+        ResourceResolver([bad]).sync().get("kbs:///a/b/c")
     assert str(bad) in str(info.value)
     assert "secret" not in str(info.value)
 
 
-def test_cc_kbc_is_unsupported(tmp_path: Path) -> None:
+def test_cc_kbc_without_settings_is_a_config_error(tmp_path: Path) -> None:
     keys = write_kbc_file(tmp_path / "keys.json", {"a/b/c": b"x"})
-    with pytest.raises(UnsupportedError, match="cc_kbc"):
-        ResourceResolver([keys], kbc="cc_kbc").get("kbs:///a/b/c")
+    with pytest.raises(ConfigError, match="cc_kbc needs"):
+        ResourceResolver([keys], kbc="cc_kbc").sync().get("kbs:///a/b/c")
     # files are still served under cc_kbc
     target = tmp_path / "f"
     target.write_bytes(b"y")
-    assert ResourceResolver([keys], kbc="cc_kbc").get(str(target)) == b"y"
+    assert ResourceResolver([keys], kbc="cc_kbc").sync().get(str(target)) == b"y"
 
 
 def test_default_files_and_env() -> None:
@@ -130,4 +130,11 @@ def test_default_files_and_env() -> None:
 def test_env_extra_file_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     extra = write_kbc_file(tmp_path / "extra.json", {"r/t/x": b"from-env"})
     monkeypatch.setenv(OFFLINE_FS_EXTRA_ENV, str(extra))
-    assert ResourceResolver().get("kbs:///r/t/x") == b"from-env"
+    assert ResourceResolver().sync().get("kbs:///r/t/x") == b"from-env"
+
+
+async def test_sync_adapter_works_inside_a_running_loop(tmp_path: Path) -> None:
+    # Configuration loading may call the sync get() from a coroutine: it must not deadlock.
+    keys = write_kbc_file(tmp_path / "keys.json", {"a/b/c": b"x"})
+    assert ResourceResolver([keys]).sync().get("kbs:///a/b/c") == b"x"
+    assert await ResourceResolver([keys]).get("kbs:///a/b/c") == b"x"

@@ -31,7 +31,7 @@ from guestpull.config import (
 from guestpull.errors import ConfigError, Finding, GuestpullError, Location
 from guestpull.initdata import AA_KEY, CDH_KEY, InitData, data_field, fit_digest
 from guestpull.registries import prefix_match, upstream_prefix_match
-from guestpull.resources import is_kbs_uri
+from guestpull.resources import check_kbs_url, is_kbs_uri
 from guestpull.signature.check import check_policy, check_sigstore_config, unprotected_registries
 
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -97,7 +97,6 @@ def lint(
     if cdh is not None:
         _check_kbc(context, cdh, aa)
         if cdh.image is not None:
-            _check_unimplemented(context, cdh)
             _check_signatures(context, cdh.image)
             _check_certificates(context, cdh.image.extra_root_certificates)
             if cdh.image.registry_config is not None:
@@ -189,22 +188,6 @@ def _load_config(context: _Context, key: str, parse: Callable[[], Any], model: t
 # --- kbc / KBS --------------------------------------------------------------------------------
 
 
-def _check_unimplemented(context: _Context, cdh: CdhConfig) -> None:
-    """Settings guestpull reads but does not implement: it refuses such pulls (fail closed)."""
-    image = cdh.image
-    assert image is not None
-    if cdh.kbc.name == "cc_kbc":
-        for key, uri in _resource_uris(image):
-            if is_kbs_uri(uri):
-                context.add_in(
-                    ERROR,
-                    "cc-kbc-unsupported",
-                    f"{uri} would be fetched through cc_kbc, which guestpull does not implement "
-                    "yet: pulls that need it are refused",
-                    key,
-                )
-
-
 def _check_signatures(context: _Context, image: ImageConfig) -> None:
     """The policy and sigstore config the guest will read: inline, or a file on this host."""
     policy_field, policy_raw = _signature_input(context, image, "image_security_policy")
@@ -277,6 +260,8 @@ def _check_kbc(context: _Context, cdh: CdhConfig, aa: AaConfig | None) -> None:
         )
     if cdh.kbc.name != "cc_kbc":
         return
+    kbc_url = _kbs_url(context, cdh.kbc.url, "kbc.url", CDH_KEY, needed=_uses_kbs(cdh))
+    _check_kbs_cert(context, cdh.kbc.kbs_cert)
     aa_kbs = aa.token_configs.kbs if aa is not None else None
     if aa_kbs is None:
         context.add_in(
@@ -285,7 +270,9 @@ def _check_kbc(context: _Context, cdh: CdhConfig, aa: AaConfig | None) -> None:
             "cc_kbc needs an attestation token: set aa.toml [token_configs.kbs] url too",
             "kbc.url",
         )
-    elif aa_kbs.url.rstrip("/") != cdh.kbc.url.rstrip("/"):
+        return
+    aa_url = _kbs_url(context, aa_kbs.url, "token_configs.kbs.url", AA_KEY, needed=True)
+    if kbc_url is not None and aa_url is not None and _same_kbs(kbc_url, aa_url) is False:
         context.add_in(
             WARNING,
             "kbs-url-mismatch",
@@ -293,6 +280,43 @@ def _check_kbc(context: _Context, cdh: CdhConfig, aa: AaConfig | None) -> None:
             f" {aa_kbs.url!r}: the token is obtained from one KBS and used at the other",
             "kbc.url",
         )
+
+
+def _uses_kbs(cdh: CdhConfig) -> bool:
+    """Does anything in this cdh.toml fetch from the KBS (a kbs:// URI or a [[credentials]])?"""
+    uris = [uri for _, uri in _resource_uris(cdh.image)] if cdh.image is not None else []
+    return bool(cdh.credentials) or any(is_kbs_uri(uri) for uri in uris)
+
+
+def _kbs_url(context: _Context, url: str, inner_field: str, key: str, *, needed: bool) -> str | None:
+    """The KBS URL in canonical form, or None after a finding (an error when it is ``needed``)."""
+    try:
+        return check_kbs_url(url, field=inner_field)
+    except ConfigError as err:
+        severity = ERROR if needed else WARNING
+        context.add_in(severity, "kbs-url-invalid", err.message, inner_field, key=key)
+        return None
+
+
+def _same_kbs(first: str, second: str) -> bool:
+    """Do two valid KBS URLs name the same KBS (scheme, host, port and path, default port filled in)?"""
+    def key(url: str) -> tuple[str, str, int | None, str]:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        return parts.scheme, (parts.hostname or "").lower(), port, parts.path.rstrip("/")
+
+    return key(first) == key(second)
+
+
+def _check_kbs_cert(context: _Context, pem: str | None) -> None:
+    if not pem or not pem.strip():
+        return
+    try:
+        x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        context.add_in(ERROR, "kbs-cert-invalid",
+                       "kbc.kbs_cert is not a PEM certificate: the KBS cannot be trusted with it",
+                       "kbc.kbs_cert")
 
 
 # --- certificates -----------------------------------------------------------------------------

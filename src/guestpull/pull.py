@@ -179,11 +179,15 @@ class Puller:
     ) -> None:
         if isinstance(config, CdhConfig):
             image_config = config.image_config()
-            resolver = resolver or ResourceResolver(kbc=config.kbc.name)
+            resources = ResourceResolver.for_cdh(config)
         else:
             image_config = config or ImageConfig()
+            resources = ResourceResolver()
         self.image_config = image_config
-        self.resolver: ResourceGetter = resolver or ResourceResolver()
+        # Settings are loaded in a thread through the blocking form; the service's
+        # GetResource awaits the resolver itself.  A caller's own getter replaces both.
+        self._resources: ResourceResolver | None = None if resolver else resources
+        self.resolver: ResourceGetter = resolver or resources.sync()
         self.work_dir = Path(work_dir if work_dir is not None else image_config.work_dir)
         self.settings = transport_settings or TransportSettings()
         self._parallel = asyncio.Semaphore(max(1, max_parallel_pulls))
@@ -215,6 +219,8 @@ class Puller:
 
     async def get_resource(self, uri: str) -> bytes:
         """A resource URI (path, ``file://``, ``kbs://``) through the configured KBC."""
+        if self._resources is not None:
+            return await self._resources.get(uri)
         return await asyncio.to_thread(self.resolver.get, uri)
 
     async def remove_bundle(self, bundle: str | os.PathLike[str]) -> None:

@@ -28,11 +28,11 @@ from support.ttrpcpeer import (
 
 from guestpull.config import CdhConfig, KbcConfig, KbsCredential
 from guestpull.errors import AllCandidatesFailed, Attempt, ConfigError, GuestpullError, NotFoundError
-from guestpull.service import proto
+from guestpull import protos as proto
 from guestpull.service.aa import RuntimeMeasurer, measurement_event
 from guestpull.service.cdh import ConfidentialDataHub, write_kbs_credentials
 from guestpull.service.server import ServeOptions, serve
-from guestpull.service.ttrpc import CallRecord, Code, TtrpcServer
+from guestpull.ttrpc import CallRecord, Code, TtrpcServer
 
 DIGEST = "sha256:" + "ab" * 32
 

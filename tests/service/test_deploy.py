@@ -13,7 +13,7 @@ from support.cli import GUESTPULL, write_initdata
 from support.serve import start_serve
 from support.ttrpcpeer import call, raw_call
 
-from guestpull.service.ttrpc import Code
+from guestpull.ttrpc import Code
 
 CONTRIB = Path(__file__).parents[2] / "contrib"
 GUESTPULL_BIN = Path(sys.executable).parent / "guestpull"

@@ -1,4 +1,4 @@
-"""The messages guestpull builds in code (service/proto.py) are the ones protoc reads from the
+"""The messages guestpull builds in code (protos.py) are the ones protoc reads from the
 .proto text (tests/service/protos/, copied from upstream): same names, numbers, types, labels
 and presence.  protoc is Debian's protobuf-compiler (scripts/setup.sh)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from guestpull.service import proto
+from guestpull import protos as proto
 
 PROTOS = Path(__file__).parent / "protos"
 

@@ -30,7 +30,7 @@ from support.ttrpcpeer import (
 
 from guestpull.image.bundle import umount_bundle
 from guestpull.service.server import socket_answers
-from guestpull.service.ttrpc import MESSAGE_LENGTH_MAX, Code
+from guestpull.ttrpc import MESSAGE_LENGTH_MAX, Code
 from guestpull.testing import wait_for
 from guestpull.testing.fakeregistry import Fault, FakeRegistry
 from guestpull.testing.images import File, ImageSpec, LayerSpec

@@ -12,7 +12,7 @@ import pytest
 from guestpull.errors import ConfigError, ExistsError
 from guestpull.service.aa import RuntimeMeasurer
 from guestpull.service.server import JsonLogFormatter, _level, claim_socket_path, log_call
-from guestpull.service.ttrpc import CallContext, CallRecord, Code
+from guestpull.ttrpc import CallContext, CallRecord, Code
 
 
 def test_a_request_is_one_json_line_with_its_fields(caplog: pytest.LogCaptureFixture) -> None:

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestpull.service import proto
-from guestpull.service.ttrpc import (
+from guestpull import protos as proto
+from guestpull.ttrpc import (
     MESSAGE_LENGTH_MAX,
     CallContext,
     CallRecord,

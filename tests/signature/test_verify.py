@@ -36,7 +36,7 @@ def target(image: str = "reg.local/app/web:v1") -> VerifyTarget:
 
 def verifier(shm_path: Path, policy: dict, sigstore: str | None):
     config = ImageConfig(image_security_policy=json.dumps(policy), sigstore_config=sigstore)
-    return build_verifier(config, ResourceResolver([]), shm_path / "work")
+    return build_verifier(config, ResourceResolver([]).sync(), shm_path / "work")
 
 
 async def test_many_bad_signatures_are_summarised(shm_path: Path, keyring: Path) -> None:
@@ -68,4 +68,4 @@ async def test_all_requirements_must_hold(shm_path: Path) -> None:
 
 
 def test_no_policy_no_verifier(shm_path: Path) -> None:
-    assert build_verifier(ImageConfig(), ResourceResolver([]), shm_path) is None
+    assert build_verifier(ImageConfig(), ResourceResolver([]).sync(), shm_path) is None

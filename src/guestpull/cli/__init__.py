@@ -15,6 +15,7 @@ from guestpull import __version__
 #: command name → "module:attribute" of its click command.
 COMMANDS: dict[str, str] = {
     "initdata": "guestpull.cli.initdata:initdata_group",
+    "kbs": "guestpull.cli.kbs:kbs_group",
     "probe": "guestpull.cli.probe:probe_command",
     "pull": "guestpull.cli.pull:pull_command",
     "serve": "guestpull.cli.serve:serve_command",

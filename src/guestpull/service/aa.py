@@ -15,12 +15,12 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from guestpull.errors import GuestpullError
-from guestpull.service import proto
-from guestpull.service.ttrpc import RpcConnectionError, RpcError, TtrpcClient, unix_socket_path
+from guestpull import protos as proto
+from guestpull.protos import AA_SERVICE
+from guestpull.ttrpc import RpcConnectionError, RpcError, TtrpcClient, unix_socket_path
 
 log = logging.getLogger(__name__)
 
-AA_SERVICE = "attestation_agent.AttestationAgentService"
 AA_DOMAIN = "github.com/confidential-containers"
 AA_OPERATION = "PullImage"
 AA_TIMEOUT = 10.0

@@ -25,9 +25,9 @@ from google.protobuf.message import DecodeError
 from guestpull.config import KbsCredential
 from guestpull.errors import ConfigError, GuestpullError, Location, UsageError
 from guestpull.resources import is_kbs_uri
-from guestpull.service import proto
+from guestpull import protos as proto
 from guestpull.service.aa import AttestationAgentError, RuntimeMeasurer
-from guestpull.service.ttrpc import CallContext, Code, Handler, RpcError
+from guestpull.ttrpc import CallContext, Code, Handler, RpcError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from guestpull.config import CdhConfig
 from guestpull.errors import ConfigError, ExistsError, Location, from_os_error
 from guestpull.service.aa import RuntimeMeasurer
 from guestpull.service.cdh import ConfidentialDataHub, ImagePuller, write_kbs_credentials
-from guestpull.service.ttrpc import CallRecord, Code, TtrpcServer, code_name, unix_socket_path
+from guestpull.ttrpc import CallRecord, Code, TtrpcServer, code_name, unix_socket_path
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("guestpull.service.requests")

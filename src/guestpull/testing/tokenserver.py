@@ -13,18 +13,13 @@ ES256 with the raw r||s signature (libtrust).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
 import json
 import secrets
-import ssl
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Any, Self
 
 from aiohttp import web
@@ -33,11 +28,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from guestpull.testing import TEST_PASSWORD, TEST_USER, HarnessError, Stoppable
+from guestpull.testing import TEST_PASSWORD, TEST_USER, Stoppable
 from guestpull.testing.certs import CertChain, make_ca_chain
+from guestpull.testing.webapp import ThreadedApp, server_ssl_context
 
 _GRANTABLE = ("pull", "push")
-_START_TIMEOUT = 10.0
 
 
 @dataclass
@@ -84,9 +79,7 @@ class TokenServer(Stoppable):
         key = serialization.load_pem_private_key(signer.key_pem, password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         self._signing_key = key
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedApp | None = None
         self.port = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -100,65 +93,22 @@ class TokenServer(Stoppable):
         return f"{self.scheme}://127.0.0.1:{self.port}/token"
 
     def start(self) -> Self:
-        if self._thread is not None:
-            return self
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready, failure), name="guestpull-token-server", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(_START_TIMEOUT) or failure:
-            self.stop()
-            cause = failure[0] if failure else None
-            raise HarnessError(f"token server did not start: {cause or 'timed out'}") from cause
+        if self._server is None:
+            app = web.Application()
+            app.router.add_get("/token", self._handle)
+            app.router.add_post("/token", self._handle)
+            tls = server_ssl_context(self._tls) if self._tls is not None else None
+            self._server = ThreadedApp(app, tls, name="guestpull-token-server").start()
+            self.port = self._server.port
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(_START_TIMEOUT)
-        self._thread = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> Self:
         return self.start()
-
-    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._start_site())
-            ready.set()
-            loop.run_forever()
-        except BaseException as exc:  # reported to start(); the thread must not die silently
-            failure.append(exc)
-            ready.set()
-        finally:
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-    async def _start_site(self) -> None:
-        app = web.Application()
-        app.router.add_get("/token", self._handle)
-        app.router.add_post("/token", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._server_ssl())
-        await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.port = int(sockets[0].getsockname()[1])
-
-    def _server_ssl(self) -> ssl.SSLContext | None:
-        if self._tls is None:
-            return None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        # load_cert_chain needs files; they are only read here, so a temp dir is enough.
-        with TemporaryDirectory(prefix="guestpull-token-tls-") as tmp:
-            paths = self._tls.write(Path(tmp))
-            ctx.load_cert_chain(paths.cert, paths.key)
-        return ctx
 
     # -- protocol ----------------------------------------------------------------------------
 

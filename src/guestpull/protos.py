@@ -18,6 +18,9 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+#: The attestation agent's ttrpc service: runtime measurements (the CDH) and KBS tokens.
+AA_SERVICE = "attestation_agent.AttestationAgentService"
+
 _F = descriptor_pb2.FieldDescriptorProto
 STRING, BYTES, INT64, UINT64, INT32, ENUM, MESSAGE = (
     _F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_INT64, _F.TYPE_UINT64, _F.TYPE_INT32, _F.TYPE_ENUM, _F.TYPE_MESSAGE,

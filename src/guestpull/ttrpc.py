@@ -28,7 +28,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from guestpull.errors import Category, ConfigError, GuestpullError, NetworkError
-from guestpull.service import proto
+from guestpull import protos as proto
 
 log = logging.getLogger(__name__)
 
