@@ -14,6 +14,7 @@ from guestpull.config import (
     CdhConfig,
     ImageConfig,
     RegistriesConfig,
+    field_line,
     load_cdh_config,
     parse_aa_config,
     parse_cdh_config,
@@ -328,6 +329,16 @@ def test_error_line_in_array_of_tables() -> None:
         parse_registries_config(text.replace('"maybe"', "true"), "registries.conf")
     assert info.value.location is not None
     assert (info.value.location.field, info.value.location.line) == ("registry[2]", 8)
+
+
+def test_field_line_finds_keys_headers_and_stops_on_foreign_parts() -> None:
+    text = '[image]\nwork_dir = 1\n\n[[image.registry_config.registry]]\nlocation = "a"\n'
+    assert field_line(text, "image.work_dir") == 2
+    assert field_line(text, "image.registry_config.registry[0].location") == 5
+    assert field_line(text, "image.registry_config.registry[0].prefix") == 4  # its table
+    # A pydantic union member ("list[str]") is not a TOML key: the search goes on above it.
+    assert field_line(text, "image.work_dir.list[str][0]") == 2
+    assert field_line(text, "kbc.name") is None
 
 
 def test_registries_from_uri_and_inline_precedence(tmp_path: Path) -> None:

@@ -321,6 +321,57 @@ def test_build_is_deterministic(ca_chain: CertChain) -> None:
     assert build(options) == build(options)
 
 
+# The bytes of a built document are what a KBS reference value pins (its digest): a writer
+# change that moves them must show up here, not in a user's attestation.
+BUILT_DOCUMENT = """\
+version = "0.1.0"
+algorithm = "sha384"
+
+[data]
+"aa.toml" = '''
+[token_configs.kbs]
+url = "https://kbs.test"
+'''
+
+"cdh.toml" = '''
+[kbc]
+name = "cc_kbc"
+url = "https://kbs.test"
+
+[image]
+work_dir = "/run/guestpull"
+image_security_policy_uri = "kbs:///default/security-policy/test"
+
+[image.image_pull_proxy]
+https_proxy = "http://proxy.test:3128"
+no_proxy = "127.0.0.1,localhost"
+
+[[image.registry_config.registry]]
+location = "127.0.0.1:5000"
+insecure = true
+'''
+
+"policy.rego" = '''
+package agent_policy
+default PullImageRequest := true
+'''
+"""
+
+
+def test_build_writes_the_same_bytes_as_before() -> None:
+    options = BuildOptions(
+        kbs_url="https://kbs.test",
+        insecure_registries=("127.0.0.1:5000",),
+        policy_uri="kbs:///default/security-policy/test",
+        https_proxy="http://proxy.test:3128",
+        no_proxy="127.0.0.1,localhost",
+        agent_policy=SourceText("p.rego", b"package agent_policy\ndefault PullImageRequest := true\n"),
+        algorithm="sha384",
+        work_dir="/run/guestpull",
+    )
+    assert build(options).decode() == BUILT_DOCUMENT
+
+
 def test_build_refuses_a_private_key_as_ca(ca_chain: CertChain) -> None:
     with pytest.raises(ConfigError, match="PRIVATE KEY") as info:
         build(BuildOptions(registry_cas=(SourceText("server.key", ca_chain.key_pem),)))
@@ -381,6 +432,34 @@ def test_content_with_triple_quotes_falls_back_to_an_escaped_string() -> None:
     text = render_document("sha256", data)
     assert InitData.parse(text.encode(), "x").data == data
     assert "\"aa.toml\" = '''" in text  # the other file still uses a literal string
+
+
+def test_carriage_returns_are_escaped_so_every_reader_sees_them() -> None:
+    # TOML lets a reader turn a raw CRLF in a multi-line string into LF (tomllib does).
+    data = {"policy.rego": "a\r\nb\r", "notes": "x\r\n"}
+    text = render_document("sha256", data)
+    assert "\r" not in text
+    assert InitData.parse(text.encode(), "x").data == data
+
+
+def test_quotes_next_to_the_closing_quotes_are_escaped() -> None:
+    # Valid TOML 1.0 unescaped, but readers older than 1.0-rc.1 end the string early.
+    text = dump_toml({"t": {"s": 'line\n"quoted"'}, "u": {"s": "it's\n'"}})
+    assert text.count('\\""""') == 1  # the last quote of t.s is escaped
+    assert tomllib.loads(text) == {"t": {"s": 'line\n"quoted"'}, "u": {"s": "it's\n'"}}
+    assert render_document("sha256", {"k": "it's'"}).endswith('k = """\nit\'s\'"""\n')
+
+
+def test_dump_toml_keeps_an_array_table_item_that_holds_only_tables() -> None:
+    # Without its own [[registry]] header the mirror would join the first rule.
+    table = {"registry": [{"location": "a"}, {"mirror": {"location": "m"}}]}
+    assert tomllib.loads(dump_toml(table)) == table
+
+
+def test_dump_toml_refuses_what_toml_cannot_hold() -> None:
+    with pytest.raises(ConfigError, match="cannot write a NoneType") as info:
+        dump_toml({"image": {"registry_config": {"v": None}}})
+    assert info.value.location.field == "image.registry_config.v"
 
 
 _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)

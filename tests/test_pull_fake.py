@@ -22,7 +22,7 @@ from guestpull.image.store import open_store
 from guestpull.pull import PullEvent, pull_image
 from guestpull.testing import TEST_PASSWORD
 from guestpull.testing.fakeregistry import Fault, FakeRegistry
-from guestpull.testing.images import File, ImageSpec, LayerSpec
+from guestpull.testing.images import File, ImageSpec, LayerSpec, build_index, canonical_json
 
 
 def build_image(tag: str = "a"):
@@ -98,6 +98,25 @@ def test_corrupted_blob_is_digest_error_and_nothing_stored(fake_with_image, shm_
     assert bad.digest in error["attempts"][0]["error"]["message"]
     assert bad.digest not in stored_blobs(shm_path / "work")
     assert not list((shm_path / "work" / "ingest").iterdir())  # no partial data left
+
+
+def test_an_index_entry_pointing_at_another_index_is_refused(shm_path: Path) -> None:
+    fake = FakeRegistry()
+    image = build_image()
+    fake.add_image("team/app", None, image)
+    inner = build_index([image])
+    inner_digest = fake.add_manifest("team/app", inner, "application/vnd.oci.image.index.v1+json")
+    # No mediaType on the entry: select_platform skips entries that say they are indexes.
+    entry = {"digest": inner_digest, "size": len(inner), "platform": image.platform}
+    outer = canonical_json({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                            "manifests": [entry]})
+    fake.add_manifest("team/app", outer, "application/vnd.oci.image.index.v1+json", tag="nested")
+    with fake.in_thread():
+        result = run_pull(write_cdh(shm_path / "cdh.toml", fake.host), shm_path / "work",
+                          f"{fake.host}/team/app:nested")
+    assert result.exit_code == EXIT_CODES[Category.UNSUPPORTED], result.output
+    assert f"points at another index {inner_digest}" in result.output
+    assert image.config_digest not in stored_blobs(shm_path / "work")
 
 
 @pytest.mark.parametrize(

@@ -350,7 +350,7 @@ def validate_model(
 def _config_error(err: ValidationError, source: str, text: str | None, offset: int) -> ConfigError:
     problems = err.errors(include_url=False)
     first_loc = problems[0]["loc"]
-    line = _find_line(text, first_loc) if text else None
+    line = field_line(text, dotted_path(first_loc)) if text else None
     # The first problem's path is in the location; the others name their own.
     message = _describe(problems[0], with_path=False)
     others = [_describe(problem, with_path=True) for problem in problems[1:]]
@@ -407,47 +407,72 @@ def _safe_input(value: Any, error_type: str) -> str | None:
     return None
 
 
-def _find_line(text: str, loc: tuple[int | str, ...]) -> int | None:
-    """Best effort: the line of the innermost key (or table header) named in ``loc``."""
-    lines = text.splitlines()
-    in_array = _find_line_in_array_table(lines, loc)
-    if in_array is not None:
-        return in_array
-    keys = [part for part in loc if isinstance(part, str)]
-    for depth in range(len(keys), 0, -1):
-        key = keys[depth - 1]
-        header = ".".join(keys[:depth])
-        patterns = [
-            re.compile(rf"^\s*\[\[?\s*{re.escape(header)}\s*\]\]?\s*(#.*)?$"),
-            re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*="),
-        ]
-        for pattern in patterns:
-            hits = [number for number, line in enumerate(lines, 1) if pattern.search(line)]
-            if len(hits) == 1:
-                return hits[0]
+# --- where a field sits in TOML text (config errors here, lint findings) ---------------------
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+_LAST_PART = re.compile(r"(\[\d+\]|\.[^.\[]+|^[^.\[]+)$")
+
+
+def field_line(text: str, dotted: str) -> int | None:
+    """Best-effort line of ``a.b[2].c`` in TOML text: the key's line, else the nearest enclosing
+    table header or key that is written out."""
+    lines = _path_lines(text)
+    path = dotted
+    while path:
+        if path in lines:
+            return lines[path]
+        shorter = _LAST_PART.sub("", path)
+        # A part that is not a TOML key (pydantic's "list[str]" of a union) goes whole.
+        path = shorter if shorter != path else path.rpartition(".")[0]
     return None
 
 
-def _find_line_in_array_table(lines: list[str], loc: tuple[int | str, ...]) -> int | None:
-    """For ``a.b[i].key``: the i-th ``[[a.b]]`` header, or ``key`` inside that table."""
-    index_at = next((n for n, part in enumerate(loc) if isinstance(part, int)), None)
-    if not index_at:
-        return None
-    index = loc[index_at]
-    assert isinstance(index, int)
-    header = re.compile(rf"^\s*\[\[\s*{re.escape('.'.join(map(str, loc[:index_at])))}\s*\]\]")
-    starts = [number for number, line in enumerate(lines, 1) if header.search(line)]
-    if index >= len(starts):
-        return None
-    start = starts[index]
-    if index_at + 1 < len(loc) and isinstance(loc[index_at + 1], str):
-        key = re.compile(rf"^\s*[\"']?{re.escape(str(loc[index_at + 1]))}[\"']?\s*=")
-        for number in range(start + 1, len(lines) + 1):
-            if re.match(r"^\s*\[", lines[number - 1]):
-                break
-            if key.search(lines[number - 1]):
-                return number
-    return start
+def _path_lines(text: str) -> dict[str, int]:
+    """Dotted paths (arrays of tables indexed) → the line where each is first written."""
+    found: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    table = ""
+    in_string = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_string:
+            in_string = (line.count("'''") + line.count('"""')) % 2 == 0
+            continue
+        header = _HEADER.match(line)
+        if header:
+            name = _normalise_key(header.group(2))
+            if header.group(1) == "[[":
+                counts[name] = counts.get(name, 0) + 1
+                # A new array item starts its own nested arrays from index 0.
+                for nested in [k for k in counts if k.startswith(name + ".")]:
+                    del counts[nested]
+            name = _indexed(name, counts)
+            table = name
+            found.setdefault(table, number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            name = _normalise_key(key.group(1))
+            path = f"{table}.{name}" if table else name
+            found.setdefault(path, number)
+            in_string = (line.count("'''") + line.count('"""')) % 2 == 1
+    return found
+
+
+def _indexed(name: str, counts: dict[str, int]) -> str:
+    """``a.registry.mirror`` → ``a.registry[1].mirror[0]``: the current item of each array."""
+    parts = name.split(".")
+    out: list[str] = []
+    for part in parts:
+        out.append(part)
+        prefix = ".".join(p.split("[")[0] for p in out)
+        if prefix in counts:
+            out[-1] = f"{part}[{counts[prefix] - 1}]"
+    return ".".join(out)
+
+
+def _normalise_key(key: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in key.split("."))
 
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")

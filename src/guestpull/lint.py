@@ -26,6 +26,7 @@ from guestpull.config import (
     CdhConfig,
     ImageConfig,
     RegistriesConfig,
+    field_line,
     unknown_keys,
 )
 from guestpull.errors import ConfigError, Finding, GuestpullError, Location
@@ -459,65 +460,6 @@ def _registry_names(config: RegistriesConfig) -> list[str]:
     return list(dict.fromkeys(n for n in names if n and not n.startswith("*.")))
 
 
-# --- where a field sits in an embedded TOML file ----------------------------------------------
-
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
-
-
 def _field_line(text: str, dotted: str) -> int | None:
-    """Best-effort line of ``a.b[2].c`` in TOML text (a table header or a key line)."""
-    lines = _path_lines(text)
-    path = re.sub(r" certificate \d+$", "", dotted)
-    while path:
-        if path in lines:
-            return lines[path]
-        path = re.sub(r"(\[\d+\]|\.[^.\[]+|^[^.\[]+)$", "", path)
-    return None
-
-
-def _path_lines(text: str) -> dict[str, int]:
-    """Dotted paths (arrays of tables indexed) → the line where each is first written."""
-    found: dict[str, int] = {}
-    counts: dict[str, int] = {}
-    table = ""
-    in_string = False
-    for number, line in enumerate(text.splitlines(), start=1):
-        if in_string:
-            in_string = (line.count("'''") + line.count('"""')) % 2 == 0
-            continue
-        header = _HEADER.match(line)
-        if header:
-            name = _normalise_key(header.group(2))
-            if header.group(1) == "[[":
-                counts[name] = counts.get(name, 0) + 1
-                # A new array item starts its own nested arrays from index 0.
-                for nested in [k for k in counts if k.startswith(name + ".")]:
-                    del counts[nested]
-            name = _indexed(name, counts)
-            table = name
-            found.setdefault(table, number)
-            continue
-        key = _KEY.match(line)
-        if key:
-            name = _normalise_key(key.group(1))
-            path = f"{table}.{name}" if table else name
-            found.setdefault(path, number)
-            in_string = (line.count("'''") + line.count('"""')) % 2 == 1
-    return found
-
-
-def _indexed(name: str, counts: dict[str, int]) -> str:
-    """``a.registry.mirror`` → ``a.registry[1].mirror[0]``: the current item of each array."""
-    parts = name.split(".")
-    out: list[str] = []
-    for part in parts:
-        out.append(part)
-        prefix = ".".join(p.split("[")[0] for p in out)
-        if prefix in counts:
-            out[-1] = f"{part}[{counts[prefix] - 1}]"
-    return ".".join(out)
-
-
-def _normalise_key(key: str) -> str:
-    return ".".join(part.strip().strip("\"'") for part in key.split("."))
+    # A certificate's finding sits on the line of the field that holds it.
+    return field_line(text, re.sub(r" certificate \d+$", "", dotted))

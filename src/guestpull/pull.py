@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from guestpull import oci
 from guestpull import tls
 from guestpull.authfile import AuthFile
 from guestpull.config import (
@@ -32,7 +33,6 @@ from guestpull.config import (
     load_cdh_config,
 )
 from guestpull.distribution import (
-    BlobRef,
     FetchedManifest,
     ProxySettings,
     RegistryClient,
@@ -50,7 +50,6 @@ from guestpull.errors import (
     UnsupportedError,
     UsageError,
 )
-from guestpull.image import oci
 from guestpull.image.bundle import (
     BundleBuilder,
     BundleResult,
@@ -58,7 +57,7 @@ from guestpull.image.bundle import (
     check_bundle_target,
     remove_bundle,
 )
-from guestpull.image.store import LayerRef, Store, open_store
+from guestpull.image.store import Store, open_store
 from guestpull.image.worker import UnpackWorkers
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
@@ -80,17 +79,6 @@ DEFAULT_PARALLEL_PULLS = 4
 
 
 @dataclass(frozen=True)
-class PulledLayer:
-    digest: str
-    diff_id: str
-    size: int
-    media_type: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"digest": self.digest, "diff_id": self.diff_id, "size": self.size, "media_type": self.media_type}
-
-
-@dataclass(frozen=True)
 class PullResult:
     """What a successful pull produced, and the candidates that failed before it."""
 
@@ -101,7 +89,7 @@ class PullResult:
     index_digest: str | None
     config_digest: str
     platform: str
-    layers: tuple[PulledLayer, ...]
+    layers: tuple[oci.Layer, ...]
     attempts: tuple[Attempt, ...] = ()
     bundle: BundleResult | None = None
     policy: PolicyDecision | None = None  # None: no signature policy configured
@@ -117,13 +105,18 @@ class PullResult:
             "index_digest": self.index_digest,
             "config_digest": self.config_digest,
             "platform": self.platform,
-            "layers": [layer.to_dict() for layer in self.layers],
+            "layers": [_layer_dict(layer) for layer in self.layers],
             "failed_attempts": [a.to_dict() for a in self.attempts],
             "bundle": str(bundle.rootfs.parent) if bundle else None,
             "rootfs_mode": bundle.mode_used if bundle else None,
             "warnings": list(bundle.warnings) if bundle else [],
             "policy": self.policy.to_dict() if self.policy else None,
         }
+
+
+def _layer_dict(layer: oci.Layer) -> dict[str, Any]:
+    """A layer in the JSON result (``guestpull pull --json``); these keys are a public format."""
+    return {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type}
 
 
 @dataclass(frozen=True)
@@ -466,29 +459,26 @@ class _CandidatePull:
         self.blob_locks = blob_locks
 
     async def run(self) -> dict[str, Any]:
-        manifest, index_digest = await self._resolve_manifest()
+        manifest, parsed, index_digest = await self._resolve_manifest()
         # Before the config or any layer is fetched, and before the bundle builder starts.
         policy = await self._verify(manifest.digest, index_digest)
-        parsed = oci.ImageManifest.parse(manifest.data, f"image manifest {manifest.digest}")
         config_bytes = await self._fetch_config(parsed.config)
-        config = oci.ImageConfig.parse(config_bytes, f"image config {parsed.config.digest}")
+        config = oci.ConfigFile.parse(config_bytes, f"image config {parsed.config.digest}")
         if len(config.diff_ids) != len(parsed.layers):
             raise DigestError(
                 f"image manifest {manifest.digest} has {len(parsed.layers)} layers but its config "
                 f"lists {len(config.diff_ids)} diff_ids"
             )
         layers = tuple(
-            PulledLayer(d.digest, diff_id, d.size, d.media_type)
-            for d, diff_id in zip(parsed.layers, config.diff_ids, strict=True)
+            oci.Layer(d, diff_id) for d, diff_id in zip(parsed.layers, config.diff_ids, strict=True)
         )
-        refs = [LayerRef(x.digest, x.media_type, x.size, x.diff_id) for x in layers]
-        builder = self._start_bundle(config, parsed.config.digest, refs)
+        builder = self._start_bundle(config, parsed.config.digest, layers)
         workers = None
         try:
             workers = _unpack_workers(builder)
             await self._fetch_layers(parsed.layers, builder)
             await asyncio.to_thread(self.store.record_image, str(self.ref), manifest.digest,
-                                    parsed.config.digest, manifest.data, refs)
+                                    parsed.config.digest, manifest.data, layers)
             made = None
             if builder is not None:
                 made = await in_thread_to_the_end(builder.finish, str(self.ref))
@@ -525,15 +515,15 @@ class _CandidatePull:
         self.emit(PullEvent("policy", str(self.ref), decision.to_dict()))
         return decision
 
-    async def _resolve_manifest(self) -> tuple[FetchedManifest, str | None]:
+    async def _resolve_manifest(self) -> tuple[FetchedManifest, oci.ImageManifest, str | None]:
+        """The image manifest for the wanted platform (through the index, if there is one)."""
         repo = self.ref.repository
         top = await self.client.get_manifest(repo, self.ref.manifest_ref, expected_digest=self.ref.digest)
         await self._keep(top)
         self.emit(PullEvent("manifest", str(self.ref), {"digest": top.digest, "media_type": top.media_type}))
-        if not top.is_index:
-            return top, None
-        index = oci.ImageIndex.parse(top.data, f"image index {top.digest}")
-        entry = oci.select_platform(index, self.wanted)
+        if isinstance(top.document, oci.ImageManifest):
+            return top, top.document, None
+        entry = oci.select_platform(top.document, self.wanted)
         child = await self.client.get_manifest(
             repo, entry.digest, expected_digest=entry.digest, expected_media_type=entry.media_type
         )
@@ -541,11 +531,11 @@ class _CandidatePull:
             raise DigestError(
                 f"manifest {entry.digest} is {len(child.data)} bytes; the index says {entry.size}"
             )
-        if child.is_index:
+        if not isinstance(child.document, oci.ImageManifest):
             raise UnsupportedError(f"index {top.digest} points at another index {entry.digest} for {self.wanted}")
         await self._keep(child)
         self.emit(PullEvent("manifest", str(self.ref), {"digest": child.digest, "platform": str(entry.platform)}))
-        return child, top.digest
+        return child, child.document, top.digest
 
     async def _keep(self, manifest: FetchedManifest) -> None:
         await asyncio.to_thread(self.store.content.put, manifest.digest, manifest.data)
@@ -555,7 +545,7 @@ class _CandidatePull:
         return self.store.content.read(descriptor.digest)
 
     def _start_bundle(
-        self, config: oci.ImageConfig, config_digest: str, layers: Sequence[LayerRef]
+        self, config: oci.ConfigFile, config_digest: str, layers: Sequence[oci.Layer]
     ) -> BundleBuilder | None:
         if self.bundle is None:
             return None
@@ -607,7 +597,7 @@ class _CandidatePull:
                 return
             await self.client.fetch_blob(
                 self.ref.repository,
-                BlobRef(d.digest, d.size, d.urls),
+                d,
                 lambda: _ProgressSink(self.store.content.writer(d.digest, d.size), d.digest,
                                       str(self.ref), self.emit),
             )
@@ -643,7 +633,7 @@ async def _unpack_as_stored(builder: BundleBuilder, stored: dict[str, asyncio.Ev
         return
     limit = asyncio.Semaphore(UNPACK_CONCURRENCY)
 
-    async def one(layer: LayerRef) -> None:
+    async def one(layer: oci.Layer) -> None:
         await stored[layer.digest].wait()
         async with limit:
             await in_thread_to_the_end(builder.prepare_layer, layer)
@@ -663,7 +653,7 @@ async def _all_or_nothing(coroutines: list[Any]) -> None:
         raise
 
 
-def _platform_text(config: oci.ImageConfig) -> str:
+def _platform_text(config: oci.ConfigFile) -> str:
     return str(oci.Platform(config.os, config.architecture, config.variant))
 
 

@@ -118,11 +118,11 @@ def _split_digest(text: str) -> tuple[str, str | None]:
         return name, None
     if "@" in digest:
         raise _invalid(text, "it contains more than one '@'")
-    check_digest(digest, text)
+    check_digest_syntax(digest, text)
     return name, digest
 
 
-def check_digest(digest: str, context: str | None = None) -> None:
+def check_digest_syntax(digest: str, context: str | None = None) -> None:
     """Check ``algorithm:hex`` for a supported algorithm and its exact hex length."""
     where = context if context is not None else digest
     match = DIGEST_RE.match(digest)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from guestpull import tls
+from guestpull.oci import Descriptor
 from guestpull.errors import DigestError
 from guestpull.distribution import (
     ProxySettings,
@@ -19,6 +20,12 @@ from guestpull.distribution import (
     TransportSettings,
     new_session,
 )
+from guestpull.testing.images import BuiltLayer
+
+def blob_of(layer: BuiltLayer, size: int | None = None) -> Descriptor:
+    """The descriptor a manifest gives ``layer`` (``size`` to make it lie about its size)."""
+    return Descriptor(layer.media_type, layer.digest, layer.size if size is None else size)
+
 
 FAST = TransportSettings(
     connect_timeout=2, read_timeout=2, retry=RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.05)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from guestpull.distribution import BlobRef
 from guestpull.distribution.client import MANIFEST_ACCEPT, MAX_MANIFEST_SIZE
 from guestpull.errors import (
     AuthError,
@@ -16,11 +15,12 @@ from guestpull.errors import (
     NotFoundError,
     UnsupportedError,
 )
+from guestpull.oci import Descriptor
 from guestpull.testing import TEST_PASSWORD, TEST_USER
 from guestpull.testing.fakeregistry import Fault, FakeRegistry
 from guestpull.testing.images import File, ImageSpec, LayerSpec
 
-from .helpers import Creds, Sinks, client, transport
+from .helpers import Creds, Sinks, blob_of, client, transport
 
 LAYER_DATA = b"x" * 300_000
 
@@ -104,7 +104,7 @@ async def test_blob_streamed_and_verified(fake_image) -> None:
     layer = image.layers[0]
     sinks = Sinks()
     async with transport() as t:
-        data = await client(t, fake.host).fetch_blob("team/app", BlobRef(layer.digest, layer.size), sinks)
+        data = await client(t, fake.host).fetch_blob("team/app", blob_of(layer), sinks)
     assert data == layer.blob
     assert sinks.opened[0].committed and not sinks.opened[0].aborted
 
@@ -116,7 +116,7 @@ async def test_corrupted_blob_aborted_and_digest_error(fake_image) -> None:
     sinks = Sinks(layer.digest)
     async with transport() as t:
         with pytest.raises(DigestError, match=layer.digest):
-            await client(t, fake.host).fetch_blob("team/app", BlobRef(layer.digest, layer.size), sinks)
+            await client(t, fake.host).fetch_blob("team/app", blob_of(layer), sinks)
     assert sinks.opened and all(s.aborted and not s.committed for s in sinks.opened)
 
 
@@ -126,7 +126,7 @@ async def test_size_mismatch_is_digest_error(fake_image) -> None:
     sinks = Sinks()
     async with transport() as t:
         with pytest.raises(DigestError, match="bytes"):
-            await client(t, fake.host).fetch_blob("team/app", BlobRef(layer.digest, layer.size - 1), sinks)
+            await client(t, fake.host).fetch_blob("team/app", blob_of(layer, layer.size - 1), sinks)
     assert not any(s.committed for s in sinks.opened)
 
 
@@ -145,7 +145,7 @@ async def test_transient_status_retried(fake_image, fault: Fault) -> None:
     times = fault.times
     fake.inject("/blobs/", fault)
     async with transport() as t:
-        data = await client(t, fake.host).fetch_blob("team/app", BlobRef(layer.digest, layer.size), Sinks())
+        data = await client(t, fake.host).fetch_blob("team/app", blob_of(layer), Sinks())
     assert data == layer.blob
     assert len(fake.requests_to(f"/blobs/{layer.digest}")) == times + 1
 
@@ -156,7 +156,7 @@ async def test_persistent_5xx_gives_up(fake_image) -> None:
     fake.inject("/blobs/", Fault("status", status=502, times=100))
     async with transport() as t:
         with pytest.raises(HTTPStatusError) as info:
-            await client(t, fake.host).fetch_blob("team/app", BlobRef(layer.digest, layer.size), Sinks())
+            await client(t, fake.host).fetch_blob("team/app", blob_of(layer), Sinks())
     assert info.value.status == 502
     assert len(fake.requests_to("/blobs/")) == 3  # bounded: FAST allows 3 tries
 
@@ -168,7 +168,7 @@ async def test_broken_body_retried_then_succeeds(fake_image, kind: str) -> None:
     fake.inject("/blobs/", Fault(kind))  # type: ignore[arg-type]
     sinks = Sinks()
     async with transport() as t:
-        data = await client(t, fake.host).fetch_blob("team/app", BlobRef(layer.digest, layer.size), sinks)
+        data = await client(t, fake.host).fetch_blob("team/app", blob_of(layer), sinks)
     assert data == layer.blob
     assert sinks.opened[0].aborted and not sinks.opened[0].committed
     assert sinks.opened[-1].committed
@@ -182,7 +182,7 @@ async def test_broken_body_every_time_is_network_error(fake_image, kind: str) ->
     sinks = Sinks()
     async with transport() as t:
         with pytest.raises(NetworkError, match="broke"):
-            await client(t, fake.host).fetch_blob("team/app", BlobRef(layer.digest, layer.size), sinks)
+            await client(t, fake.host).fetch_blob("team/app", blob_of(layer), sinks)
     assert all(s.aborted and not s.committed for s in sinks.opened)
 
 
@@ -196,7 +196,7 @@ async def test_redirect_to_other_host_drops_authorization() -> None:
         fake.inject("/blobs/", Fault("redirect", location=f"http://localhost:{storage.port}/storage/{layer.digest}"))
         async with transport() as t:
             c = client(t, fake.host, credentials=Creds(TEST_USER, TEST_PASSWORD))
-            data = await c.fetch_blob("team/app", BlobRef(layer.digest, layer.size), Sinks())
+            data = await c.fetch_blob("team/app", blob_of(layer), Sinks())
         assert data == layer.blob
         registry_blob_requests = fake.requests_to("/blobs/")
         assert registry_blob_requests[-1].headers.get("Authorization", "").startswith("Basic ")
@@ -214,7 +214,7 @@ async def test_foreign_urls_tried_after_registry(fake_image) -> None:
     try:
         blob = b"foreign layer bytes"
         digest = storage.add_blob(blob)
-        ref = BlobRef(digest, len(blob), urls=[f"{storage.url}/storage/{digest}"])
+        ref = Descriptor("", digest, len(blob), urls=(f"{storage.url}/storage/{digest}",))
         async with transport() as t:
             data = await client(t, fake.host).fetch_blob("team/app", ref, Sinks())
         assert data == blob
@@ -254,7 +254,7 @@ async def test_bearer_token_flow_and_cache() -> None:
         async with transport() as t:
             c = client(t, fake.host, credentials=Creds(TEST_USER, TEST_PASSWORD))
             await c.get_manifest("team/app", "v1")
-            await c.fetch_blob("team/app", BlobRef(layer.digest, layer.size), Sinks())
+            await c.fetch_blob("team/app", blob_of(layer), Sinks())
         assert fake.tokens_issued == 1  # cached across requests for the same repository
         token_request = fake.requests_to("/token")[0]
         assert token_request.headers["Authorization"].startswith("Basic ")

@@ -12,7 +12,8 @@ from dataclasses import replace
 
 import pytest
 
-from guestpull.distribution import BlobRef, RetryPolicy
+from guestpull import oci
+from guestpull.distribution import RetryPolicy
 from guestpull.errors import (
     AuthError,
     ConfigError,
@@ -23,12 +24,11 @@ from guestpull.errors import (
     TLSError,
     UnsupportedError,
 )
-from guestpull.image import oci
 from guestpull.testing import TEST_PASSWORD, TEST_USER
 from guestpull.testing.hostile import SCENARIOS, HostileRegistry, sha256
 from guestpull.testing.images import File, ImageSpec, LayerSpec
 
-from .helpers import FAST, Creds, Sinks, client, transport
+from .helpers import FAST, Creds, Sinks, blob_of, client, transport
 
 
 def _image():
@@ -40,7 +40,7 @@ async def _fetch_all(registry: HostileRegistry, settings=FAST, credentials=None)
         c = client(t, registry.host, credentials=credentials)
         got = await c.get_manifest("app", "v1")
         for layer in registry.image.layers:
-            await c.fetch_blob("app", BlobRef(layer.digest, layer.size), Sinks(layer.digest))
+            await c.fetch_blob("app", blob_of(layer), Sinks(layer.digest))
     return got
 
 
@@ -139,5 +139,5 @@ async def test_unusable_foreign_urls_are_skipped_not_raised() -> None:
         urls = ["http://[::1", "http://a:99999/x", "file:///etc/passwd", f"{registry.url}/v2/app/blobs/x"]
         async with transport() as t:
             with pytest.raises(NotFoundError):
-                await client(t, registry.host).fetch_blob("app", BlobRef(digest, len(blob), tuple(urls)), Sinks())
+                await client(t, registry.host).fetch_blob("app", oci.Descriptor("", digest, len(blob), tuple(urls)), Sinks())
     assert [r.path for r in registry.requests if r.path.endswith("/blobs/x")]  # the usable one was tried

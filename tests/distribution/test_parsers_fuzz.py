@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from yarl import URL
 
+from guestpull import oci
 from guestpull.distribution import auth, transport
 from guestpull.errors import GuestpullError
-from guestpull.image import oci
 from guestpull.strictjson import load_json
 from guestpull.testing.images import File, ImageSpec, LayerSpec, build_index
 from support.fuzz import EXAMPLES, mutated
@@ -84,7 +84,7 @@ def test_manifest_documents(data: bytes, content_type: str, expected: str) -> No
 @FUZZ
 @given(documents("config"))
 def test_image_configs(data: bytes) -> None:
-    only_typed(oci.ImageConfig.parse, data)
+    only_typed(oci.ConfigFile.parse, data)
 
 
 @FUZZ

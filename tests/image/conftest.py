@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from guestpull.image.store import ImageRecord, LayerRef, Store, open_store
-from guestpull.testing.images import BuiltImage, ImageSpec
+from guestpull.image.store import ImageRecord, Store, open_store
+from guestpull.oci import Descriptor, Layer
+from guestpull.testing.images import BuiltImage, BuiltLayer, ImageSpec
 
 
 @pytest.fixture
@@ -16,10 +17,15 @@ def store(shm_path: Path) -> Iterator[Store]:
     yield open_store(shm_path / "work")
 
 
+def layer_of(built: BuiltLayer, diff_id: str | None = None) -> Layer:
+    """``built`` as an image layer (``diff_id`` to give it a wrong one)."""
+    return Layer(Descriptor(built.media_type, built.digest, built.size), diff_id or built.diff_id)
+
+
 def add_image(store: Store, spec: ImageSpec | BuiltImage, reference: str = "example/img:1") -> ImageRecord:
     """Store every blob of a built image and record it, as pull.py would."""
     built = spec.build() if isinstance(spec, ImageSpec) else spec
     for digest, data in built.blobs().items():
         store.content.put(digest, data)
-    layers = [LayerRef(l.digest, l.media_type, l.size, l.diff_id) for l in built.layers]
+    layers = [layer_of(l) for l in built.layers]
     return store.record_image(reference, built.digest, built.config_digest, built.manifest, layers)

@@ -11,12 +11,14 @@ import threading
 import pytest
 import zstandard
 
+from guestpull import oci
 from guestpull.errors import DigestError, UnpackError, UnsupportedError
-from guestpull.image import oci
 from guestpull.image.decode import LayerReader, compression_of, decoded_chunks
 from guestpull.image.rootfs import ensure_layer
-from guestpull.image.store import LayerRef, Store
+from guestpull.image.store import Store
 from guestpull.testing.images import File, LayerSpec
+
+from .conftest import layer_of
 
 DATA = os.urandom(300_000) + b"\0" * 700_000
 
@@ -95,13 +97,13 @@ def test_truncated_gzip_is_an_unpack_error() -> None:
 def test_layer_with_wrong_diff_id_is_removed(store: Store, compression: str) -> None:
     built = LayerSpec([File(f"f{i}", b"x" * i) for i in range(50)], compression=compression).build()  # type: ignore[arg-type]
     store.content.put(built.digest, built.blob)
-    wrong = LayerRef(built.digest, built.media_type, built.size, sha(b"not this layer"))
+    wrong = layer_of(built, sha(b"not this layer"))
     with pytest.raises(DigestError):
         ensure_layer(store, wrong)
     assert store.layers.get(wrong.diff_id) is None
     assert list(store.layers.root.iterdir()) == []
     # and the right diff_id unpacks fine
-    right = LayerRef(built.digest, built.media_type, built.size, built.diff_id)
+    right = layer_of(built)
     path = ensure_layer(store, right)
     assert (path / "f49").read_bytes() == b"x" * 49
 

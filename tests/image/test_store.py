@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from guestpull.errors import DigestError, NoSpaceError, NotFoundError
-from guestpull.image.store import LayerRef, Store, open_store
+from guestpull.image.store import Store, open_store
+from guestpull.oci import Descriptor, Layer
 from guestpull.testing.images import File, ImageSpec, LayerSpec
 
 from .conftest import add_image
@@ -219,4 +220,4 @@ def test_record_list_remove_and_prune(store: Store) -> None:
 def test_record_image_needs_its_config(store: Store) -> None:
     with pytest.raises(NotFoundError):
         store.record_image("r", sha(b"m"), sha(b"missing"), b"m",
-                           [LayerRef(sha(b"l"), "application/vnd.oci.image.layer.v1.tar", 1, sha(b"d"))])
+                           [Layer(Descriptor("application/vnd.oci.image.layer.v1.tar", sha(b"l"), 1), sha(b"d"))])

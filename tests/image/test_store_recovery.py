@@ -16,15 +16,16 @@ from guestpull.cli import main
 from guestpull.errors import EXIT_CODES, Category, StoreError
 from guestpull.image import store as store_module
 from guestpull.image.rootfs import ensure_layer
-from guestpull.image.store import LayerRef, Store, open_store
+from guestpull.image.store import Store, open_store
 from guestpull.image.storecheck import check_store
+from guestpull.oci import Layer
 from guestpull.testing.images import File, ImageSpec, LayerSpec
 
 from .conftest import add_image
 from .test_fsops_remove import deep_tree
 
 
-def stored_image(store: Store) -> LayerRef:
+def stored_image(store: Store) -> Layer:
     record = add_image(store, ImageSpec([LayerSpec([File("a", b"a")])]))
     return record.layers[0]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from guestpull.errors import DigestError, Location, NoSpaceError, UnpackError
 from guestpull.image.rootfs import ensure_layer, unpack_blob
 from guestpull.image.worker import UnpackWorkers
-from guestpull.image.store import LayerRef, Store
+from guestpull.image.store import Store
 from guestpull.testing.images import Dir, File, ImageSpec, LayerSpec, Symlink
 
 from image.conftest import add_image
@@ -46,7 +47,7 @@ def test_workers_unpack_the_same_tree_as_this_process(store: Store, shm_path: Pa
 def test_a_worker_error_arrives_with_its_class_and_message(store: Store, shm_path: Path) -> None:
     record = add_image(store, _spec())
     layer = record.layers[0]
-    wrong = LayerRef(layer.digest, layer.media_type, layer.size, "sha256:" + "0" * 64)
+    wrong = replace(layer, diff_id="sha256:" + "0" * 64)
     workers = UnpackWorkers(1)
     try:
         with pytest.raises(DigestError, match="does not match its diff_id"):

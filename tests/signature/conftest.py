@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from support.cli import invoke
-from guestpull.image.oci import default_platform
+from guestpull.oci import default_platform
 from guestpull.testing.images import File, ImageSpec, LayerSpec, LayoutDigests, Signing, push, write_layout
 from guestpull.testing.registry import RegistryProcess
 from guestpull.testing.signing import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from guestpull.cli.common import emit_json, handles_errors, json_option
-from guestpull.config import ImageConfig
+from guestpull.config import DEFAULT_WORK_DIR
 from guestpull.errors import EXIT_CODES, NotFoundError, StoreError
 from guestpull.image.bundle import umount_bundle
 from guestpull.image.store import ImageRecord, Store, open_store
@@ -18,7 +18,7 @@ from guestpull.reference import parse_reference
 
 work_dir_option = click.option(
     "--work-dir", type=click.Path(file_okay=False, path_type=Path),
-    default=ImageConfig().work_dir, show_default=True, help="The image store directory.",
+    default=DEFAULT_WORK_DIR, show_default=True, help="The image store directory.",
 )
 
 

@@ -5,7 +5,6 @@ from guestpull.distribution.auth import Challenge, TokenCache, parse_challenges
 from guestpull.distribution.client import (
     MANIFEST_ACCEPT,
     MAX_MANIFEST_SIZE,
-    BlobRef,
     BlobSink,
     FetchedManifest,
     RegistryClient,
@@ -22,7 +21,6 @@ from guestpull.distribution.transport import (
 __all__ = [
     "MANIFEST_ACCEPT",
     "MAX_MANIFEST_SIZE",
-    "BlobRef",
     "BlobSink",
     "Challenge",
     "FetchedManifest",

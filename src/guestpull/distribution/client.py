@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from yarl import URL
 
+from guestpull import oci
 from guestpull.distribution import auth
 from guestpull.distribution.transport import Transport, deadline, read_body, safe_url
-from guestpull.image import oci
 from guestpull.errors import (
     AuthError,
     DigestError,
@@ -57,7 +57,8 @@ def digest_of(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{_HASHES[algorithm](data).hexdigest()}"
 
 
-def check_digest(data: bytes, expected: str, what: str) -> None:
+def verify_content_digest(data: bytes, expected: str, what: str) -> None:
+    """DigestError unless ``data`` hashes to ``expected`` (its content, not its syntax)."""
     hasher = new_hasher(expected)
     hasher.update(data)
     actual = f"{hasher.name}:{hasher.hexdigest()}"
@@ -76,7 +77,7 @@ class FetchedManifest:
     media_type: str
     data: bytes
     #: ``data`` parsed (strictly) once: the manifest or index it is.
-    document: oci.ImageManifest | oci.ImageIndex | None = None
+    document: oci.ImageManifest | oci.ImageIndex
 
     @property
     def is_index(self) -> bool:
@@ -95,19 +96,10 @@ class BlobSink(Protocol):
     def abort(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class BlobRef:
-    """What the client needs of a descriptor to fetch and verify a blob."""
-
-    digest: str
-    size: int
-    urls: Sequence[str] = ()
-
-
 class MemorySink:
     """A :class:`BlobSink` keeping a small blob in memory; ``commit()`` returns its bytes."""
 
-    def __init__(self, blob: BlobRef) -> None:
+    def __init__(self, blob: oci.Descriptor) -> None:
         self._blob = blob
         self._chunks: list[bytes] = []
 
@@ -118,7 +110,7 @@ class MemorySink:
         data = b"".join(self._chunks)
         if len(data) != self._blob.size:
             raise DigestError(f"got {len(data)} bytes, the descriptor says {self._blob.size}")
-        check_digest(data, self._blob.digest, f"blob {self._blob.digest}")
+        verify_content_digest(data, self._blob.digest, f"blob {self._blob.digest}")
         return data
 
     def abort(self) -> None:
@@ -223,9 +215,9 @@ class RegistryClient:
             )
         header_digest = response_headers.get("Docker-Content-Digest", "").strip()
         if header_digest:
-            check_digest(data, header_digest, f"{what} (against Docker-Content-Digest)")
+            verify_content_digest(data, header_digest, f"{what} (against Docker-Content-Digest)")
         if expected_digest:
-            check_digest(data, expected_digest, what)
+            verify_content_digest(data, expected_digest, what)
         document = oci.parse_manifest_document(
             data, response_headers.get("Content-Type", ""), what, expected_media_type=expected_media_type
         )
@@ -233,7 +225,7 @@ class RegistryClient:
         return FetchedManifest(digest=digest, media_type=document.media_type, data=data, document=document)
 
     async def fetch_blob(
-        self, repository: str, blob: BlobRef, open_sink: Callable[[], BlobSink]
+        self, repository: str, blob: oci.Descriptor, open_sink: Callable[[], BlobSink]
     ) -> Any:
         """Stream a blob into a fresh sink, verifying size and digest; return ``sink.commit()``.
 
@@ -250,7 +242,7 @@ class RegistryClient:
             return await self._fetch_blob_anywhere(repository, blob, open_sink, what)
 
     async def _fetch_blob_anywhere(
-        self, repository: str, blob: BlobRef, open_sink: Callable[[], BlobSink], what: str
+        self, repository: str, blob: oci.Descriptor, open_sink: Callable[[], BlobSink], what: str
     ) -> Any:
         try:
             return await self._fetch_from_registry(repository, blob, open_sink, what)
@@ -271,7 +263,7 @@ class RegistryClient:
                 )
         raise last
 
-    async def fetch_blob_bytes(self, repository: str, blob: BlobRef, max_size: int) -> bytes:
+    async def fetch_blob_bytes(self, repository: str, blob: oci.Descriptor, max_size: int) -> bytes:
         """A small blob (a signature payload) into memory, verified; UnsupportedError when the
         descriptor says it is larger than ``max_size``."""
         if blob.size > max_size:
@@ -286,7 +278,7 @@ class RegistryClient:
     def _url(self, repository: str, kind: str, ref: str) -> URL:
         return self.base.joinpath("v2", *repository.split("/"), kind, ref)
 
-    def _foreign_urls(self, blob: BlobRef) -> list[URL]:
+    def _foreign_urls(self, blob: oci.Descriptor) -> list[URL]:
         # Digest-verified either way; still, an HTTPS candidate does not fetch over plain HTTP.
         allowed = ("https",) if self.scheme == "https" else ("https", "http")
         urls = []
@@ -303,7 +295,7 @@ class RegistryClient:
         return urls
 
     async def _fetch_from_registry(
-        self, repository: str, blob: BlobRef, open_sink: Callable[[], BlobSink], what: str
+        self, repository: str, blob: oci.Descriptor, open_sink: Callable[[], BlobSink], what: str
     ) -> Any:
         url = self._url(repository, "blobs", blob.digest)
 
@@ -316,7 +308,7 @@ class RegistryClient:
         self,
         url: URL,
         authorization: str | None,
-        blob: BlobRef,
+        blob: oci.Descriptor,
         open_sink: Callable[[], BlobSink],
         what: str,
     ) -> Any:
@@ -463,7 +455,7 @@ async def _read_manifest(response: aiohttp.ClientResponse, what: str) -> bytes:
 
 
 async def _stream_into(
-    response: aiohttp.ClientResponse, blob: BlobRef, open_sink: Callable[[], BlobSink], what: str
+    response: aiohttp.ClientResponse, blob: oci.Descriptor, open_sink: Callable[[], BlobSink], what: str
 ) -> Any:
     length = response.content_length
     if length is not None and length != blob.size:

@@ -1,8 +1,8 @@
-"""The image side: OCI data models, the content/layer store, layer decode, safe unpack, bundle.
+"""The image side: the content/layer store, layer decode, safe unpack, bundle.
 
-Modules (each owns one idea):
+The OCI data model (descriptors, manifests, index, config, platform) sits below this package,
+in :mod:`guestpull.oci`, which ``distribution`` uses too.  Modules (each owns one idea):
 
-* :mod:`.oci` — media types, descriptors, manifests, index, config, platform selection
 * :mod:`.store` — content by digest, layers by diff_id, metadata in SQLite, file locks
 * :mod:`.decode` — gzip / zstd / tar decoding with diff_id verification
 * :mod:`.fsops` — the path resolver (dir fds, openat2) every write goes through
@@ -17,21 +17,12 @@ import importlib
 from typing import Any
 
 # Loaded on first use (PEP 562): an unpack worker imports guestpull.image.worker and should not
-# pay for the bundle, store and manifest modules it never touches.
+# pay for the bundle and store modules it never touches.
 _EXPORTS: dict[str, str] = {
     "BundleResult": "bundle",
     "create_bundle": "bundle",
     "umount_bundle": "bundle",
-    "Descriptor": "oci",
-    "ImageConfig": "oci",
-    "ImageIndex": "oci",
-    "ImageManifest": "oci",
-    "Platform": "oci",
-    "default_platform": "oci",
-    "parse_manifest_document": "oci",
-    "select_platform": "oci",
     "ImageRecord": "store",
-    "LayerRef": "store",
     "Store": "store",
     "open_store": "store",
     "LayerStats": "unpack",

@@ -26,7 +26,6 @@ from guestpull.errors import (
     from_os_error,
 )
 from guestpull.image.fsops import read_in_root
-from guestpull.image.oci import ImageConfig
 from guestpull.image.rootfs import (
     ensure_layer,
     is_mountpoint,
@@ -39,7 +38,8 @@ from guestpull.image.rootfs import (
     unmount,
     unpack_blob,
 )
-from guestpull.image.store import ImageRecord, LayerRef, Store, open_store
+from guestpull.image.store import ImageRecord, Store, open_store
+from guestpull.oci import ConfigFile, Layer
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,9 @@ class BundleBuilder:
     def __init__(
         self,
         store: Store,
-        config_bytes: bytes | ImageConfig,
+        config_bytes: bytes | ConfigFile,
         config_doc: str,
-        layers: Sequence[LayerRef],
+        layers: Sequence[Layer],
         bundle_dir: str | os.PathLike[str],
         *,
         mode: RootfsMode = "auto",
@@ -114,8 +114,8 @@ class BundleBuilder:
         self.bundle = Path(bundle_dir).absolute()
         self.rootfs = self.bundle / BUNDLE_ROOTFS
         # A caller that has parsed the config already passes it: parsed once per pull.
-        self.config = (config_bytes if isinstance(config_bytes, ImageConfig)
-                       else ImageConfig.parse(config_bytes, doc=config_doc))
+        self.config = (config_bytes if isinstance(config_bytes, ConfigFile)
+                       else ConfigFile.parse(config_bytes, doc=config_doc))
         if self.config.os != "linux":
             raise UnsupportedError(
                 f"image OS is {self.config.os!r}; only linux images can run",
@@ -144,10 +144,10 @@ class BundleBuilder:
         return self.mode_used == "copy"
 
     @property
-    def layers(self) -> list[LayerRef]:
+    def layers(self) -> list[Layer]:
         return list(self.all_layers) if self.sequential else unique_top_most(self.all_layers)
 
-    def prepare_layer(self, layer: LayerRef) -> None:
+    def prepare_layer(self, layer: Layer) -> None:
         """Apply (copy) or unpack (overlay) one layer whose blob is in the content store."""
         if self.mode_used == "copy":
             stats = unpack_blob(self.store, layer, self.rootfs, mode="copy",
@@ -267,7 +267,7 @@ def _prepare_bundle_dir(bundle: Path, force: bool) -> None:
     bundle.mkdir(parents=True, exist_ok=True)
 
 
-def _overlay_rootfs(store: Store, reference: str, layers: Sequence[LayerRef], bundle: Path) -> None:
+def _overlay_rootfs(store: Store, reference: str, layers: Sequence[Layer], bundle: Path) -> None:
     dirs = [ensure_layer(store, layer) for layer in layers]
     # Recorded before mounting, so a prune racing with us keeps these layers.
     store.record_bundle(bundle, reference, [layer.diff_id for layer in layers])
@@ -355,7 +355,7 @@ def _default_linux() -> dict[str, Any]:
     }
 
 
-def runtime_spec(config: ImageConfig, rootfs: Path) -> dict[str, Any]:
+def runtime_spec(config: ConfigFile, rootfs: Path) -> dict[str, Any]:
     """The runtime ``config.json`` for an image config (``rootfs`` is read for ``User``)."""
     process = _default_process()
     mounts = _default_mounts()

@@ -20,8 +20,8 @@ from typing import Any, BinaryIO, Protocol
 
 import zstandard
 
+from guestpull import oci
 from guestpull.errors import DigestError, UnpackError, UnsupportedError
-from guestpull.image import oci
 
 try:  # isal is 2.6x faster than zlib; it has no s390x wheel, so zlib stays the fallback.
     from isal import igzip as _gzip_impl

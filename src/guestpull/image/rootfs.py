@@ -21,8 +21,9 @@ from pathlib import Path
 
 from guestpull.errors import NotFoundError, UnpackError, UnsupportedError
 from guestpull.image.fsops import remove_path
-from guestpull.image.store import LayerRef, Store
+from guestpull.image.store import Store
 from guestpull.image.unpack import LayerStats, Mode, unpack_file
+from guestpull.oci import Layer
 
 #: The kernel copies mount options into one page; the terminating NUL needs a byte.
 MOUNT_OPTIONS_LIMIT = 4095
@@ -35,7 +36,7 @@ UnpackRunner = Callable[..., LayerStats]
 
 
 def unpack_blob(
-    store: Store, layer: LayerRef, dest: Path, *, mode: Mode, privileged: bool | None = None,
+    store: Store, layer: Layer, dest: Path, *, mode: Mode, privileged: bool | None = None,
     runner: UnpackRunner | None = None,
 ) -> LayerStats:
     """Apply the stored blob of ``layer`` onto ``dest`` and verify its diff_id.
@@ -51,7 +52,7 @@ def unpack_blob(
     return runner(unpack_file, *args, mode=mode, privileged=privileged)
 
 
-def ensure_layer(store: Store, layer: LayerRef, runner: UnpackRunner | None = None) -> Path:
+def ensure_layer(store: Store, layer: Layer, runner: UnpackRunner | None = None) -> Path:
     """The overlay-format directory for ``layer`` (unpacking its blob once if needed)."""
     return store.layers.ensure(
         layer.diff_id,
@@ -70,14 +71,14 @@ def overlay_supported() -> bool:
         return False
 
 
-def unique_top_most(layers: Sequence[LayerRef]) -> list[LayerRef]:
+def unique_top_most(layers: Sequence[Layer]) -> list[Layer]:
     """Layers bottom to top with repeats reduced to their top-most occurrence.
 
     overlayfs refuses one directory twice; keeping the *top-most* copy gives the same result
     as applying every occurrence in order (upstream keeps the first, which can differ).
     """
     seen: set[str] = set()
-    out: list[LayerRef] = []
+    out: list[Layer] = []
     for layer in reversed(layers):
         if layer.diff_id not in seen:
             seen.add(layer.diff_id)

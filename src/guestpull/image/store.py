@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from guestpull.config import DEFAULT_WORK_DIR
 from guestpull.errors import DigestError, NoSpaceError, NotFoundError, StoreError, from_os_error
 from guestpull.image.fsops import remove_path
-from guestpull.image.oci import split_digest
+from guestpull.oci import Layer, split_digest
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WORK_DIR = Path("/run/kata-containers/image")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS layers (
@@ -74,30 +73,11 @@ _IMAGE_SELECT = "SELECT reference, manifest_digest, config_digest, layers, creat
 
 
 @dataclass(frozen=True)
-class LayerRef:
-    """One layer of an image: the stored blob and what it must decompress to."""
-
-    digest: str
-    media_type: str
-    size: int
-    diff_id: str
-
-    def to_json(self) -> dict[str, object]:
-        return {"digest": self.digest, "mediaType": self.media_type, "size": self.size,
-                "diffID": self.diff_id}
-
-    @classmethod
-    def from_json(cls, obj: dict[str, object]) -> LayerRef:
-        return cls(str(obj["digest"]), str(obj["mediaType"]), int(obj["size"]),  # type: ignore[call-overload]
-                   str(obj["diffID"]))
-
-
-@dataclass(frozen=True)
 class ImageRecord:
     reference: str
     manifest_digest: str
     config_digest: str
-    layers: tuple[LayerRef, ...]
+    layers: tuple[Layer, ...]
     created: float
 
 
@@ -432,7 +412,7 @@ class Store:
         manifest_digest: str,
         config_digest: str,
         manifest: bytes,
-        layers: Sequence[LayerRef],
+        layers: Sequence[Layer],
     ) -> ImageRecord:
         """Remember a pulled image (replacing an older record for the same reference)."""
         split_digest(manifest_digest)
@@ -573,7 +553,7 @@ class Store:
 
 def _image_from_row(row: Sequence[object]) -> ImageRecord:
     reference, manifest_digest, config_digest, layers_json, created = row
-    layers = tuple(LayerRef.from_json(obj) for obj in json.loads(str(layers_json)))
+    layers = tuple(Layer.from_json(obj) for obj in json.loads(str(layers_json)))
     return ImageRecord(str(reference), str(manifest_digest), str(config_digest), layers,
                        float(created))  # type: ignore[arg-type]
 

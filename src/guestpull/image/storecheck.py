@@ -35,7 +35,7 @@ from pathlib import Path
 
 from guestpull.errors import GuestpullError, NotFoundError, StoreError
 from guestpull.image.fsops import remove_path
-from guestpull.image.oci import split_digest
+from guestpull.oci import split_digest
 from guestpull.image.store import Store, is_unlocked, list_dir
 
 

@@ -11,7 +11,8 @@ Two modes, one code path:
 * ``copy`` — the directory is the flattened rootfs: whiteouts delete what lower layers put
   there (but never what this layer itself created, as umoci and the OCI spec say).
 
-Privilege differences (chown, device nodes, overlay whiteouts) sit behind ``privileged``.
+Privilege differences (owners, device nodes, overlay whiteouts, refused xattrs) sit behind one
+seam, :class:`guestpull.image.fseval.FsEval`, chosen once per layer.
 
 Names are cleaned as containerd cleans them (:func:`guestpull.image.fsops.split_entry_name`):
 a leading ``/`` is relative to the root, ``a/../b`` is ``b``, ``/`` and ``./`` are the root
@@ -38,13 +39,14 @@ import os
 import stat
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from guestpull.errors import GuestpullError, NoSpaceError, UnpackError, shown
 from guestpull.image.decode import LayerReader
+from guestpull.image.fseval import FsEval, fseval_for
 from guestpull.image.fsops import (
     ParentNotDirectory,
     Tree,
@@ -54,6 +56,8 @@ from guestpull.image.fsops import (
 from guestpull.image.tarstream import Entry, Readable, iter_entries
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Mode = Literal["overlay", "copy"]
 
@@ -121,9 +125,7 @@ def apply_layer(
     """
     if mode not in ("overlay", "copy"):
         raise ValueError(f"unknown unpack mode {mode!r}")
-    if privileged is None:
-        privileged = os.geteuid() == 0
-    applier = _Applier(Tree(layer_dir), mode, privileged, Path(layer_dir))
+    applier = _Applier(Tree(layer_dir), mode, fseval_for(privileged), Path(layer_dir))
     try:
         # Parser errors name the entry or the offset (and the entry before it) themselves.
         for entry in iter_entries(tar_stream, max_size=MAX_FILE_SIZE, max_pax_size=MAX_META_HEADER):
@@ -138,11 +140,11 @@ def apply_layer(
 
 
 class _Applier:
-    def __init__(self, tree: Tree, mode: Mode, privileged: bool, root: Path) -> None:
+    def __init__(self, tree: Tree, mode: Mode, fs: FsEval, root: Path) -> None:
         self.tree = tree
         self.root = root
         self.mode = mode
-        self.privileged = privileged
+        self.fs = fs
         self.stats = LayerStats()
         # Paths this layer created and their ancestors: whiteouts never remove them.
         self.upper = _PathSet()
@@ -150,7 +152,6 @@ class _Applier:
         # read-only directory would block its own children when unprivileged).
         self.dir_meta = _DirJournal()
         self.xattr_unsupported = False
-        self.euid, self.egid = os.geteuid(), os.getegid()
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -206,14 +207,20 @@ class _Applier:
 
     # --- creating entries ----------------------------------------------------------------
 
+    def _replacing(self, dfd: int, name: str, create: Callable[[], T]) -> T:
+        """``create()`` the entry; if something is already there (a lower layer's, or an
+        earlier entry's), remove it and create again — a later entry wins, as in tar."""
+        try:
+            return create()
+        except FileExistsError:
+            self.tree.remove(dfd, name)
+            return create()
+
+
     def _regular(self, info: Entry, parts: tuple[str, ...]) -> None:
         dfd, name = self.tree.parent_of(parts, entry=info.name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(name, flags, 0o600, dir_fd=dfd)
-        except FileExistsError:
-            self.tree.remove(dfd, name)
-            fd = os.open(name, flags, 0o600, dir_fd=dfd)
+        fd = self._replacing(dfd, name, lambda: os.open(name, flags, 0o600, dir_fd=dfd))
         try:
             if info.size:
                 info.write_to(fd)
@@ -239,7 +246,7 @@ class _Applier:
                 self.tree.remove(dfd, name)
                 os.mkdir(name, 0o700, dir_fd=dfd)
         fd = self.tree.dir_fd(parts, create=False, entry=info.name)
-        self._chown_fd(fd, info, fresh=not existed)
+        self.fs.chown(fd, info.uid, info.gid, fresh=not existed)
         if existed:
             self._clear_xattrs(fd, info)
         self._xattrs(info, fd=fd)
@@ -250,13 +257,8 @@ class _Applier:
         if not info.linkname:
             raise UnpackError(f"entry {shown(info.name)}: symlink with an empty target")
         dfd, name = self.tree.parent_of(parts, entry=info.name)
-        try:
-            os.symlink(info.linkname, name, dir_fd=dfd)
-        except FileExistsError:
-            self.tree.remove(dfd, name)
-            os.symlink(info.linkname, name, dir_fd=dfd)
-        if self.privileged:
-            os.chown(name, info.uid, info.gid, dir_fd=dfd, follow_symlinks=False)
+        self._replacing(dfd, name, lambda: os.symlink(info.linkname, name, dir_fd=dfd))
+        self.fs.lchown(dfd, name, info.uid, info.gid)
         self._xattrs(info, path=f"/proc/self/fd/{dfd}/{name}")
         os.utime(name, ns=_times(info), dir_fd=dfd, follow_symlinks=False)
         self.stats.symlinks += 1
@@ -278,28 +280,20 @@ class _Applier:
                 f"entry {shown(info.name)}: hard link target {shown(info.linkname)} does not exist in {where}"
             ) from None
         dfd, name = self.tree.parent_of(parts, entry=info.name)
-        try:
-            os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-        except FileExistsError:
-            self.tree.remove(dfd, name)
-            os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+        self._replacing(dfd, name, lambda: os.link(
+            sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False))
         self.stats.hardlinks += 1
 
     def _special(self, info: Entry, parts: tuple[str, ...]) -> None:
-        if not info.isfifo() and not self.privileged:
+        if not info.isfifo() and not self.fs.makes_devices:
             self.stats.note(f"entry {shown(info.name)}: device node skipped (needs privileges)",
                             skipped=info.name)
             return
         dfd, name = self.tree.parent_of(parts, entry=info.name)
         kind = stat.S_IFIFO if info.isfifo() else stat.S_IFCHR if info.ischr() else stat.S_IFBLK
         device = os.makedev(info.devmajor, info.devminor) if not info.isfifo() else 0
-        try:
-            os.mknod(name, kind | 0o600, device, dir_fd=dfd)
-        except FileExistsError:
-            self.tree.remove(dfd, name)
-            os.mknod(name, kind | 0o600, device, dir_fd=dfd)
-        if self.privileged:
-            os.chown(name, info.uid, info.gid, dir_fd=dfd, follow_symlinks=False)
+        self._replacing(dfd, name, lambda: os.mknod(name, kind | 0o600, device, dir_fd=dfd))
+        self.fs.lchown(dfd, name, info.uid, info.gid)
         # Just created by us as a non-symlink, so chmod by name cannot be redirected.
         os.chmod(name, info.mode & 0o7777, dir_fd=dfd)
         self._xattrs(info, path=f"/proc/self/fd/{dfd}/{name}")
@@ -311,7 +305,7 @@ class _Applier:
             self.stats.note(f"entry {shown(info.name)}: non-directory entry for the root skipped",
                             skipped=info.name)
             return
-        self._chown_fd(self.tree.fd, info, fresh=False)
+        self.fs.chown(self.tree.fd, info.uid, info.gid, fresh=False)
         self._xattrs(info, fd=self.tree.fd)
         self._defer_dir((), self.tree.fd, info)
 
@@ -347,17 +341,13 @@ class _Applier:
             self._purge_lower(target, keep_top=False, entry=info.name)
 
     def _overlay_whiteout(self, target: tuple[str, ...], info: Entry) -> None:
-        if not self.privileged:
+        if not self.fs.makes_devices:  # refused before resolving, so it creates nothing
             raise UnpackError(
                 f"entry {shown(info.name)}: overlay layers need privileges (mknod) for whiteouts; "
                 "use the copy rootfs mode"
             )
         dfd, name = self.tree.parent_of(target, entry=info.name)
-        try:
-            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dfd)
-        except FileExistsError:
-            self.tree.remove(dfd, name)
-            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dfd)
+        self._replacing(dfd, name, lambda: os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dfd))
 
     def _overlay_opaque(self, parent: tuple[str, ...], info: Entry) -> None:
         fd = self.tree.dir_fd(parent, create=True, entry=info.name)
@@ -410,15 +400,8 @@ class _Applier:
 
     # --- metadata ------------------------------------------------------------------------
 
-    def _chown_fd(self, fd: int, info: Entry, *, fresh: bool) -> None:
-        if not self.privileged:
-            return
-        if fresh and info.uid == self.euid and info.gid == self.egid:
-            return  # a file we just created already has our ids
-        os.fchown(fd, info.uid, info.gid)
-
     def _owner_mode_fd(self, fd: int, info: Entry) -> None:
-        self._chown_fd(fd, info, fresh=True)
+        self.fs.chown(fd, info.uid, info.gid, fresh=True)
         # After chown: chown clears setuid/setgid, so the mode goes second.
         os.fchmod(fd, info.mode & 0o7777)
 
@@ -460,8 +443,7 @@ class _Applier:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             self.xattr_unsupported = True
             self._warn(f"xattrs not supported by the filesystem; skipping them (first: {shown(name)})")
-        elif exc.errno == errno.EPERM and (not self.privileged or name.startswith("user.")):
-            # user.* cannot be set on symlinks and devices; others need privileges.
+        elif exc.errno == errno.EPERM and self.fs.xattr_refusal_expected(name):
             self._warn(f"entry {shown(info.name)}: xattr {shown(name)} not permitted here; skipped")
         else:
             raise UnpackError(f"entry {shown(info.name)}: cannot set xattr {shown(name)}: {exc.strerror}")

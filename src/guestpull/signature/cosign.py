@@ -20,8 +20,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from guestpull.distribution import BlobRef, RegistryClient
+from guestpull.distribution import RegistryClient
 from guestpull.errors import NotFoundError, UnsupportedError
+from guestpull.oci import Descriptor
 from guestpull.signature.keys import CosignPublicKey
 from guestpull.signature.simple import SignatureInvalid
 
@@ -86,7 +87,7 @@ async def _read_layer(
         signature = base64.b64decode(encoded.replace("\r", "").replace("\n", ""), validate=True)
     except (binascii.Error, ValueError):
         signature = b""  # verification fails and says so
-    payload = await client.fetch_blob_bytes(repository, BlobRef(digest, size), MAX_PAYLOAD_SIZE)
+    payload = await client.fetch_blob_bytes(repository, Descriptor(SIGNATURE_LAYER_TYPE, digest, size), MAX_PAYLOAD_SIZE)
     return CosignSignature(payload, signature, where)
 
 

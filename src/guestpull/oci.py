@@ -256,6 +256,39 @@ class Descriptor:
         )
 
 
+@dataclass(frozen=True)
+class Layer:
+    """One layer of an image: its blob (the manifest's descriptor) and what that blob must
+    decompress to (the config's ``diff_id`` at the same position)."""
+
+    descriptor: Descriptor
+    diff_id: str
+
+    @property
+    def digest(self) -> str:
+        return self.descriptor.digest
+
+    @property
+    def media_type(self) -> str:
+        return self.descriptor.media_type
+
+    @property
+    def size(self) -> int:
+        return self.descriptor.size
+
+    def to_json(self) -> dict[str, object]:
+        """The image store's record of a layer (meta.db ``images.layers``)."""
+        return {"digest": self.digest, "mediaType": self.media_type, "size": self.size,
+                "diffID": self.diff_id}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> Layer:
+        """Read back what :meth:`to_json` wrote (the store's own record, trusted)."""
+        descriptor = Descriptor(str(obj["mediaType"]), str(obj["digest"]),
+                                int(obj["size"]))  # type: ignore[call-overload]
+        return cls(descriptor, str(obj["diffID"]))
+
+
 def _check_schema(obj: dict[str, Any], doc: str, allowed: frozenset[str]) -> str:
     version = obj.get("schemaVersion")
     if version != 2 or isinstance(version, bool):
@@ -427,7 +460,10 @@ class ContainerConfig:
 
 
 @dataclass(frozen=True)
-class ImageConfig:
+class ConfigFile:
+    """The image config blob (go-containerregistry's ``ConfigFile``); the cdh.toml ``[image]``
+    settings are :class:`guestpull.config.ImageConfig`."""
+
     os: str
     architecture: str
     diff_ids: tuple[str, ...]
@@ -439,7 +475,7 @@ class ImageConfig:
     config: ContainerConfig | None = None
 
     @classmethod
-    def parse(cls, data: bytes, doc: str = "image config") -> ImageConfig:
+    def parse(cls, data: bytes, doc: str = "image config") -> ConfigFile:
         if len(data) > MAX_CONFIG_SIZE:
             raise UnsupportedError(
                 f"{doc} is {len(data)} bytes; image configs are limited to {MAX_CONFIG_SIZE >> 20} MiB"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from guestpull import oci
 from guestpull.errors import ConfigError, PlatformError, UnsupportedError
-from guestpull.image import oci
-from guestpull.image.oci import ImageConfig, ImageIndex, ImageManifest, Platform, select_platform
+from guestpull.oci import ConfigFile, ImageIndex, ImageManifest, Platform, select_platform
 from guestpull.testing.images import File, ImageSpec, LayerSpec, build_index
 
 D = "sha256:" + "a" * 64
@@ -29,7 +29,7 @@ def test_manifest_from_builder_round_trips() -> None:
     assert m.config.digest == built.config_digest
     assert [l.digest for l in m.layers] == [built.layers[0].digest]
     assert m.layers[0].media_type == oci.OCI_LAYER_ZSTD
-    cfg = ImageConfig.parse(built.config)
+    cfg = ConfigFile.parse(built.config)
     assert cfg.diff_ids == (built.layers[0].diff_id,)
     assert cfg.os == "linux"
 
@@ -63,7 +63,7 @@ def test_schema1_and_unknown_media_type_are_unsupported() -> None:
 
 def test_config_requires_layers_rootfs() -> None:
     with pytest.raises(ConfigError, match="rootfs"):
-        ImageConfig.parse(b'{"os": "linux", "architecture": "amd64"}')
+        ConfigFile.parse(b'{"os": "linux", "architecture": "amd64"}')
 
 
 @pytest.mark.parametrize("wanted, expected_index", [
@@ -165,7 +165,7 @@ def test_absurd_sizes_are_refused_at_parse_time() -> None:
     with pytest.raises(UnsupportedError, match="configs are limited to 8 MiB"):
         ImageManifest.parse(json.dumps(huge_config).encode())
     with pytest.raises(UnsupportedError, match="limited to 8 MiB"):
-        ImageConfig.parse(b" " * (oci.MAX_CONFIG_SIZE + 1))
+        ConfigFile.parse(b" " * (oci.MAX_CONFIG_SIZE + 1))
 
 
 def test_echoed_strings_are_clipped() -> None:
