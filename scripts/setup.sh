@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # bundles (runc), and a static busybox to put in those images.
 debs=(docker-registry skopeo umoci tinyproxy containerd zstd pigz gpg gpgv openssl apache2-utils time
       golang-go golang-github-containerd-ttrpc-dev golang-google-protobuf-dev protobuf-compiler
-      buildah podman runc busybox-static tar)
+      buildah podman runc busybox-static tar curl)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -36,6 +36,8 @@ CASES: list[tuple[str, list[str]]] = [
               "--rootfs-mode", "copy", CREATED]),
     ("pull", ["pull", "{REF}", "--config", "{P}", "--work-dir", "{W}"]),
     ("pull", ["pull", "{REF}", "--initdata", "{P}", "--work-dir", "{W}"]),
+    ("probe", ["probe", "--config", "{P}"]),
+    ("probe", ["probe", "--initdata", "{P}"]),
     ("images", ["images", "--work-dir", "{P}"]),
     ("rm", ["rm", "{REF}", "--work-dir", "{P}"]),
     ("prune", ["prune", "--work-dir", "{P}"]),

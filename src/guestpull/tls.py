@@ -354,3 +354,42 @@ def _sni_name(host: str) -> str | None:
     except ValueError:
         return host
     return None
+
+
+async def verified_chain(
+    host: str, port: int, ctx: ssl.SSLContext, *, timeout: float = 5.0
+) -> list[bytes]:
+    """The chain ``ctx`` verified for ``host:port``, leaf first and trust anchor last (DER).
+
+    Only handshakes (no request is sent), with the same verifying context a pull uses, so
+    the last certificate is the root (or the intermediate given as an extra root) that made
+    the server trusted.  Empty when the handshake fails or this Python cannot report it.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(
+                host, port, ssl=ctx, server_hostname=_sni_name(host) or host
+            )
+    except (OSError, ssl.SSLError, TimeoutError):
+        return []
+    try:
+        return _verified_chain_der(writer.get_extra_info("ssl_object"))
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            async with asyncio.timeout(1):
+                await writer.wait_closed()
+
+
+def _verified_chain_der(ssl_object: ssl.SSLObject | None) -> list[bytes]:
+    # Public from Python 3.13 (DER bytes); before that only on the private _sslobj, as
+    # _ssl.Certificate objects.
+    if ssl_object is None:
+        return []
+    getter = getattr(ssl_object, "get_verified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_verified_chain", None)
+    if getter is None:
+        return []
+    return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+            for c in getter()]

@@ -16,6 +16,7 @@ from guestpull import __version__
 COMMANDS: dict[str, str] = {
     "initdata": "guestpull.cli.initdata:initdata_group",
     "kbs": "guestpull.cli.kbs:kbs_group",
+    "probe": "guestpull.cli.probe:probe_command",
     "pull": "guestpull.cli.pull:pull_command",
     "serve": "guestpull.cli.serve:serve_command",
     "images": "guestpull.cli.store:images_command",

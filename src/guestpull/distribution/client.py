@@ -169,6 +169,28 @@ class RegistryClient:
                     raise _status_error(response.status, f"registry check GET {safe_url(url)}")
             self._pinged = True
 
+    @property
+    def challenge(self) -> auth.Challenge | None:
+        """How the registry asked to be logged in to at ``ping`` (None: it did not ask)."""
+        return self._challenge
+
+    async def check_login(self, repository: str) -> None:
+        """Log in as a pull of ``repository`` would, then ``GET /v2/`` with the result.
+
+        Returns when the registry accepts the request (or asks for no login); AuthError when
+        it, or its token realm, refuses the configured credentials (or their absence).
+        """
+        await self.ping()
+        authorization = await self._authorization(repository, self._challenge, refresh=True)
+        url = self.base / "v2" / ""
+        async with self.transport.request(url, authorization=authorization) as response:
+            if response.status in (401, 403):
+                raise auth.auth_failure(self.registry, repository, self._challenge,
+                                        status=response.status,
+                                        had_credentials=self._credentials is not None)
+            if response.status >= 400:
+                raise _status_error(response.status, f"registry check GET {safe_url(url)}")
+
     async def get_manifest(
         self,
         repository: str,

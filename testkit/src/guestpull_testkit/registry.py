@@ -207,6 +207,8 @@ def _v2_probe(tls: CertChain | None) -> Callable[[int], bool]:
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # no env proxy
     if tls is not None:
         context = ssl.create_default_context(cadata=tls.ca_cert_pem.decode())
+        # Readiness only: a certificate may deliberately not name 127.0.0.1 (name-mismatch tests).
+        context.check_hostname = False
         handlers.append(urllib.request.HTTPSHandler(context=context))
     opener = urllib.request.build_opener(*handlers)
 
