@@ -42,12 +42,12 @@ from guestpull.config import (
     parse_registries_config,
     unknown_keys,
 )
-from guestpull.demo import demo_image
+from guestpull_testkit.demo import demo_image
 from guestpull.image.bundle import umount_bundle
 from guestpull.initdata import PLATFORMS, TOML_DATA_KEYS
 from guestpull.lint import ERROR, WARNING, lint
-from guestpull.testing import free_port
-from guestpull.testing.images import write_layout
+from guestpull_testkit import free_port
+from guestpull_testkit.images import write_layout
 from tests.support.docscheck import (
     KINDS,
     REPO,

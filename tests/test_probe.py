@@ -11,9 +11,9 @@ import pytest
 from guestpull.config import ImageConfig, parse_cdh_config
 from guestpull.probe import probe_targets
 from guestpull.registries import Scheme
-from guestpull.testing import TEST_USER
-from guestpull.testing.certs import CertChain, make_ca_chain, make_self_signed
-from guestpull.testing.registry import RegistryProcess, start_registry
+from guestpull_testkit import TEST_USER
+from guestpull_testkit.certs import CertChain, make_ca_chain, make_self_signed
+from guestpull_testkit.registry import RegistryProcess, start_registry
 from tests.support.cli import cdh_toml, invoke, write_auth_json
 
 
