@@ -52,15 +52,24 @@ class Rule:
 
 @dataclass(frozen=True)
 class ClientCert:
-    """A ``[[image.client_certificates]]`` entry: an mTLS identity (files) for ``registry``."""
+    """A ``[[image.client_certificates]]`` entry: an mTLS identity for ``registry``.
+
+    A :class:`~pathlib.Path` is written as a ``file://`` URI, a string as the URI it is."""
 
     registry: str
     cert: Path | str
     key: Path | str
 
+    def table(self) -> dict[str, str]:
+        return {"registry": self.registry, "cert_uri": _uri(self.cert), "key_uri": _uri(self.key)}
+
 
 def file_uri(path: Path | str) -> str:
     return f"file://{path}"
+
+
+def _uri(value: Path | str) -> str:
+    return file_uri(value) if isinstance(value, Path) else value
 
 
 def _text(value: bytes | str) -> str:
@@ -128,8 +137,7 @@ def _image_table(
     out.update(image or {})
     if proxy:
         out["image_pull_proxy"] = dict(proxy)
-    certs = [{"registry": c.registry, "cert_uri": file_uri(c.cert), "key_uri": file_uri(c.key)}
-             for c in client_certs]
+    certs = [cert.table() for cert in client_certs]
     if certs:
         out["client_certificates"] = certs
     if rules:
