@@ -37,12 +37,13 @@ class Registry(Protocol):
 # --- configuration ---------------------------------------------------------------------------
 
 
-def cdh_for(registry: Registry) -> str:
-    """The cdh.toml for a RegistryProcess (HTTPS with its CA, or HTTP) or a FakeRegistry (HTTP)."""
+def cdh_for(registry: Registry, **options: Any) -> str:
+    """The cdh.toml for a RegistryProcess (HTTPS with its CA, or HTTP) or a FakeRegistry (HTTP),
+    with more :func:`support.config.cdh_toml` ``options``."""
     tls = getattr(registry, "tls", None)
     if tls is not None:
-        return cdh_toml(roots=[tls.ca_cert_pem])
-    return cdh_toml(insecure=[registry.host])
+        return cdh_toml(roots=[tls.ca_cert_pem], **options)
+    return cdh_toml(insecure=[registry.host], **options)
 
 
 def write_auth_json(path: Path, host: str, password: str = TEST_PASSWORD) -> Path:
