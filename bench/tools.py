@@ -33,6 +33,7 @@ from bench.measure import (
 from bench.images import TAG, GeneratedImage
 from bench.report import Status
 from guestpull_testkit import HarnessError, ManagedProcess, require_binary, wait_for
+from guestpull_testkit.config import write_cdh
 
 DEFAULT_TIMEOUT = 600.0
 
@@ -88,13 +89,8 @@ def guestpull_argv(ref: str, *, config: Path, store: Path, bundle: Path, mode: s
 
 
 def write_cdh_config(path: Path, ca_path: Path) -> Path:
-    """A cdh.toml trusting the benchmark registry's CA (a TOML literal multi-line string)."""
-    pem = Path(ca_path).read_text().strip()
-    path.write_text(
-        '[kbc]\nname = "offline_fs_kbc"\n\n[image]\n'
-        f"extra_root_certificates = ['''\n{pem}\n''']\n"
-    )
-    return path
+    """A cdh.toml trusting the benchmark registry's CA (the test kit's builder)."""
+    return write_cdh(path, roots=[Path(ca_path).read_bytes()])
 
 
 class GuestpullTool(Tool):

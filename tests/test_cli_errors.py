@@ -107,7 +107,7 @@ def places() -> Iterator[dict[str, str]]:
     cdh = base / "cdh.toml"
     try:
         with fake.in_thread():
-            cdh.write_text(cdh_toml(fake.host, insecure=True))
+            cdh.write_text(cdh_toml(insecure=[fake.host]))
             (base / "store").mkdir()
             yield {
                 "missing": str(base / "missing" / "deeper" / "x"),

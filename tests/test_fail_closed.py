@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import invoke, write_initdata
+from support.cli import invoke
+from support.config import cdh_toml, write_initdata
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.lint import lint
 from guestpull_testkit.fakeregistry import FakeRegistry
@@ -30,11 +31,8 @@ def fake():
         yield registry
 
 
-def cdh(host: str, *image_lines: str, kbc: str = "offline_fs_kbc") -> str:
-    return "\n".join([
-        "[kbc]", f'name = "{kbc}"', 'url = "http://127.0.0.1:1"', "[image]", *image_lines,
-        "[[image.registry_config.registry]]", f'location = "{host}"', "insecure = true",
-    ]) + "\n"
+# Every config here names a KBS URL that nothing listens on: nothing may need it.
+NO_KBS = "http://127.0.0.1:1"
 
 
 def pull(tmp: Path, host: str, config: str) -> tuple[object, Path]:
@@ -46,20 +44,20 @@ def pull(tmp: Path, host: str, config: str) -> tuple[object, Path]:
 
 
 ACCEPT_ALL = '{"default": [{"type": "insecureAcceptAnything"}]}'
+SIGNED_BASE_LAYER = '{"default": [{"type": "signedBaseLayer"}]}'  # not implemented
 
 
 def blob_requests(fake: FakeRegistry) -> list[str]:
     return [r.path for r in fake.requests if "/blobs/" in r.path]
 
 
-@pytest.mark.parametrize("policy_line", [
-    'image_security_policy_uri = "{policy}"',
-    f"image_security_policy = '{REJECT_ALL}'",
-])
-def test_reject_policy_refuses_the_pull_before_any_blob(fake: FakeRegistry, shm_path: Path, policy_line: str) -> None:
+@pytest.mark.parametrize("key", ["image_security_policy_uri", "image_security_policy"])
+def test_reject_policy_refuses_the_pull_before_any_blob(fake: FakeRegistry, shm_path: Path, key: str) -> None:
     policy = shm_path / "policy.json"
     policy.write_text(REJECT_ALL)
-    result, bundle = pull(shm_path, fake.host, cdh(fake.host, policy_line.replace("{policy}", str(policy))))
+    value = str(policy) if key.endswith("_uri") else REJECT_ALL
+    config = cdh_toml(kbc_url=NO_KBS, insecure=[fake.host], image={key: value})
+    result, bundle = pull(shm_path, fake.host, config)
     assert result.exit_code == EXIT_CODES[Category.POLICY], result
     error = result.json["error"]
     assert error["category"] == "policy"
@@ -69,8 +67,10 @@ def test_reject_policy_refuses_the_pull_before_any_blob(fake: FakeRegistry, shm_
 
 
 def test_missing_policy_file_refuses_the_pull(fake: FakeRegistry, shm_path: Path) -> None:
-    config = cdh(fake.host, 'image_security_policy_uri = "file:///nonexistent/policy.json"',
-                 f"image_security_policy = '{ACCEPT_ALL}'")  # the URI wins, even when missing
+    config = cdh_toml(kbc_url=NO_KBS, insecure=[fake.host], image={
+        "image_security_policy_uri": "file:///nonexistent/policy.json",
+        "image_security_policy": ACCEPT_ALL,  # the URI wins, even when missing
+    })
     result, bundle = pull(shm_path, fake.host, config)
     assert result.exit_code == EXIT_CODES[Category.NOT_FOUND], result
     assert "/nonexistent/policy.json" in result.json["error"]["message"]
@@ -79,7 +79,7 @@ def test_missing_policy_file_refuses_the_pull(fake: FakeRegistry, shm_path: Path
 
 
 def test_invalid_policy_refuses_the_pull(fake: FakeRegistry, shm_path: Path) -> None:
-    config = cdh(fake.host, """image_security_policy = '{"default": [{"type": "signedBaseLayer"}]}'""")
+    config = cdh_toml(kbc_url=NO_KBS, insecure=[fake.host], image={"image_security_policy": SIGNED_BASE_LAYER})
     result, _ = pull(shm_path, fake.host, config)
     assert result.exit_code == EXIT_CODES[Category.CONFIG], result
     assert "signedBaseLayer" in result.json["error"]["message"]
@@ -87,28 +87,29 @@ def test_invalid_policy_refuses_the_pull(fake: FakeRegistry, shm_path: Path) -> 
 
 
 def test_accept_policy_pulls_and_reports_it(fake: FakeRegistry, shm_path: Path) -> None:
-    result, bundle = pull(shm_path, fake.host, cdh(fake.host, f"image_security_policy = '{ACCEPT_ALL}'"))
+    config = cdh_toml(kbc_url=NO_KBS, insecure=[fake.host], image={"image_security_policy": ACCEPT_ALL})
+    result, bundle = pull(shm_path, fake.host, config)
     assert result.exit_code == 0, result
     assert result.json["result"]["policy"]["requirements"][0]["type"] == "insecureAcceptAnything"
     assert (bundle / "rootfs" / "a.txt").read_bytes() == b"a"
 
 
 def test_no_policy_means_no_verification_step(fake: FakeRegistry, shm_path: Path) -> None:
-    result, _ = pull(shm_path, fake.host, cdh(fake.host))
+    result, _ = pull(shm_path, fake.host, cdh_toml(kbc_url=NO_KBS, insecure=[fake.host]))
     assert result.exit_code == 0, result
     assert result.json["result"]["policy"] is None
 
 
-def cc_kbc(host: str, tmp: Path, *image_lines: str) -> str:
+def cc_kbc(host: str, tmp: Path, **image: str) -> str:
     """A cc_kbc cdh.toml whose attestation agent socket does not exist."""
-    return cdh(host, *image_lines, kbc="cc_kbc").replace(
-        "[image]", f'[aa]\naa_socket = "unix://{tmp}/no-aa.sock"\n[image]', 1)
+    return cdh_toml(kbc="cc_kbc", kbc_url=NO_KBS, aa_socket=f"unix://{tmp}/no-aa.sock",
+                    insecure=[host], image=image)
 
 
 def test_cc_kbc_resource_without_attestation_agent_refuses_the_pull(fake: FakeRegistry, shm_path: Path) -> None:
     uri = "kbs:///default/credential/test"
     result, bundle = pull(shm_path, fake.host, cc_kbc(
-        fake.host, shm_path, f'authenticated_registry_credentials_uri = "{uri}"'))
+        fake.host, shm_path, authenticated_registry_credentials_uri=uri))
     assert result.exit_code == EXIT_CODES[Category.NETWORK], result
     error = result.json["error"]
     assert uri in error["message"] and "attestation agent" in error["message"]
@@ -125,7 +126,7 @@ def test_cc_kbc_without_kbs_resources_still_pulls(fake: FakeRegistry, shm_path: 
 
 def test_cc_kbc_resource_through_initdata_is_refused(fake: FakeRegistry, shm_path: Path) -> None:
     initdata = write_initdata(shm_path / "initdata.toml", cc_kbc(
-        fake.host, shm_path, 'authenticated_registry_credentials_uri = "kbs:///default/credential/test"'))
+        fake.host, shm_path, authenticated_registry_credentials_uri="kbs:///default/credential/test"))
     result = invoke("pull", f"{fake.host}/team/app:v1", "--initdata", str(initdata),
                     "--work-dir", str(shm_path / "work"), "--json")
     assert result.exit_code != 0, result
@@ -134,9 +135,10 @@ def test_cc_kbc_resource_through_initdata_is_refused(fake: FakeRegistry, shm_pat
 
 
 def test_check_reports_what_would_be_refused(shm_path: Path) -> None:
-    config = cdh("127.0.0.1:5000", 'image_security_policy = \'{"default": [{"type": "signedBaseLayer"}]}\'',
-                 'authenticated_registry_credentials_uri = "kbs:///default/credential/test"',
-                 kbc="cc_kbc")
+    config = cdh_toml(kbc="cc_kbc", kbc_url=NO_KBS, insecure=["127.0.0.1:5000"], image={
+        "image_security_policy": SIGNED_BASE_LAYER,
+        "authenticated_registry_credentials_uri": "kbs:///default/credential/test",
+    })
     initdata = write_initdata(shm_path / "initdata.toml", config)
     report = lint(initdata.read_bytes(), str(initdata))
     codes = {f.code: f for f in report.findings}

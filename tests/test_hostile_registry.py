@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from distribution.helpers import server_context
-from support.cli import GUESTPULL, cdh_toml, write_auth_json
+from support.cli import GUESTPULL, write_auth_json
+from support.config import write_cdh
 from support.processes import tree_rss_kib
-from test_pull_fake import write_cdh
 from guestpull.config import ImageConfig
 from guestpull.errors import Category
 from guestpull.pull import pull_image
@@ -129,12 +129,8 @@ def small_tmpfs(target: Path, mib: int) -> Iterator[Path]:
 def _config(path: Path, host: str, auth_file: Path | None, ca_pem: bytes | None) -> Path:
     """cdh.toml for the registry: insecure HTTP, or HTTPS trusting ``ca_pem``."""
     if ca_pem is None:
-        return write_cdh(path, host, auth_file=auth_file)
-    text = cdh_toml(host, ca_pem=ca_pem)
-    if auth_file:
-        text = text.replace("[image]\n", f'[image]\nauthenticated_registry_credentials_uri = "file://{auth_file}"\n', 1)
-    path.write_text(text)
-    return path
+        return write_cdh(path, insecure=[host], auth_file=auth_file)
+    return write_cdh(path, roots=[ca_pem], auth_file=auth_file)
 
 
 def _insecure(host: str) -> ImageConfig:

@@ -9,6 +9,7 @@ import pytest
 from guestpull.errors import Finding
 from guestpull.initdata import BuildOptions, SourceText, build, render_document
 from guestpull.lint import lint
+from support.config import cdh_toml
 from guestpull_testkit.certs import CertChain, make_ca_chain, make_leaf_signed_by, make_self_signed
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -23,8 +24,7 @@ def document(cdh: str, aa: str | None = None, *, algorithm: str = "sha256", extr
 
 
 def cdh_with_certs(*pems: bytes) -> str:
-    items = "".join(f'"""\n{pem.decode()}""",\n' for pem in pems)
-    return f'[kbc]\nname = "offline_fs_kbc"\n\n[image]\nextra_root_certificates = [\n{items}]\n'
+    return cdh_toml(roots=pems)
 
 
 def cdh_with_rules(rules: str) -> str:

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from support.cli import write_auth_json
+from support.config import Rule, write_cdh
 from guestpull.cli import main
 from guestpull.config import ImageConfig, parse_cdh_config
 from guestpull.errors import EXIT_CODES, AllCandidatesFailed, Category
@@ -29,15 +30,6 @@ def build_image(tag: str = "a"):
     return ImageSpec(
         [LayerSpec([File(f"{tag}{i}.bin", bytes([i]) * (200_000 + i))]) for i in range(3)]
     ).build()
-
-
-def write_cdh(path: Path, host: str, *, auth_file: Path | None = None) -> Path:
-    lines = ['[kbc]', 'name = "offline_fs_kbc"', "[image]"]
-    if auth_file:
-        lines.append(f'authenticated_registry_credentials_uri = "file://{auth_file}"')
-    lines += ["[[image.registry_config.registry]]", f'location = "{host}"', "insecure = true"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def run_pull(cdh: Path, work: Path, image: str, *extra: str):
@@ -62,7 +54,7 @@ def fake_with_image():
 
 def test_pull_stores_every_verified_blob(fake_with_image, shm_path: Path) -> None:
     fake, image = fake_with_image
-    cdh = write_cdh(shm_path / "cdh.toml", fake.host)
+    cdh = write_cdh(shm_path / "cdh.toml", insecure=[fake.host])
     result = run_pull(cdh, shm_path / "work", f"{fake.host}/team/app:v1")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)["result"]
@@ -78,7 +70,7 @@ def test_pull_stores_every_verified_blob(fake_with_image, shm_path: Path) -> Non
 
 def test_plain_digest_printed_without_json(fake_with_image, shm_path: Path) -> None:
     fake, image = fake_with_image
-    cdh = write_cdh(shm_path / "cdh.toml", fake.host)
+    cdh = write_cdh(shm_path / "cdh.toml", insecure=[fake.host])
     result = CliRunner().invoke(
         main, ["pull", f"{fake.host}/team/app:v1", "--config", str(cdh), "--work-dir", str(shm_path / "w"), "-q"]
     )
@@ -90,7 +82,7 @@ def test_corrupted_blob_is_digest_error_and_nothing_stored(fake_with_image, shm_
     fake, image = fake_with_image
     bad = image.layers[1]
     fake.inject(bad.digest, Fault("corrupt", times=100))
-    cdh = write_cdh(shm_path / "cdh.toml", fake.host)
+    cdh = write_cdh(shm_path / "cdh.toml", insecure=[fake.host])
     result = run_pull(cdh, shm_path / "work", f"{fake.host}/team/app:v1")
     assert result.exit_code == EXIT_CODES[Category.DIGEST], result.output
     error = json.loads(result.output)["error"]
@@ -112,7 +104,7 @@ def test_an_index_entry_pointing_at_another_index_is_refused(shm_path: Path) -> 
                             "manifests": [entry]})
     fake.add_manifest("team/app", outer, "application/vnd.oci.image.index.v1+json", tag="nested")
     with fake.in_thread():
-        result = run_pull(write_cdh(shm_path / "cdh.toml", fake.host), shm_path / "work",
+        result = run_pull(write_cdh(shm_path / "cdh.toml", insecure=[fake.host]), shm_path / "work",
                           f"{fake.host}/team/app:nested")
     assert result.exit_code == EXIT_CODES[Category.UNSUPPORTED], result.output
     assert f"points at another index {inner_digest}" in result.output
@@ -128,7 +120,7 @@ def test_transient_errors_retried(fake_with_image, shm_path: Path, fault: Fault)
     fake, image = fake_with_image
     retry_after = float(fault.headers.get("Retry-After", 0))
     fake.inject("/blobs/", fault)
-    cdh = write_cdh(shm_path / "cdh.toml", fake.host)
+    cdh = write_cdh(shm_path / "cdh.toml", insecure=[fake.host])
     started = time.monotonic()
     result = run_pull(cdh, shm_path / "work", f"{fake.host}/team/app:v1")
     assert result.exit_code == 0, result.output
@@ -140,7 +132,7 @@ def test_transient_errors_retried(fake_with_image, shm_path: Path, fault: Fault)
 def test_broken_body_recovered(fake_with_image, shm_path: Path, kind: str) -> None:
     fake, image = fake_with_image
     fake.inject(image.layers[0].digest, Fault(kind))  # type: ignore[arg-type]
-    cdh = write_cdh(shm_path / "cdh.toml", fake.host)
+    cdh = write_cdh(shm_path / "cdh.toml", insecure=[fake.host])
     result = run_pull(cdh, shm_path / "work", f"{fake.host}/team/app:v1")
     assert result.exit_code == 0, result.output
     assert len(fake.requests_to(f"/blobs/{image.layers[0].digest}")) == 2
@@ -157,7 +149,7 @@ def test_redirect_to_other_host_carries_no_authorization(shm_path: Path) -> None
     with fake.in_thread(), storage.in_thread():
         for layer in image.layers:
             fake.inject(f"/blobs/{layer.digest}", Fault("redirect", location=f"http://localhost:{storage.port}/storage/{layer.digest}"))
-        cdh = write_cdh(shm_path / "cdh.toml", fake.host, auth_file=write_auth_json(shm_path / "auth.json", fake.host))
+        cdh = write_cdh(shm_path / "cdh.toml", insecure=[fake.host], auth_file=write_auth_json(shm_path / "auth.json", fake.host))
         result = run_pull(cdh, shm_path / "work", f"{fake.host}/team/app:v1")
         assert result.exit_code == 0, result.output
         blob_requests = fake.requests_to("/blobs/")
@@ -173,7 +165,7 @@ def test_wrong_password_is_auth_error_naming_realm(shm_path: Path) -> None:
     fake.add_image("team/app", "v1", build_image())
     with fake.in_thread():
         auth = write_auth_json(shm_path / "auth.json", fake.host, password="not-the-pw-42")
-        cdh = write_cdh(shm_path / "cdh.toml", fake.host, auth_file=auth)
+        cdh = write_cdh(shm_path / "cdh.toml", insecure=[fake.host], auth_file=auth)
         result = run_pull(cdh, shm_path / "work", f"{fake.host}/team/app:v1")
     assert result.exit_code == EXIT_CODES[Category.AUTH], result.output
     assert f"{fake.url}/token" in result.output and "HTTP 401" in result.output
@@ -184,7 +176,7 @@ async def test_library_events_and_concurrency_limit(shm_path: Path) -> None:
     image = build_image()
     async with FakeRegistry() as fake:
         fake.add_image("team/app", "v1", image)
-        config = parse_cdh_config(write_cdh(shm_path / "cdh.toml", fake.host).read_text(), "cdh.toml").image_config()
+        config = parse_cdh_config(write_cdh(shm_path / "cdh.toml", insecure=[fake.host]).read_text(), "cdh.toml").image_config()
         config = config.model_copy(update={"max_concurrent_layer_downloads_per_image": 1})
         events: list[PullEvent] = []
         result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / "w", events=events.append)
@@ -226,9 +218,7 @@ async def test_all_candidates_failed_lists_attempts(shm_path: Path) -> None:
 
 
 def test_blocked_image_names_the_rule(shm_path: Path) -> None:
-    cdh = shm_path / "cdh.toml"
-    cdh.write_text('[kbc]\nname = "offline_fs_kbc"\n[image]\n[[image.registry_config.registry]]\n'
-                   'prefix = "registry.local/secret"\nblocked = true\n')
+    cdh = write_cdh(shm_path / "cdh.toml", rules=[Rule(prefix="registry.local/secret", blocked=True)])
     result = run_pull(cdh, shm_path / "work", "registry.local/secret/app:v1")
     assert result.exit_code == EXIT_CODES[Category.BLOCKED], result.output
     assert "registry.local/secret" in json.loads(result.output)["error"]["message"]

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from support.cli import write_auth_json
+from support.config import ClientCert, Mirror, Rule, cdh_toml, write_initdata
 from guestpull.cli import main
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.image.store import open_store
@@ -44,44 +45,6 @@ def push_image(tmp: Path, registry, repo: str, specs: ImageSpec | list[ImageSpec
         creds=registry.credentials, all_platforms=multi,
     )
     return digests
-
-
-def cdh_toml(
-    *,
-    roots: list[bytes] = (),  # type: ignore[assignment]
-    rules: list[str] = (),  # type: ignore[assignment]
-    auth_file: Path | None = None,
-    proxy: dict[str, str] | None = None,
-    client_cert: tuple[str, Path, Path] | None = None,
-) -> str:
-    lines = ['[kbc]', 'name = "offline_fs_kbc"', "[image]"]
-    if roots:
-        lines.append("extra_root_certificates = [" + ", ".join(f'"""{r.decode()}"""' for r in roots) + "]")
-    if auth_file:
-        lines.append(f'authenticated_registry_credentials_uri = "file://{auth_file}"')
-    if proxy:
-        lines.append("[image.image_pull_proxy]")
-        lines += [f'{k} = "{v}"' for k, v in proxy.items()]
-    if client_cert:
-        registry, cert, key = client_cert
-        lines += ["[[image.client_certificates]]", f'registry = "{registry}"',
-                  f'cert_uri = "file://{cert}"', f'key_uri = "file://{key}"']
-    lines += list(rules)
-    return "\n".join(lines) + "\n"
-
-
-def rule(location: str, *, insecure: bool = False, prefix: str | None = None, mirrors: list[tuple[str, bool]] = ()) -> str:  # type: ignore[assignment]
-    out = ["[[image.registry_config.registry]]", f'location = "{location}"', f"insecure = {str(insecure).lower()}"]
-    if prefix:
-        out.append(f'prefix = "{prefix}"')
-    for loc, insec in mirrors:
-        out += ["[[image.registry_config.registry.mirror]]", f'location = "{loc}"', f"insecure = {str(insec).lower()}"]
-    return "\n".join(out)
-
-
-def write_initdata(path: Path, cdh: str) -> Path:
-    path.write_text(f"version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"cdh.toml\" = '''\n{cdh}'''\n")
-    return path
 
 
 def pull(tmp: Path, image: str, cdh: str, *extra: str, initdata: bool = False):
@@ -130,7 +93,7 @@ def test_https_without_ca_is_unknown_issuer(https_registry, repo_name, shm_path)
 
 def test_http_registry_with_insecure_rule(http_registry, repo_name, shm_path) -> None:
     pushed = push_image(shm_path, http_registry, repo_name, spec())
-    cdh = cdh_toml(rules=[rule(http_registry.host, insecure=True)])
+    cdh = cdh_toml(rules=[Rule(http_registry.host, insecure=True)])
     result, out = pull(shm_path, f"{http_registry.host}/{repo_name}:v1", cdh)
     assert result.exit_code == 0, result.output
     assert out["result"]["scheme"] == "http"
@@ -151,7 +114,7 @@ def test_http_registry_without_rule_says_mark_insecure(http_registry, repo_name,
 
 
 def test_insecure_rule_on_https_registry_says_it_speaks_tls(https_registry, repo_name, shm_path) -> None:
-    cdh = cdh_toml(rules=[rule(https_registry.host, insecure=True)])
+    cdh = cdh_toml(rules=[Rule(https_registry.host, insecure=True)])
     result, out = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh)
     assert result.exit_code == EXIT_CODES[Category.TLS], result.output
     assert "speaks HTTPS" in out["error"]["attempts"][0]["error"]["message"]
@@ -163,7 +126,7 @@ def test_insecure_rule_on_https_registry_says_it_speaks_tls(https_registry, repo
 def test_mirror_down_falls_back_to_original(https_registry, ca_chain, repo_name, shm_path) -> None:
     pushed = push_image(shm_path, https_registry, repo_name, spec())
     dead = "127.0.0.1:9"  # nothing listens on the discard port here
-    cdh = cdh_toml(roots=[ca_chain.ca_cert_pem], rules=[rule(https_registry.host, mirrors=[(dead, False)])])
+    cdh = cdh_toml(roots=[ca_chain.ca_cert_pem], rules=[Rule(https_registry.host, mirrors=(Mirror(dead),))])
     result, out = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh)
     assert result.exit_code == 0, result.output
     assert out["result"]["manifest_digest"] == pushed.manifest_digest
@@ -174,7 +137,7 @@ def test_mirror_down_falls_back_to_original(https_registry, ca_chain, repo_name,
 
 def test_mirror_and_original_both_fail_lists_both(https_registry, repo_name, shm_path) -> None:
     dead = "127.0.0.1:9"
-    cdh = cdh_toml(rules=[rule(https_registry.host, mirrors=[(dead, False)])])
+    cdh = cdh_toml(rules=[Rule(https_registry.host, mirrors=(Mirror(dead),))])
     result, out = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh)
     assert result.exit_code == EXIT_CODES[Category.TLS], result.output
     attempts = out["error"]["attempts"]
@@ -289,7 +252,7 @@ def test_https_through_connect_proxy_and_no_proxy_bypass(https_registry, ca_chai
 
 def test_http_candidate_uses_http_proxy(http_registry, forward_proxy, repo_name, shm_path) -> None:
     push_image(shm_path, http_registry, repo_name, spec())
-    cdh = cdh_toml(rules=[rule(http_registry.host, insecure=True)],
+    cdh = cdh_toml(rules=[Rule(http_registry.host, insecure=True)],
                    proxy={"https_proxy": "http://127.0.0.1:9", "http_proxy": forward_proxy.url})
     result, _ = pull(shm_path, f"{http_registry.host}/{repo_name}:v1", cdh)
     assert result.exit_code == 0, result.output
@@ -315,7 +278,7 @@ def test_mtls_client_certificate(mtls_registry, mtls_client_cert, ca_chain, repo
     assert result.exit_code == EXIT_CODES[Category.TLS], result.output
     assert "requires a client certificate" in out["error"]["attempts"][0]["error"]["message"]
 
-    cdh = cdh_toml(roots=[ca_chain.ca_cert_pem], client_cert=(mtls_registry.host, paths.cert, paths.key))
+    cdh = cdh_toml(roots=[ca_chain.ca_cert_pem], client_certs=[ClientCert(mtls_registry.host, paths.cert, paths.key)])
     result, out = pull(shm_path, image, cdh)
     assert result.exit_code == 0, result.output
     assert out["result"]["manifest_digest"] == pushed.manifest_digest

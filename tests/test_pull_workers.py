@@ -14,6 +14,7 @@ from guestpull.pull import pull_image
 from guestpull_testkit.fakeregistry import FakeRegistry
 from guestpull_testkit.images import Dir, File, ImageSpec, LayerSpec, Opaque, Symlink, Whiteout
 
+from support.config import cdh_toml
 from image.treewalk import describe_tree, diff_trees
 
 
@@ -43,9 +44,7 @@ async def test_bundles_from_workers_equal_bundles_from_this_process(
     image = _image().build()
     async with FakeRegistry() as fake:
         fake.add_image("team/app", "v1", image)
-        cdh = f'[kbc]\nname = "offline_fs_kbc"\n[image]\n[[image.registry_config.registry]]\n' \
-              f'location = "{fake.host}"\ninsecure = true\n'
-        config = parse_cdh_config(cdh, "cdh.toml").image_config()
+        config = parse_cdh_config(cdh_toml(insecure=[fake.host]), "cdh.toml").image_config()
         trees = {}
         for threshold, name in ((1 << 62, "in-process"), (0, "workers")):
             monkeypatch.setattr(pull, "UNPACK_WORKERS_MIN_BYTES", threshold)

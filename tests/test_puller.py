@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from support.config import cdh_toml
 from guestpull.config import CdhConfig, parse_cdh_config
 from guestpull.errors import AllCandidatesFailed, NotFoundError
 from guestpull.pull import Puller, PullEvent
@@ -25,12 +26,8 @@ def image(tag: str, layers: int = 3, size: int = 300_000):
     ).build()
 
 
-def cdh_for(host: str, *extra: str) -> CdhConfig:
-    text = "\n".join([
-        "[kbc]", 'name = "offline_fs_kbc"', "[image]", *extra,
-        "[[image.registry_config.registry]]", f'location = "{host}"', "insecure = true",
-    ]) + "\n"
-    return parse_cdh_config(text, "cdh.toml")
+def cdh_for(host: str, **image: str) -> CdhConfig:
+    return parse_cdh_config(cdh_toml(insecure=[host], image=image), "cdh.toml")
 
 
 def blob_gets(fake: FakeRegistry) -> Counter[str]:
@@ -124,7 +121,7 @@ async def test_settings_that_failed_to_load_are_retried_on_the_next_pull(shm_pat
     built = image("retry", layers=1)
     async with FakeRegistry() as fake:
         fake.add_image("team/app", "v1", built)
-        config = cdh_for(fake.host, f'authenticated_registry_credentials_uri = "{auth}"')
+        config = cdh_for(fake.host, authenticated_registry_credentials_uri=str(auth))
         async with Puller(config, work_dir=shm_path / "w") as puller:
             with pytest.raises(NotFoundError, match="auth.json"):
                 await puller.pull(f"{fake.host}/team/app:v1")

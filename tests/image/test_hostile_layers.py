@@ -100,7 +100,7 @@ class Pulls:
 
     def pull(self, reference: str, *extra: str) -> Outcome:
         cdh = self.root / "cdh.toml"
-        cdh.write_text(cdh_toml(self.fake.host, insecure=True))
+        cdh.write_text(cdh_toml(insecure=[self.fake.host]))
         scratch = self.root / "scratch"
         scratch.mkdir(exist_ok=True)
         argv = [sys.executable, "-m", "guestpull", "pull", reference, "--config", str(cdh),

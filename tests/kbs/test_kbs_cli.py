@@ -11,21 +11,20 @@ import pytest
 from guestpull.errors import EXIT_CODES, Category
 from guestpull_testkit.kbs import TestKbs
 from kbs.conftest import SECRET, serve_aa
-from support.cli import invoke, run, write_initdata
+from support.cli import invoke, run
+from support.config import write_cdh, write_initdata
 
 URI = "kbs:///default/credential/test"
 
 
-def write_cdh(directory: Path, kbs: TestKbs, aa_address: str) -> Path:
-    cert = f'kbs_cert = """{kbs.tls.ca_cert_pem.decode()}"""\n' if kbs.tls else ""
-    path = directory / "cdh.toml"
-    path.write_text(f'[kbc]\nname = "cc_kbc"\nurl = "{kbs.url}"\n{cert}[aa]\naa_socket = "{aa_address}"\n')
-    return path
+def write_kbs_cdh(directory: Path, kbs: TestKbs, aa_address: str) -> Path:
+    cert = kbs.tls.ca_cert_pem if kbs.tls else None
+    return write_cdh(directory / "cdh.toml", kbc="cc_kbc", kbc_url=kbs.url, kbs_cert=cert, aa_socket=aa_address)
 
 
 def test_resource_to_stdout_in_a_real_process(https_kbs: TestKbs, shm_path: Path) -> None:
     with serve_aa(https_kbs, shm_path, key_type="rsa") as aa:
-        result = run("kbs", "get", URI, "--config", str(write_cdh(shm_path, https_kbs, aa.address)))
+        result = run("kbs", "get", URI, "--config", str(write_kbs_cdh(shm_path, https_kbs, aa.address)))
     assert result.exit_code == 0, result
     assert result.stdout.encode() == SECRET and result.stderr == ""
 
@@ -33,7 +32,7 @@ def test_resource_to_stdout_in_a_real_process(https_kbs: TestKbs, shm_path: Path
 def test_resource_to_a_private_file(kbs: TestKbs, shm_path: Path) -> None:
     out = shm_path / "auth.json"
     with serve_aa(kbs, shm_path) as aa:
-        config = str(write_cdh(shm_path, kbs, aa.address))
+        config = str(write_kbs_cdh(shm_path, kbs, aa.address))
         first = invoke("kbs", "get", URI, "--config", config, "-o", str(out), "--json")
         again = invoke("kbs", "get", URI, "--config", config, "-o", str(out))
         forced = invoke("kbs", "get", "kbs:///default/key/k", "--config", config, "-o", str(out), "--force")
@@ -47,7 +46,7 @@ def test_resource_to_a_private_file(kbs: TestKbs, shm_path: Path) -> None:
 
 def test_through_initdata(kbs: TestKbs, shm_path: Path) -> None:
     with serve_aa(kbs, shm_path) as aa:
-        cdh = write_cdh(shm_path, kbs, aa.address).read_text()
+        cdh = write_kbs_cdh(shm_path, kbs, aa.address).read_text()
         initdata = write_initdata(shm_path / "initdata.toml", cdh)
         result = invoke("kbs", "get", URI, "--initdata", str(initdata))
     assert result.exit_code == 0, result
@@ -57,7 +56,7 @@ def test_through_initdata(kbs: TestKbs, shm_path: Path) -> None:
 def test_refusal_says_why_without_secrets(kbs: TestKbs, shm_path: Path) -> None:
     kbs.denied.add("default/credential/test")
     with serve_aa(kbs, shm_path) as aa:
-        result = invoke("kbs", "get", URI, "--config", str(write_cdh(shm_path, kbs, aa.address)))
+        result = invoke("kbs", "get", URI, "--config", str(write_kbs_cdh(shm_path, kbs, aa.address)))
     assert result.exit_code == EXIT_CODES[Category.AUTH]
     assert "not found or not released to this guest" in result.stderr and URI in result.stderr
     assert "eyJ" not in result.stderr + result.stdout

@@ -5,20 +5,19 @@ from __future__ import annotations
 import pytest
 
 from guestpull.errors import Finding
-from guestpull.initdata import render_document
 from guestpull.lint import lint
 from guestpull_testkit.certs import make_ca_chain
+from support.config import cdh_toml, initdata_toml
 
-USES_KBS = '[image]\nauthenticated_registry_credentials_uri = "kbs:///default/credential/test"\n'
+USES_KBS = {"authenticated_registry_credentials_uri": "kbs:///default/credential/test"}
 
 
 def document(cdh: str, aa: str | None = None) -> bytes:
-    data = {"cdh.toml": cdh} if aa is None else {"aa.toml": aa, "cdh.toml": cdh}
-    return render_document("sha256", data).encode()
+    return initdata_toml(cdh, aa).encode()
 
 
-def cc_kbc(url: str, extra: str = "") -> str:
-    return f'[kbc]\nname = "cc_kbc"\nurl = "{url}"\n{extra}'
+def cc_kbc(url: str, image: dict[str, str] | None = None, kbs_cert: str | None = None) -> str:
+    return cdh_toml(kbc="cc_kbc", kbc_url=url, kbs_cert=kbs_cert, image=image)
 
 
 def aa_toml(url: str) -> str:
@@ -64,11 +63,11 @@ def test_different_kbs_is_a_warning(aa_url: str) -> None:
 
 def test_kbs_cert() -> None:
     good = make_ca_chain().ca_cert_pem.decode()
-    ok = document(cc_kbc("https://kbs.example", f'kbs_cert = """{good}"""\n'), aa_toml("https://kbs.example"))
+    ok = document(cc_kbc("https://kbs.example", kbs_cert=good), aa_toml("https://kbs.example"))
     assert lint(ok, "x").findings == []
-    empty = document(cc_kbc("https://kbs.example", 'kbs_cert = ""\n'), aa_toml("https://kbs.example"))
+    empty = document(cc_kbc("https://kbs.example", kbs_cert=""), aa_toml("https://kbs.example"))
     assert lint(empty, "x").findings == [], 'upstream\'s example config has kbs_cert = ""'
-    bad = document(cc_kbc("https://kbs.example", 'kbs_cert = "not pem"\n'), aa_toml("https://kbs.example"))
+    bad = document(cc_kbc("https://kbs.example", kbs_cert="not pem"), aa_toml("https://kbs.example"))
     [finding] = findings(bad, "kbs-cert-invalid")
     assert finding.severity == "error" and finding.location.field == 'data."cdh.toml".kbc.kbs_cert'
 

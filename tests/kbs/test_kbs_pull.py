@@ -18,7 +18,8 @@ from guestpull_testkit.certs import CertChain
 from guestpull_testkit.images import File, ImageSpec, LayerSpec, push, write_layout
 from guestpull_testkit.kbs import TestKbs
 from kbs.conftest import serve_aa
-from support.cli import invoke, push_spec, write_initdata
+from support.cli import invoke, push_spec
+from support.config import ClientCert, cdh_toml, write_initdata
 
 URI = "kbs:///default/credential/test"
 
@@ -28,14 +29,13 @@ def auth_json(host: str) -> bytes:
     return json.dumps({"auths": {host: {"auth": token}}}).encode()
 
 
-def cdh_toml(kbs: TestKbs, aa_address: str, registry_ca: bytes) -> str:
+def kbs_cdh(kbs: TestKbs, aa_address: str, registry_ca: bytes, *,
+            image: dict[str, str] | None = None, client_certs: tuple[ClientCert, ...] = ()) -> str:
+    """cc_kbc through ``kbs`` (trusting its CA); ``image`` keys default to the credentials URI."""
     assert kbs.tls is not None
-    return "\n".join([
-        "[kbc]", 'name = "cc_kbc"', f'url = "{kbs.url}"', f'kbs_cert = """{kbs.tls.ca_cert_pem.decode()}"""',
-        "[aa]", f'aa_socket = "{aa_address}"',
-        "[image]", f'authenticated_registry_credentials_uri = "{URI}"',
-        f'extra_root_certificates = ["""{registry_ca.decode()}"""]',
-    ]) + "\n"
+    return cdh_toml(kbc="cc_kbc", kbc_url=kbs.url, kbs_cert=kbs.tls.ca_cert_pem, aa_socket=aa_address,
+                    roots=[registry_ca], image=image or {"authenticated_registry_credentials_uri": URI},
+                    client_certs=client_certs)
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_auth_file_from_the_kbs_authenticates_the_pull(
 ) -> None:
     with TestKbs(tls=kbs_chain, resources={"default/credential/test": auth_json(basic_auth_registry.host)}) as kbs, \
             serve_aa(kbs, shm_path, key_type="ec-p521") as aa:
-        config = cdh_toml(kbs, aa.address, ca_chain.ca_cert_pem)
+        config = kbs_cdh(kbs, aa.address, ca_chain.ca_cert_pem)
         if via == "initdata":
             source = ["--initdata", str(write_initdata(shm_path / "initdata.toml", config))]
         else:
@@ -71,7 +71,7 @@ def test_resource_not_released_refuses_the_pull(
 ) -> None:
     with TestKbs(tls=kbs_chain, resources={"default/credential/test": auth_json(basic_auth_registry.host)},
                  denied={"default/credential/test"}) as kbs, serve_aa(kbs, shm_path) as aa:
-        (shm_path / "cdh.toml").write_text(cdh_toml(kbs, aa.address, ca_chain.ca_cert_pem))
+        (shm_path / "cdh.toml").write_text(kbs_cdh(kbs, aa.address, ca_chain.ca_cert_pem))
         result = invoke("pull", image, "--config", str(shm_path / "cdh.toml"),
                         "--work-dir", str(shm_path / "work"), "--json")
     assert result.exit_code == EXIT_CODES[Category.AUTH], result
@@ -98,13 +98,11 @@ def test_registry_configuration_and_client_certificate_from_the_kbs(
         "default/registry/client-key": mtls_client_cert.key_pem,
     }
     with TestKbs(tls=kbs_chain, resources=resources) as kbs, serve_aa(kbs, shm_path, key_type="rsa") as aa:
-        config = cdh_toml(kbs, aa.address, ca_chain.ca_cert_pem).replace(
-            f'authenticated_registry_credentials_uri = "{URI}"',
-            'registry_configuration_uri = "kbs:///default/registry/conf"') + (
-            "[[image.client_certificates]]\n"
-            f'registry = "{mtls_registry.host}"\n'
-            'cert_uri = "kbs:///default/registry/client-cert"\n'
-            'key_uri = "kbs:///default/registry/client-key"\n')
+        config = kbs_cdh(
+            kbs, aa.address, ca_chain.ca_cert_pem,
+            image={"registry_configuration_uri": "kbs:///default/registry/conf"},
+            client_certs=(ClientCert(mtls_registry.host, "kbs:///default/registry/client-cert",
+                                     "kbs:///default/registry/client-key"),))
         (shm_path / "cdh.toml").write_text(config)
         result = invoke("pull", f"{repo_name}:v1", "--config", str(shm_path / "cdh.toml"),
                         "--work-dir", str(shm_path / "work"), "--json")

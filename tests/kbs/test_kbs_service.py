@@ -13,6 +13,7 @@ from guestpull.service.cdh import ConfidentialDataHub
 from guestpull.ttrpc import Code, RpcError, TtrpcClient, TtrpcServer
 from guestpull_testkit.kbs import TestKbs
 from kbs.conftest import SECRET, serve_aa
+from support.config import cdh_toml
 
 GET_RESOURCE = ("api.GetResourceService", "GetResource")
 
@@ -30,10 +31,8 @@ async def test_get_resource_over_the_cdh_socket(https_kbs: TestKbs, shm_path: Pa
     https_kbs.resources["default/key/k"] = b"withheld"
     with serve_aa(https_kbs, shm_path, key_type="ec-p521") as aa:
         assert https_kbs.tls is not None
-        cdh = parse_cdh_config(
-            f'[kbc]\nname = "cc_kbc"\nurl = "{https_kbs.url}"\n'
-            f'kbs_cert = """{https_kbs.tls.ca_cert_pem.decode()}"""\n'
-            f'[aa]\naa_socket = "{aa.address}"\n', "cdh.toml")
+        cdh = parse_cdh_config(cdh_toml(kbc="cc_kbc", kbc_url=https_kbs.url, kbs_cert=https_kbs.tls.ca_cert_pem,
+                                        aa_socket=aa.address), "cdh.toml")
         socket = shm_path / "cdh.sock"
         async with Puller(cdh, work_dir=shm_path / "work") as puller:
             server = TtrpcServer(ConfidentialDataHub(puller, None).services())

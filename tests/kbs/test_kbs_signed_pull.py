@@ -18,6 +18,7 @@ from guestpull_testkit.kbs import TestKbs
 from guestpull_testkit.signing import CosignKey, CosignLayer, cosign_payload, push_cosign_signatures
 from kbs.conftest import serve_aa
 from support.cli import invoke, push_spec
+from support.config import write_cdh
 
 POLICY_URI = "kbs:///default/security-policy/test"
 KEY_URI = "kbs:///default/cosign-key/k"
@@ -39,11 +40,8 @@ def test_policy_and_key_path_from_the_kbs_decide_the_pull(
     resources = {"default/security-policy/test": json.dumps(policy).encode(),
                  "default/cosign-key/k": keys["trusted"].public_pem}
     with TestKbs(resources=resources) as kbs, serve_aa(kbs, shm_path, key_type="rsa") as aa:
-        (shm_path / "cdh.toml").write_text("\n".join([
-            "[kbc]", 'name = "cc_kbc"', f'url = "{kbs.url}"', "[aa]", f'aa_socket = "{aa.address}"',
-            "[image]", f'image_security_policy_uri = "{POLICY_URI}"',
-            "[[image.registry_config.registry]]", f'location = "{http_registry.host}"', "insecure = true",
-        ]) + "\n")
+        write_cdh(shm_path / "cdh.toml", kbc="cc_kbc", kbc_url=kbs.url, aa_socket=aa.address,
+                  image={"image_security_policy_uri": POLICY_URI}, insecure=[http_registry.host])
         result = invoke("pull", image, "--config", str(shm_path / "cdh.toml"),
                         "--work-dir", str(shm_path / "work"), "--bundle", str(shm_path / "bundle"), "--json")
     assert sorted(r.path for r in kbs.requests) == sorted(resources), "policy and key from the KBS"

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.cli import GUESTPULL, write_initdata
+from support.cli import GUESTPULL
+from support.config import cdh_toml, write_initdata
 from support.serve import start_serve
 from support.ttrpcpeer import call, raw_call
 
@@ -20,7 +21,7 @@ GUESTPULL_BIN = Path(sys.executable).parent / "guestpull"
 
 
 def minimal_cdh(socket: Path, work: Path) -> str:
-    return f'socket = "unix://{socket}"\n[kbc]\nname = "offline_fs_kbc"\n[image]\nwork_dir = "{work}"\n'
+    return cdh_toml(socket=f"unix://{socket}", image={"work_dir": str(work)})
 
 
 def test_the_unit_file_verifies(shm_path: Path) -> None:

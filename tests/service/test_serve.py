@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import blob_gets, cdh_for, image_ref, push_spec
+from support.cli import blob_gets, image_ref, push_spec
 from support.serve import ServeProcess, serve_cdh_toml, start_serve
 from support.ttrpcpeer import (
     FakeAttestationAgent,
@@ -79,7 +79,7 @@ def aa(ttrpc_peer: Path, shm_path: Path) -> Iterator[FakeAttestationAgent]:
 
 def serve(shm_path: Path, registry: object, aa_socket: Path, **kwargs: object) -> ServeProcess:
     socket = shm_path / "cdh" / "cdh.sock"
-    return start_serve(shm_path / "serve", serve_cdh_toml(cdh_for(registry), socket, aa_socket), socket,
+    return start_serve(shm_path / "serve", serve_cdh_toml(registry, socket, aa_socket), socket,
                        work_dir=shm_path / "work", **kwargs)  # type: ignore[arg-type]
 
 
@@ -270,7 +270,7 @@ def test_refuses_a_socket_another_server_answers_on(
 ) -> None:
     with start_aa(ttrpc_peer, shm_path / "other") as other:
         config = shm_path / "cdh.toml"
-        config.write_text(serve_cdh_toml(cdh_for(fake), other.socket, shm_path / "no-aa.sock"))
+        config.write_text(serve_cdh_toml(fake, other.socket, shm_path / "no-aa.sock"))
         done = subprocess.run([*_serve_argv(config, shm_path)], capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 17, done.stderr
         assert f"another server is listening on {other.socket}" in done.stderr
@@ -307,10 +307,10 @@ def test_the_signature_policy_holds_for_service_pulls(
         fake.add_image(repo, "v1", spec(seed).build())
     policy = json.dumps({"default": [{"type": "insecureAcceptAnything"}],
                          "transports": {"docker": {f"{fake.host}/team": [{"type": "reject"}]}}})
-    cdh = cdh_for(fake).replace("[image]\n", f"[image]\nimage_security_policy = '{policy}'\n", 1)
     socket = shm_path / "cdh" / "cdh.sock"
     rejected, accepted = bundles.new("rejected"), bundles.new("accepted")
-    with start_serve(shm_path / "serve", serve_cdh_toml(cdh, socket, shm_path / "no-aa.sock"), socket,
+    with start_serve(shm_path / "serve", serve_cdh_toml(fake, socket, shm_path / "no-aa.sock",
+                                                     image={"image_security_policy": policy}), socket,
                      work_dir=shm_path / "work") as svc:
         refused, ok = call(ttrpc_peer, svc.socket, [pull_call(f"{fake.host}/team/app:v1", rejected),
                                                      pull_call(f"{fake.host}/other/app:v1", accepted)])

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from support.cli import invoke
+from support.config import Rule, write_cdh
 from guestpull.oci import default_platform
 from guestpull_testkit.images import File, ImageSpec, LayerSpec, LayoutDigests, Signing, push, write_layout
 from guestpull_testkit.registry import RegistryProcess
@@ -149,19 +150,14 @@ class World:
         """A cdh.toml with the policy and sigstore config; ``remap`` is a registry whose images
         come from this one (a rule with ``location``)."""
         self._counter += 1
-        lines = ["[kbc]", 'name = "offline_fs_kbc"', "[image]", f'image_security_policy_uri = "file://{policy}"']
-        if sigstore:
-            lines.append(f'sigstore_config_uri = "{(registries_dir or self.registries_d) / "default.yaml"}"')
-        if self.registry.tls is not None:
-            lines.append(f'extra_root_certificates = ["""{self.registry.tls.ca_cert_pem.decode()}"""]')
-        insecure = str(self.registry.tls is None).lower()
-        lines += ["[[image.registry_config.registry]]", f'location = "{self.host}"', f"insecure = {insecure}"]
+        image = {"sigstore_config_uri": str((registries_dir or self.registries_d) / "default.yaml")} if sigstore else {}
+        insecure = self.registry.tls is None
+        rules = [Rule(self.host, insecure=insecure)]
         if remap is not None:
-            lines += ["[[image.registry_config.registry]]", f'prefix = "{remap}"',
-                      f'location = "{self.host}"', f"insecure = {insecure}"]
-        path = self.root / f"cdh-{self._counter}.toml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+            rules.append(Rule(self.host, prefix=remap, insecure=insecure))
+        roots = [self.registry.tls.ca_cert_pem] if self.registry.tls is not None else []
+        return write_cdh(self.root / f"cdh-{self._counter}.toml", policy_file=policy, image=image,
+                         roots=roots, rules=rules)
 
     def pull(self, image: str, policy: Path, *, work: Path | None = None, bundle: Path | None = None,
              registries_dir: Path | None = None, remap: str | None = None, sigstore: bool = True) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import invoke
+from support.config import cdh_toml, write_initdata
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.initdata import InitData
 from guestpull.lint import lint
@@ -30,17 +31,14 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"gpg": keyring, "cosign": pem, "garbage": garbage}
 
 
-def document(tmp: Path, policy: dict, *extra: str, sigstore: str | None = SIGSTORE) -> Path:
-    lines = ["[kbc]", 'name = "offline_fs_kbc"', "[image]",
-             f"image_security_policy = '{json.dumps(policy)}'"]
+def document(tmp: Path, policy: dict, *, sigstore: str | None = SIGSTORE, insecure: tuple[str, ...] = (),
+             **image: str) -> Path:
+    """An Init-Data document with the inline ``policy`` (and sigstore config) plus ``image`` keys."""
+    settings = {"image_security_policy": json.dumps(policy)}
     if sigstore is not None:
-        lines.append(f"sigstore_config = '''\n{sigstore}'''")
-    lines += list(extra)
-    cdh = "\n".join(lines) + "\n"
-    path = tmp / "initdata.toml"
-    path.write_text('version = "0.1.0"\nalgorithm = "sha256"\n[data]\n"cdh.toml" = """\n'
-                    + cdh.replace("\\", "\\\\").replace('"""', '\\"""') + '"""\n')
-    return path
+        settings["sigstore_config"] = sigstore
+    cdh = cdh_toml(image={**settings, **image}, insecure=insecure)
+    return write_initdata(tmp / "initdata.toml", cdh)
 
 
 def findings(path: Path) -> dict[str, list[str]]:
@@ -99,13 +97,12 @@ def test_scopes_that_can_never_match(shm_path: Path, scope: str) -> None:
 
 
 def test_accept_anything_next_to_an_insecure_registry(shm_path: Path, keys: dict[str, Path]) -> None:
-    rule = ["[[image.registry_config.registry]]", 'location = "reg.local:5000"', "insecure = true"]
     loose = {"default": [{"type": "insecureAcceptAnything"}]}
-    found = findings(document(shm_path, loose, *rule))
+    found = findings(document(shm_path, loose, insecure=("reg.local:5000",)))
     assert "reg.local:5000" in found["insecure-registry-unprotected"][0]
     guarded = {"default": [{"type": "insecureAcceptAnything"}],
                "transports": {"docker": {"reg.local:5000": [signed_by(str(keys["gpg"]))]}}}
-    assert "insecure-registry-unprotected" not in findings(document(shm_path, guarded, *rule))
+    assert "insecure-registry-unprotected" not in findings(document(shm_path, guarded, insecure=("reg.local:5000",)))
 
 
 def test_bad_sigstore_config_and_missing_store(shm_path: Path, keys: dict[str, Path]) -> None:
@@ -114,7 +111,7 @@ def test_bad_sigstore_config_and_missing_store(shm_path: Path, keys: dict[str, P
     assert bad["invalid-sigstore-config"][0].startswith("error")
     missing = findings(document(shm_path, policy, sigstore=None))
     assert missing["no-signature-store"][0].startswith("warning")
-    in_kbs = findings(document(shm_path, policy, 'sigstore_config_uri = "kbs:///default/sigstore/c"',
+    in_kbs = findings(document(shm_path, policy, sigstore_config_uri="kbs:///default/sigstore/c",
                                sigstore=None))
     assert "no-signature-store" not in in_kbs, in_kbs
 
@@ -122,7 +119,7 @@ def test_bad_sigstore_config_and_missing_store(shm_path: Path, keys: dict[str, P
 def test_policy_uri_on_this_host_is_checked(shm_path: Path) -> None:
     policy = shm_path / "policy.json"
     policy.write_text('{"default": []}')
-    path = document(shm_path, {"default": [{"type": "reject"}]}, f'image_security_policy_uri = "{policy}"')
+    path = document(shm_path, {"default": [{"type": "reject"}]}, image_security_policy_uri=str(policy))
     found = findings(path)
     assert "empty" in found["invalid-signature-policy"][0]
     assert found["image-security-policy-uri-overrides-inline"][0].startswith("info")

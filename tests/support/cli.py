@@ -21,6 +21,8 @@ from guestpull_testkit import TEST_PASSWORD, TEST_USER, wait_for
 from guestpull_testkit.fakeregistry import FakeRegistry
 from guestpull_testkit.images import ImageSpec, LayoutDigests, push, write_layout
 
+from support.config import cdh_toml, write_initdata
+
 #: The command line of the real CLI, run by this interpreter (the project's venv).
 GUESTPULL: tuple[str, ...] = (sys.executable, "-m", "guestpull")
 
@@ -35,35 +37,19 @@ class Registry(Protocol):
 # --- configuration ---------------------------------------------------------------------------
 
 
-def cdh_toml(host: str, *, ca_pem: bytes | None = None, insecure: bool = False) -> str:
-    """A cdh.toml that reaches ``host``: trusting ``ca_pem`` (HTTPS) or marked insecure (HTTP)."""
-    lines = ["[kbc]", 'name = "offline_fs_kbc"', "[image]"]
-    if ca_pem is not None:
-        lines.append(f'extra_root_certificates = ["""{ca_pem.decode()}"""]')
-    if insecure:
-        lines += ["[[image.registry_config.registry]]", f'location = "{host}"', "insecure = true"]
-    return "\n".join(lines) + "\n"
-
-
-def cdh_for(registry: Registry) -> str:
-    """The cdh.toml for a RegistryProcess (HTTPS with its CA, or HTTP) or a FakeRegistry (HTTP)."""
+def cdh_for(registry: Registry, **options: Any) -> str:
+    """The cdh.toml for a RegistryProcess (HTTPS with its CA, or HTTP) or a FakeRegistry (HTTP),
+    with more :func:`support.config.cdh_toml` ``options``."""
     tls = getattr(registry, "tls", None)
     if tls is not None:
-        return cdh_toml(registry.host, ca_pem=tls.ca_cert_pem)
-    return cdh_toml(registry.host, insecure=True)
+        return cdh_toml(roots=[tls.ca_cert_pem], **options)
+    return cdh_toml(insecure=[registry.host], **options)
 
 
 def write_auth_json(path: Path, host: str, password: str = TEST_PASSWORD) -> Path:
     """An auth.json with the test user's Basic credentials for ``host``."""
     token = base64.b64encode(f"{TEST_USER}:{password}".encode()).decode()
     path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
-    return path
-
-
-def write_initdata(path: Path, cdh: str) -> Path:
-    path.write_text(
-        'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n"cdh.toml" = \'\'\'\n' + cdh + "'''\n"
-    )
     return path
 
 

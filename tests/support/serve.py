@@ -10,17 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support.cli import GUESTPULL, child_env
+from support.cli import GUESTPULL, Registry, cdh_for, child_env
 
 from guestpull.service.server import socket_answers
 from guestpull_testkit import wait_for
 
 
-def serve_cdh_toml(registry_cdh: str, socket: Path, aa_socket: Path) -> str:
-    """A cdh.toml for the service: ``registry_cdh`` (support.cli.cdh_for) plus the sockets.
-
-    Top-level keys must come before the first table, so they are put in front."""
-    return f'socket = "unix://{socket}"\n[aa]\naa_socket = "unix://{aa_socket}"\n' + registry_cdh
+def serve_cdh_toml(registry: Registry, socket: Path, aa_socket: Path, **options: Any) -> str:
+    """A cdh.toml for the service: the registry's (support.cli.cdh_for) plus the sockets."""
+    return cdh_for(registry, socket=f"unix://{socket}", aa_socket=f"unix://{aa_socket}", **options)
 
 
 @dataclass
