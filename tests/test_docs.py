@@ -48,7 +48,7 @@ from guestpull.initdata import PLATFORMS, TOML_DATA_KEYS
 from guestpull.lint import ERROR, WARNING, lint
 from guestpull_testkit import free_port
 from guestpull_testkit.images import write_layout
-from tests.support.docscheck import (
+from support.docscheck import (
     KINDS,
     REPO,
     Block,

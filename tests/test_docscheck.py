@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.docscheck import (
+from support.docscheck import (
     REPO,
     Block,
     Link,

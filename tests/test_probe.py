@@ -14,7 +14,8 @@ from guestpull.registries import Scheme
 from guestpull_testkit import TEST_USER
 from guestpull_testkit.certs import CertChain, make_ca_chain, make_self_signed
 from guestpull_testkit.registry import RegistryProcess, start_registry
-from tests.support.cli import cdh_toml, invoke, write_auth_json
+from support.cli import invoke, write_auth_json
+from support.config import cdh_toml
 
 
 def _probe(directory: Path, cdh: str, *names: str) -> tuple[int, dict]:
@@ -35,7 +36,7 @@ def _only(report: dict, registry: str, scheme: str) -> dict:
 
 def test_https_right_ca_names_the_anchor(shm_path: Path, https_registry: RegistryProcess,
                                         ca_chain: CertChain) -> None:
-    code, report = _probe(shm_path, cdh_toml(https_registry.host, ca_pem=ca_chain.ca_cert_pem),
+    code, report = _probe(shm_path, cdh_toml(roots=[ca_chain.ca_cert_pem]),
                           https_registry.host)
     entry = _only(report, https_registry.host, "https")
     assert code == 0 and report["ok"], report
@@ -48,7 +49,7 @@ def test_https_right_ca_names_the_anchor(shm_path: Path, https_registry: Registr
 
 def test_https_wrong_ca_is_an_unknown_issuer(shm_path: Path, https_registry: RegistryProcess) -> None:
     other = make_ca_chain()
-    code, report = _probe(shm_path, cdh_toml(https_registry.host, ca_pem=other.ca_cert_pem),
+    code, report = _probe(shm_path, cdh_toml(roots=[other.ca_cert_pem]),
                           https_registry.host)
     entry = _only(report, https_registry.host, "https")
     assert code == 5 and not report["ok"]
@@ -59,7 +60,7 @@ def test_https_wrong_ca_is_an_unknown_issuer(shm_path: Path, https_registry: Reg
 
 
 def test_http_registry_probed_over_https_says_plain_http(shm_path: Path, http_registry: RegistryProcess) -> None:
-    code, report = _probe(shm_path, cdh_toml(http_registry.host), http_registry.host)
+    code, report = _probe(shm_path, cdh_toml(), http_registry.host)
     entry = _only(report, http_registry.host, "https")
     assert code == 5
     assert "speaks plain HTTP" in entry["error"]["message"]
@@ -67,7 +68,7 @@ def test_http_registry_probed_over_https_says_plain_http(shm_path: Path, http_re
 
 
 def test_http_rule_probes_plain_http(shm_path: Path, http_registry: RegistryProcess) -> None:
-    code, report = _probe(shm_path, cdh_toml(http_registry.host, insecure=True))
+    code, report = _probe(shm_path, cdh_toml(insecure=[http_registry.host]))
     entry = _only(report, http_registry.host, "http")
     assert code == 0, report
     assert entry["status"] == "ok" and entry["tls"] is None
@@ -77,7 +78,7 @@ def test_http_rule_probes_plain_http(shm_path: Path, http_registry: RegistryProc
 def test_insecure_rule_on_an_https_registry_says_it_speaks_tls(
     shm_path: Path, https_registry: RegistryProcess
 ) -> None:
-    code, report = _probe(shm_path, cdh_toml(https_registry.host, insecure=True))
+    code, report = _probe(shm_path, cdh_toml(insecure=[https_registry.host]))
     entry = _only(report, https_registry.host, "http")
     assert code == 5
     assert "speaks HTTPS" in entry["error"]["message"]
@@ -99,7 +100,7 @@ def test_ca_true_self_signed_leaf_is_verified_by_itself(
 ) -> None:
     """OpenSSL accepts it (guestpull pulls); the anchor is the server's own certificate."""
     registry, chain = ca_true_registry
-    code, report = _probe(shm_path, cdh_toml(registry.host, ca_pem=chain.cert_pem), registry.host)
+    code, report = _probe(shm_path, cdh_toml(roots=[chain.cert_pem]), registry.host)
     entry = _only(report, registry.host, "https")
     assert code == 0, report
     assert entry["tls"]["verified"] and entry["tls"]["anchor"].startswith("CN=127.0.0.1,")
@@ -109,14 +110,14 @@ def test_ca_true_self_signed_leaf_not_trusted_is_named_self_signed(
     shm_path: Path, ca_true_registry: tuple[RegistryProcess, CertChain]
 ) -> None:
     registry, _ = ca_true_registry
-    code, report = _probe(shm_path, cdh_toml(registry.host), registry.host)
+    code, report = _probe(shm_path, cdh_toml(), registry.host)
     entry = _only(report, registry.host, "https")
     assert code == 5
     assert "is self-signed and is not trusted" in entry["error"]["message"]
 
 
 def _auth_cdh(host: str, ca_pem: bytes, auth_json: Path | None) -> str:
-    cdh = cdh_toml(host, ca_pem=ca_pem)
+    cdh = cdh_toml(roots=[ca_pem])
     if auth_json is not None:
         cdh = cdh.replace("[image]\n", f'[image]\nauthenticated_registry_credentials_uri = "file://{auth_json}"\n')
     return cdh
@@ -155,7 +156,7 @@ def test_token_auth_credentials_checked(shm_path: Path, token_registry: Registry
 
 def test_text_report(shm_path: Path, https_registry: RegistryProcess, ca_chain: CertChain) -> None:
     path = shm_path / "cdh.toml"
-    path.write_text(cdh_toml(https_registry.host, ca_pem=ca_chain.ca_cert_pem))
+    path.write_text(cdh_toml(roots=[ca_chain.ca_cert_pem]))
     result = invoke("probe", "--config", str(path), https_registry.host)
     assert result.exit_code == 0, result
     assert f"https://{https_registry.host}  (command line)" in result.stdout
@@ -232,7 +233,7 @@ def test_probe_goes_through_the_configured_proxy(shm_path: Path, https_registry:
                                                ca_chain: CertChain, forward_proxy) -> None:  # type: ignore[no-untyped-def]
     connect = f"CONNECT {https_registry.host}"
     before = sum(connect in r for r in forward_proxy.requests())
-    cdh = cdh_toml(https_registry.host, ca_pem=ca_chain.ca_cert_pem)
+    cdh = cdh_toml(roots=[ca_chain.ca_cert_pem])
     cdh += f'[image.image_pull_proxy]\nhttps_proxy = "{forward_proxy.url}"\n'
     code, report = _probe(shm_path, cdh, https_registry.host)
     entry = _only(report, https_registry.host, "https")
@@ -242,7 +243,7 @@ def test_probe_goes_through_the_configured_proxy(shm_path: Path, https_registry:
 
 
 def test_probe_names_a_dead_proxy(shm_path: Path, https_registry: RegistryProcess, ca_chain: CertChain) -> None:
-    cdh = cdh_toml(https_registry.host, ca_pem=ca_chain.ca_cert_pem)
+    cdh = cdh_toml(roots=[ca_chain.ca_cert_pem])
     cdh += '[image.image_pull_proxy]\nhttps_proxy = "http://127.0.0.1:9"\n'
     code, report = _probe(shm_path, cdh, https_registry.host)
     entry = _only(report, https_registry.host, "https")
@@ -267,7 +268,7 @@ def test_the_anchor_is_the_listed_certificate_nearest_the_server(
     registry, chain = intermediate_registry
     intermediate_pem = b"-----BEGIN CERTIFICATE-----" + chain.cert_pem.split(b"-----BEGIN CERTIFICATE-----")[2]
     pem = chain.ca_cert_pem if listed == "root" else intermediate_pem
-    code, report = _probe(shm_path, cdh_toml(registry.host, ca_pem=pem), registry.host)
+    code, report = _probe(shm_path, cdh_toml(roots=[pem]), registry.host)
     entry = _only(report, registry.host, "https")
     assert code == 0, report
     assert entry["tls"]["anchor"].startswith(anchor + ",")
@@ -283,7 +284,7 @@ def test_an_ip_address_not_in_the_certificate_is_named(
     shm_path: Path, name_only_registry: tuple[RegistryProcess, CertChain]
 ) -> None:
     registry, chain = name_only_registry
-    code, report = _probe(shm_path, cdh_toml(registry.host, ca_pem=chain.ca_cert_pem), registry.host)
+    code, report = _probe(shm_path, cdh_toml(roots=[chain.ca_cert_pem]), registry.host)
     message = _only(report, registry.host, "https")["error"]["message"]
     assert code == 5
     assert "does not cover the IP address 127.0.0.1; it covers DNS:localhost" in message
