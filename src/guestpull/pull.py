@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
@@ -62,7 +62,9 @@ from guestpull.image.worker import UnpackWorkers
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
 from guestpull.resources import ResourceResolver
-from guestpull.signature import PolicyDecision, Verifier, VerifyTarget, build_verifier
+
+if TYPE_CHECKING:
+    from guestpull.signature import PolicyDecision, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +299,18 @@ class Puller:
             auth_file=load_auth_file(self.image_config, self.resolver),
             transport=Transport(self._session, trust, proxies, self.settings),
             # A policy that cannot be read refuses the pull; none configured: no verification.
-            verifier=build_verifier(self.image_config, self.resolver, self.work_dir),
+            verifier=_build_verifier(self.image_config, self.resolver, self.work_dir),
         )
+
+
+def _build_verifier(image_config: ImageConfig, resolver: ResourceGetter, work_dir: Path) -> Verifier | None:
+    """The signature stack (pysequoia, YAML, cosign: ~40 ms of imports) is imported only when
+    ``[image]`` configures a policy; without one there is no verification step."""
+    if not (image_config.image_security_policy_uri or image_config.image_security_policy):
+        return None
+    from guestpull.signature import build_verifier
+
+    return build_verifier(image_config, resolver, work_dir)
 
 
 @dataclass(frozen=True)
@@ -510,6 +522,8 @@ class _CandidatePull:
         """The signature policy's verdict on every pull (PolicyError if it rejects)."""
         if self.verifier is None:
             return None
+        from guestpull.signature import VerifyTarget  # loaded with the verifier
+
         decision = await self.verifier.verify(
             VerifyTarget(self.requested, self.ref, self.client, manifest_digest, index_digest))
         self.emit(PullEvent("policy", str(self.ref), decision.to_dict()))
