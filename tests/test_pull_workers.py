@@ -48,7 +48,7 @@ async def test_bundles_from_workers_equal_bundles_from_this_process(
         config = parse_cdh_config(cdh, "cdh.toml").image_config()
         trees = {}
         for threshold, name in ((1 << 62, "in-process"), (0, "workers")):
-            monkeypatch.setattr(pull, "UNPACK_WORKERS_MIN_BYTES", threshold)
+            monkeypatch.setattr(pull, "UNPACK_WORKER_MIN_LAYER_BYTES", threshold)
             bundle = shm_path / f"bundle-{name}"
             result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / name,
                                       bundle=bundle, rootfs_mode=mode)
@@ -59,3 +59,32 @@ async def test_bundles_from_workers_equal_bundles_from_this_process(
     assert diff_trees(trees["workers"], trees["in-process"]) == []
     assert "o/new" in trees["workers"] and "many/f299" in trees["workers"]
     assert "o/old" not in trees["workers"] and "a/gone" not in trees["workers"]
+
+
+@pytest.mark.parametrize(("eager", "min_layer", "expected"), [
+    (1 << 62, 1 << 62, []),   # small image, small layers: everything in this process
+    (0, 1 << 62, [1]),        # enough compressed data: started at once
+    (1 << 62, 0, [1]),        # a layer big enough uncompressed: started on demand
+])
+async def test_workers_start_only_when_the_work_repays_them(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch, eager: int, min_layer: int, expected: list[int]
+) -> None:
+    started: list[int] = []
+
+    class CountingWorkers(UnpackWorkers):
+        def __init__(self, workers: int) -> None:
+            started.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(pull, "UnpackWorkers", CountingWorkers)
+    monkeypatch.setattr(pull, "UNPACK_WORKERS_EAGER_BYTES", eager)
+    monkeypatch.setattr(pull, "UNPACK_WORKER_MIN_LAYER_BYTES", min_layer)
+    async with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", _image().build())
+        cdh = f'[kbc]\nname = "offline_fs_kbc"\n[image]\n[[image.registry_config.registry]]\n' \
+              f'location = "{fake.host}"\ninsecure = true\n'
+        config = parse_cdh_config(cdh, "cdh.toml").image_config()
+        result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / "s",
+                                  bundle=shm_path / "b", rootfs_mode="copy")
+    assert result.bundle is not None and (shm_path / "b" / "rootfs" / "many" / "f299").is_file()
+    assert started == expected

@@ -58,7 +58,7 @@ from guestpull.image.bundle import (
     remove_bundle,
 )
 from guestpull.image.store import Store, open_store
-from guestpull.image.worker import UnpackWorkers
+from guestpull.image.worker import OnDemandWorkers, UnpackWorkers
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
 from guestpull.resources import ResourceResolver
@@ -72,10 +72,15 @@ T = TypeVar("T")
 
 #: Layers unpacked at once in overlay mode (each into its own directory).
 UNPACK_CONCURRENCY = 2
-#: Below this much compressed layer data, unpacking in this process beats starting workers
-#: (a worker costs ~0.15 s of CPU to start).  Measured on 2 cores: 28 MiB of small files
-#: (20,000) unpack 0.6 s sooner with workers; 8 concurrent 23 MiB pulls take 10% longer.
-UNPACK_WORKERS_MIN_BYTES = 8 << 20
+#: A layer this big uncompressed (gzip's size trailer, zstd's frame header) unpacks in a worker
+#: process, the first one starting the workers; smaller layers unpack in this process.  A
+#: worker costs ~0.05 s of CPU to start (a Python process and its imports), 2 × 8 MiB layers
+#: unpack in ~0.1 s in-process: their workers cost more CPU than they saved (issue 15, see
+#: docs/performance.md).  20,000 small files (3 layers of ~18 MiB) still get workers.
+UNPACK_WORKER_MIN_LAYER_BYTES = 12 << 20
+#: With this much compressed layer data the workers start at once, while the downloads
+#: begin: such an image has layers big enough to repay them.
+UNPACK_WORKERS_EAGER_BYTES = 64 << 20
 #: Different images a :class:`Puller` pulls at once (more wait their turn).
 DEFAULT_PARALLEL_PULLS = 4
 
@@ -617,19 +622,20 @@ class _CandidatePull:
             )
 
 
-def _unpack_workers(builder: BundleBuilder | None) -> UnpackWorkers | None:
-    """Give the builder worker processes, when the image is big enough to repay them."""
+def _unpack_workers(builder: BundleBuilder | None) -> OnDemandWorkers | None:
+    """Give the builder worker processes, started when a layer is big enough to repay them."""
     if builder is None or (os.cpu_count() or 1) < 2:
         return None
     # Overlay layers already unpacked in the store (a warm pull) need no work at all.
     todo = [layer for layer in builder.layers
             if builder.sequential or not builder.store.layers.has(layer.diff_id)]
-    if sum(layer.size for layer in todo) < UNPACK_WORKERS_MIN_BYTES:
+    if not todo:
         return None
     # A copy rootfs is flattened in order: one worker, which still frees this process's
     # core for the downloads.  Overlay layers unpack independently.
     count = 1 if builder.sequential else min(UNPACK_CONCURRENCY, len(todo))
-    workers = UnpackWorkers(count)  # they start (and import) while the downloads begin
+    workers = OnDemandWorkers(lambda: UnpackWorkers(count), min_layer_bytes=UNPACK_WORKER_MIN_LAYER_BYTES,
+                              start_now=sum(layer.size for layer in todo) >= UNPACK_WORKERS_EAGER_BYTES)
     builder.runner = workers
     return workers
 
