@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from guestpull import pull
-from guestpull.config import parse_cdh_config
+from guestpull.config import ImageConfig, parse_cdh_config
 from guestpull.image.bundle import umount_bundle
 from guestpull.image.worker import UnpackWorkers
 from guestpull.pull import pull_image
@@ -28,10 +28,8 @@ def _image() -> ImageSpec:
     ])
 
 
-@pytest.mark.parametrize("mode", ["copy", "overlay"])
-async def test_bundles_from_workers_equal_bundles_from_this_process(
-    shm_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
-) -> None:
+def _count_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The worker counts of every UnpackWorkers the pull starts, in order."""
     started: list[int] = []
 
     class CountingWorkers(UnpackWorkers):
@@ -40,12 +38,24 @@ async def test_bundles_from_workers_equal_bundles_from_this_process(
             super().__init__(workers)
 
     monkeypatch.setattr(pull, "UnpackWorkers", CountingWorkers)
+    return started
+
+
+def _config(fake: FakeRegistry) -> ImageConfig:
+    cdh = f'[kbc]\nname = "offline_fs_kbc"\n[image]\n[[image.registry_config.registry]]\n' \
+          f'location = "{fake.host}"\ninsecure = true\n'
+    return parse_cdh_config(cdh, "cdh.toml").image_config()
+
+
+@pytest.mark.parametrize("mode", ["copy", "overlay"])
+async def test_bundles_from_workers_equal_bundles_from_this_process(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    started = _count_workers(monkeypatch)
     image = _image().build()
     async with FakeRegistry() as fake:
         fake.add_image("team/app", "v1", image)
-        cdh = f'[kbc]\nname = "offline_fs_kbc"\n[image]\n[[image.registry_config.registry]]\n' \
-              f'location = "{fake.host}"\ninsecure = true\n'
-        config = parse_cdh_config(cdh, "cdh.toml").image_config()
+        config = _config(fake)
         trees = {}
         for threshold, name in ((1 << 62, "in-process"), (0, "workers")):
             monkeypatch.setattr(pull, "UNPACK_WORKER_MIN_LAYER_BYTES", threshold)
@@ -69,21 +79,12 @@ async def test_bundles_from_workers_equal_bundles_from_this_process(
 async def test_workers_start_only_when_the_work_repays_them(
     shm_path: Path, monkeypatch: pytest.MonkeyPatch, eager: int, min_layer: int, expected: list[int]
 ) -> None:
-    started: list[int] = []
-
-    class CountingWorkers(UnpackWorkers):
-        def __init__(self, workers: int) -> None:
-            started.append(workers)
-            super().__init__(workers)
-
-    monkeypatch.setattr(pull, "UnpackWorkers", CountingWorkers)
+    started = _count_workers(monkeypatch)
     monkeypatch.setattr(pull, "UNPACK_WORKERS_EAGER_BYTES", eager)
     monkeypatch.setattr(pull, "UNPACK_WORKER_MIN_LAYER_BYTES", min_layer)
     async with FakeRegistry() as fake:
         fake.add_image("team/app", "v1", _image().build())
-        cdh = f'[kbc]\nname = "offline_fs_kbc"\n[image]\n[[image.registry_config.registry]]\n' \
-              f'location = "{fake.host}"\ninsecure = true\n'
-        config = parse_cdh_config(cdh, "cdh.toml").image_config()
+        config = _config(fake)
         result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / "s",
                                   bundle=shm_path / "b", rootfs_mode="copy")
     assert result.bundle is not None and (shm_path / "b" / "rootfs" / "many" / "f299").is_file()
