@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,31 @@ def test_version_imports_only_click() -> None:
 def test_pull_path_does_not_import_feature_stacks(module: str) -> None:
     loaded = _modules_after(f"import {module}")
     assert _loaded(loaded, FEATURE_MODULES) == []
+
+
+def test_a_whole_pull_without_policy_loads_no_feature_stack(shm_path: Path) -> None:
+    # A real pull (fake registry, copy bundle, offline_fs_kbc, no policy) in a fresh process.
+    code = f"""
+import asyncio
+from guestpull.config import parse_cdh_config
+from guestpull.pull import pull_image
+from guestpull_testkit.fakeregistry import FakeRegistry
+from guestpull_testkit.images import File, ImageSpec, LayerSpec
+
+async def main():
+    async with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", ImageSpec([LayerSpec([File("a", b"a")])]).build())
+        cdh = ('[kbc]\\nname = "offline_fs_kbc"\\n[image]\\n[[image.registry_config.registry]]\\n'
+               f'location = "{{fake.host}}"\\ninsecure = true\\n')
+        config = parse_cdh_config(cdh, "cdh.toml").image_config()
+        result = await pull_image(f"{{fake.host}}/team/app:v1", config, work_dir={str(shm_path / "s")!r},
+                                  bundle={str(shm_path / "b")!r}, rootfs_mode="copy")
+        assert result.policy is None
+
+asyncio.run(main())
+"""
+    loaded = _modules_after(code)
+    assert "guestpull.pull" in loaded and (shm_path / "b" / "rootfs" / "a").is_file()
+    # the test kit is loaded here on purpose (it serves the image); nothing else may be
+    assert _loaded(loaded, tuple(m for m in FEATURE_MODULES if m != "guestpull_testkit")) == []
+    assert "guestpull.signature" not in loaded
