@@ -94,6 +94,20 @@ def check_guestpull() -> None:
     if result.returncode != 0 or "--bundle" not in result.stdout:
         raise SystemExit("bench: `python -m guestpull pull --help` offers no --bundle option; "
                          "this guestpull cannot build a rootfs yet")
+    compile_guestpull()
+
+
+def compile_guestpull() -> None:
+    """Byte-compile the guestpull package once, as an installed package is.
+
+    An editable install run with PYTHONDONTWRITEBYTECODE (as in some CI and dev shells)
+    otherwise recompiles every module in every run: ~0.07 s of each small pull (issue 15).
+    """
+    import guestpull
+
+    package = Path(guestpull.__file__).parent
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)],
+                   capture_output=True, timeout=300, check=False)
 
 
 def log(message: str) -> None:

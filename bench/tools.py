@@ -154,6 +154,23 @@ class GuestpullTool(Tool):
         super().release(work)
 
 
+class GuestpullStartupTool(Tool):
+    """A guestpull command that pulls nothing (``--version``, ``pull --help``): start-up alone."""
+
+    peer = False
+
+    def __init__(self, name: str, args: Sequence[str], *, timeout: float = 60.0) -> None:
+        self.name = name
+        self.args = tuple(args)
+        self.timeout = timeout
+
+    def pull(self, images: Sequence[GeneratedImage], work: Path) -> Attempt:
+        result = run_process([sys.executable, "-m", "guestpull", *self.args], timeout=self.timeout)
+        if not result.ok:
+            return Attempt("failed", error=result.describe())
+        return Attempt("ok", Sample(result.wall_s, result.cpu_s, result.max_rss_kib))
+
+
 def _error_categories(stdout: str) -> set[str]:
     """Every ``category`` in guestpull's ``--json`` error output (attempts included)."""
     try:

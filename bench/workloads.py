@@ -17,15 +17,29 @@ from typing import Literal, get_args
 
 from bench.images import BURST_IMAGES, MIB, ExpectedTree, GeneratedImage, ImagePlan, LayerPlan
 from bench.report import ToolResult, WorkloadResult
-from bench.tools import Attempt, CtrTool, GuestpullTool, Registry, SkopeoUmociTool, Tool
+from bench.tools import (
+    Attempt,
+    CtrTool,
+    GuestpullStartupTool,
+    GuestpullTool,
+    Registry,
+    SkopeoUmociTool,
+    Tool,
+)
 from bench.verify import verify_rootfs
 from guestpull.errors import GuestpullError
 
 Filesystem = Literal["tmpfs", "ext4"]
 ToolKey = Literal["guestpull-copy", "guestpull-overlay", "guestpull-warm-copy",
-                  "guestpull-warm-overlay", "guestpull-serve", "skopeo-umoci", "ctr"]
+                  "guestpull-warm-overlay", "guestpull-serve", "skopeo-umoci", "ctr",
+                  "guestpull-version", "guestpull-pull-help"]
 TOOL_KEYS: tuple[str, ...] = get_args(ToolKey)
 COLD_TOOLS: tuple[ToolKey, ...] = ("guestpull-copy", "guestpull-overlay", "skopeo-umoci", "ctr")
+#: start-up commands: tool key → the guestpull arguments it runs (issue 15: each ≤ 0.1 s)
+STARTUP_COMMANDS: dict[str, tuple[str, ...]] = {
+    "guestpull-version": ("--version",),
+    "guestpull-pull-help": ("pull", "--help"),
+}
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,12 @@ def catalogue(*, quick: bool, rss_scaling: bool) -> list[Workload]:
         Workload("warm-repull", "The big image again with every layer already stored: "
                  "guestpull builds the bundle only (no peer does the same).", (big,), "tmpfs",
                  ("guestpull-warm-copy", "guestpull-warm-overlay")),
+        Workload("small", f"One of the burst images ({sizes.burst_layers} × "
+                 f"{_mib(sizes.burst_layer)}), CLI, cold store: start-up dominates.",
+                 burst_plans(sizes)[:1], "tmpfs", COLD_TOOLS),
+        Workload("startup", "`guestpull --version` and `guestpull pull --help`: imports and "
+                 "start-up alone (goal ≤ 0.1 s each).", (), "tmpfs",
+                 ("guestpull-version", "guestpull-pull-help")),
         Workload("burst-single", f"One of the burst images ({sizes.burst_layers} × "
                  f"{_mib(sizes.burst_layer)}) pulled alone: the baseline for the burst "
                  "throughput; guestpull serve: the service already running.", burst_plans(sizes)[:1],
@@ -125,6 +145,8 @@ def make_tool(key: ToolKey, registry: Registry) -> Tool:
         return SkopeoUmociTool(registry)
     if key == "ctr":
         return CtrTool(registry)
+    if key in STARTUP_COMMANDS:
+        return GuestpullStartupTool(f"guestpull {' '.join(STARTUP_COMMANDS[key])}", STARTUP_COMMANDS[key])
     if key == "guestpull-serve":
         from bench.servetool import GuestpullServeTool
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from guestpull import pull
-from guestpull.config import parse_cdh_config
+from guestpull.config import ImageConfig, parse_cdh_config
 from guestpull.image.bundle import umount_bundle
 from guestpull.image.worker import UnpackWorkers
 from guestpull.pull import pull_image
@@ -29,10 +29,8 @@ def _image() -> ImageSpec:
     ])
 
 
-@pytest.mark.parametrize("mode", ["copy", "overlay"])
-async def test_bundles_from_workers_equal_bundles_from_this_process(
-    shm_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
-) -> None:
+def _count_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The worker counts of every UnpackWorkers the pull starts, in order."""
     started: list[int] = []
 
     class CountingWorkers(UnpackWorkers):
@@ -41,13 +39,25 @@ async def test_bundles_from_workers_equal_bundles_from_this_process(
             super().__init__(workers)
 
     monkeypatch.setattr(pull, "UnpackWorkers", CountingWorkers)
+    return started
+
+
+def _config(fake: FakeRegistry) -> ImageConfig:
+    return parse_cdh_config(cdh_toml(insecure=[fake.host]), "cdh.toml").image_config()
+
+
+@pytest.mark.parametrize("mode", ["copy", "overlay"])
+async def test_bundles_from_workers_equal_bundles_from_this_process(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    started = _count_workers(monkeypatch)
     image = _image().build()
     async with FakeRegistry() as fake:
         fake.add_image("team/app", "v1", image)
-        config = parse_cdh_config(cdh_toml(insecure=[fake.host]), "cdh.toml").image_config()
+        config = _config(fake)
         trees = {}
         for threshold, name in ((1 << 62, "in-process"), (0, "workers")):
-            monkeypatch.setattr(pull, "UNPACK_WORKERS_MIN_BYTES", threshold)
+            monkeypatch.setattr(pull, "UNPACK_WORKER_MIN_LAYER_BYTES", threshold)
             bundle = shm_path / f"bundle-{name}"
             result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / name,
                                       bundle=bundle, rootfs_mode=mode)
@@ -58,3 +68,23 @@ async def test_bundles_from_workers_equal_bundles_from_this_process(
     assert diff_trees(trees["workers"], trees["in-process"]) == []
     assert "o/new" in trees["workers"] and "many/f299" in trees["workers"]
     assert "o/old" not in trees["workers"] and "a/gone" not in trees["workers"]
+
+
+@pytest.mark.parametrize(("eager", "min_layer", "expected"), [
+    (1 << 62, 1 << 62, []),   # small image, small layers: everything in this process
+    (0, 1 << 62, [1]),        # enough compressed data: started at once
+    (1 << 62, 0, [1]),        # a layer big enough uncompressed: started on demand
+])
+async def test_workers_start_only_when_the_work_repays_them(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch, eager: int, min_layer: int, expected: list[int]
+) -> None:
+    started = _count_workers(monkeypatch)
+    monkeypatch.setattr(pull, "UNPACK_WORKERS_EAGER_BYTES", eager)
+    monkeypatch.setattr(pull, "UNPACK_WORKER_MIN_LAYER_BYTES", min_layer)
+    async with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", _image().build())
+        config = _config(fake)
+        result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / "s",
+                                  bundle=shm_path / "b", rootfs_mode="copy")
+    assert result.bundle is not None and (shm_path / "b" / "rootfs" / "many" / "f299").is_file()
+    assert started == expected

@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
@@ -58,11 +58,13 @@ from guestpull.image.bundle import (
     remove_bundle,
 )
 from guestpull.image.store import Store, open_store
-from guestpull.image.worker import UnpackWorkers
+from guestpull.image.worker import OnDemandWorkers, UnpackWorkers
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
 from guestpull.resources import ResourceResolver
-from guestpull.signature import PolicyDecision, Verifier, VerifyTarget, build_verifier
+
+if TYPE_CHECKING:
+    from guestpull.signature import PolicyDecision, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,16 @@ T = TypeVar("T")
 
 #: Layers unpacked at once in overlay mode (each into its own directory).
 UNPACK_CONCURRENCY = 2
-#: Below this much compressed layer data, unpacking in this process beats starting workers
-#: (a worker costs ~0.15 s of CPU to start).  Measured on 2 cores: 28 MiB of small files
-#: (20,000) unpack 0.6 s sooner with workers; 8 concurrent 23 MiB pulls take 10% longer.
-UNPACK_WORKERS_MIN_BYTES = 8 << 20
+#: A layer this big uncompressed (gzip's size trailer, zstd's frame header) unpacks in a worker
+#: process, the first one starting the workers; smaller layers unpack in this process.  A
+#: worker costs ~0.05 s of CPU to start (a Python process and its imports), 2 × 8 MiB layers
+#: unpack in ~0.1 s in-process: their workers cost more CPU than they saved (issue 15, see
+#: docs/performance.md).  20,000 small files (3 layers of ~18 MiB) still get workers.
+UNPACK_WORKER_MIN_LAYER_BYTES = 12 << 20
+#: With this much compressed layer data the workers start at once, while the downloads
+#: begin: enough work to repay them whatever the layer sizes (the 20,000-file benchmark image
+#: is 28 MiB).  Below it, an in-process layer holds under 12 MiB / 512 B = 24,576 tar entries.
+UNPACK_WORKERS_EAGER_BYTES = 24 << 20
 #: Different images a :class:`Puller` pulls at once (more wait their turn).
 DEFAULT_PARALLEL_PULLS = 4
 
@@ -297,8 +305,18 @@ class Puller:
             auth_file=load_auth_file(self.image_config, self.resolver),
             transport=Transport(self._session, trust, proxies, self.settings),
             # A policy that cannot be read refuses the pull; none configured: no verification.
-            verifier=build_verifier(self.image_config, self.resolver, self.work_dir),
+            verifier=_build_verifier(self.image_config, self.resolver, self.work_dir),
         )
+
+
+def _build_verifier(image_config: ImageConfig, resolver: ResourceGetter, work_dir: Path) -> Verifier | None:
+    """The signature stack (pysequoia, YAML, cosign: ~40 ms of imports) is imported only when
+    ``[image]`` configures a policy; without one there is no verification step."""
+    if not (image_config.image_security_policy_uri or image_config.image_security_policy):
+        return None
+    from guestpull.signature import build_verifier
+
+    return build_verifier(image_config, resolver, work_dir)
 
 
 @dataclass(frozen=True)
@@ -510,6 +528,8 @@ class _CandidatePull:
         """The signature policy's verdict on every pull (PolicyError if it rejects)."""
         if self.verifier is None:
             return None
+        from guestpull.signature import VerifyTarget  # loaded with the verifier
+
         decision = await self.verifier.verify(
             VerifyTarget(self.requested, self.ref, self.client, manifest_digest, index_digest))
         self.emit(PullEvent("policy", str(self.ref), decision.to_dict()))
@@ -603,19 +623,20 @@ class _CandidatePull:
             )
 
 
-def _unpack_workers(builder: BundleBuilder | None) -> UnpackWorkers | None:
-    """Give the builder worker processes, when the image is big enough to repay them."""
+def _unpack_workers(builder: BundleBuilder | None) -> OnDemandWorkers | None:
+    """Give the builder worker processes, started when a layer is big enough to repay them."""
     if builder is None or (os.cpu_count() or 1) < 2:
         return None
     # Overlay layers already unpacked in the store (a warm pull) need no work at all.
     todo = [layer for layer in builder.layers
             if builder.sequential or not builder.store.layers.has(layer.diff_id)]
-    if sum(layer.size for layer in todo) < UNPACK_WORKERS_MIN_BYTES:
+    if not todo:
         return None
     # A copy rootfs is flattened in order: one worker, which still frees this process's
     # core for the downloads.  Overlay layers unpack independently.
     count = 1 if builder.sequential else min(UNPACK_CONCURRENCY, len(todo))
-    workers = UnpackWorkers(count)  # they start (and import) while the downloads begin
+    workers = OnDemandWorkers(lambda: UnpackWorkers(count), min_layer_bytes=UNPACK_WORKER_MIN_LAYER_BYTES,
+                              start_now=sum(layer.size for layer in todo) >= UNPACK_WORKERS_EAGER_BYTES)
     builder.runner = workers
     return workers
 

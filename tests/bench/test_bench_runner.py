@@ -27,7 +27,7 @@ from bench.tools import (  # noqa: E402
     write_cdh_config,
     write_hosts_dir,
 )
-from bench.workloads import Workload, catalogue, run_workload  # noqa: E402
+from bench.workloads import Workload, catalogue, make_tool, run_workload  # noqa: E402
 from guestpull.config import load_cdh_config  # noqa: E402
 from guestpull_testkit.certs import make_ca_chain  # noqa: E402
 
@@ -104,6 +104,9 @@ def test_catalogue_full_sizes_follow_the_issue() -> None:
     assert len(burst) == 8 and len({plan.spec_hash() for plan in burst}) == 8
     assert workloads["big-ext4"].filesystem == "ext4"
     assert all(key.startswith("guestpull-warm") for key in workloads["warm-repull"].tools)
+    small = workloads["small"].images[0]
+    assert [layer.size for layer in small.layers] == [8 * MIB] * 2 and "ctr" in workloads["small"].tools
+    assert workloads["startup"].images == ()
     sizes = [workloads[name].images[0].layers[0].size for name in ("rss-64m", "rss-512m")]
     assert sizes == [64 * MIB, 512 * MIB]
 
@@ -183,3 +186,13 @@ def test_quick_benchmark_end_to_end(shm_path: Path) -> None:
     assert all(row["status"] == "ok" and len(row["samples"]) == 1 for row in rows.values())
     assert rows["guestpull (copy)"]["ratio_to_best_peer"]["wall_s"]["peer"] == "skopeo+umoci"
     assert (results / "benchmarks.md").read_text().startswith("# guestpull benchmarks")
+
+
+def test_startup_workload_runs_the_real_commands(shm_path: Path) -> None:
+    workload = next(w for w in catalogue(quick=True, rss_scaling=False) if w.name == "startup")
+    registry = Registry("127.0.0.1:1", shm_path / "unused-ca.pem")  # nothing is pulled
+    tools = [make_tool(key, registry) for key in workload.tools]
+    result = run_workload(workload, [], tools, base=shm_path / "w", runs=1, warmup=0, log=lambda _: None)
+    assert [(row.tool, row.status, len(row.samples)) for row in result.rows] == [
+        ("guestpull --version", "ok", 1), ("guestpull pull --help", "ok", 1)]
+    assert all(row.samples[0].cpu_s > 0 and not row.peer for row in result.rows)

@@ -7,13 +7,15 @@ import hashlib
 import io
 import os
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 
 from guestpull import oci
 from guestpull.errors import DigestError, UnpackError, UnsupportedError
-from guestpull.image.decode import LayerReader, compression_of, decoded_chunks
+from guestpull.image.decode import LayerReader, compression_of, decoded_chunks, uncompressed_size_hint
 from guestpull.image.rootfs import ensure_layer
 from guestpull.image.store import Store
 from guestpull_testkit.images import File, LayerSpec
@@ -125,3 +127,17 @@ def test_prefetched_chunks_hash_to_the_same_diff_id() -> None:
         got = b"".join(iter(lambda: reader.read(7777), b""))
         assert reader.verify() == diff_id
     assert got == tar
+
+
+@pytest.mark.parametrize(("media_type", "encode", "expected"), [
+    (oci.OCI_LAYER_GZIP, lambda d: gzip.compress(d, 1), 300_000),
+    (oci.OCI_LAYER_ZSTD, lambda d: zstandard.ZstdCompressor().compress(d), 300_000),
+    # a streamed zstd frame records no content size: the blob's own size stands in
+    (oci.OCI_LAYER_ZSTD, lambda d: zstandard.ZstdCompressor(write_content_size=False).compress(d), None),
+    (oci.OCI_LAYER_TAR, lambda d: d, 300_000),
+])
+def test_uncompressed_size_hint(shm_path: Path, media_type: str, encode: Any, expected: int | None) -> None:
+    blob = shm_path / "blob"
+    blob.write_bytes(encode(b"abc" * 100_000))
+    hint = uncompressed_size_hint(str(blob), media_type)
+    assert hint == (expected if expected is not None else blob.stat().st_size)

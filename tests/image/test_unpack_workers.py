@@ -12,7 +12,8 @@ import pytest
 
 from guestpull.errors import DigestError, Location, NoSpaceError, UnpackError
 from guestpull.image.rootfs import ensure_layer, unpack_blob
-from guestpull.image.worker import UnpackWorkers
+from guestpull.image.decode import uncompressed_size_hint
+from guestpull.image.worker import OnDemandWorkers, UnpackWorkers
 from guestpull.image.store import Store
 from guestpull_testkit.images import Dir, File, ImageSpec, LayerSpec, Symlink
 
@@ -98,3 +99,38 @@ def test_a_script_without_a_main_guard_can_pull_with_workers(store: Store, shm_p
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1" and (shm_path / "out" / "etc" / "a").is_file()
+
+
+
+@pytest.mark.parametrize("big_enough", [False, True])
+def test_on_demand_workers_start_only_for_a_big_layer(store: Store, shm_path: Path, big_enough: bool) -> None:
+    record = add_image(store, _spec())
+    sizes = [uncompressed_size_hint(str(store.content.path(la.digest)), la.media_type) for la in record.layers]
+    started: list[UnpackWorkers] = []
+
+    def start() -> UnpackWorkers:
+        started.append(UnpackWorkers(1))
+        return started[-1]
+
+    # The last layer (at least) reaches the threshold, or none does.
+    threshold = sizes[-1] if big_enough else max(sizes) + 1
+    runner = OnDemandWorkers(start, min_layer_bytes=threshold)
+    here, there = shm_path / "here", shm_path / "there"
+    here.mkdir(), there.mkdir()
+    try:
+        for layer in record.layers:
+            unpack_blob(store, layer, here, mode="copy")
+            unpack_blob(store, layer, there, mode="copy", runner=runner)
+    finally:
+        runner.close()
+    assert len(started) == (1 if big_enough else 0) and runner.started == big_enough
+    assert diff_trees(describe_tree(there, dir_mtimes=True), describe_tree(here, dir_mtimes=True)) == []
+
+
+def test_stopped_on_demand_workers_start_no_more(store: Store, shm_path: Path) -> None:
+    record = add_image(store, _spec())
+    runner = OnDemandWorkers(lambda: UnpackWorkers(1), min_layer_bytes=0)
+    runner.kill()  # the pull failed before any layer was stored
+    with pytest.raises(UnpackError, match="stopped"):
+        unpack_blob(store, record.layers[0], shm_path, mode="copy", runner=runner)
+    assert not runner.started

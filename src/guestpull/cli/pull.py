@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from guestpull.cli.common import emit_json, handles_errors, json_option
-from guestpull.pull import Puller, PullEvent, PullResult, load_cdh
+
+if TYPE_CHECKING:
+    from guestpull.pull import PullEvent, PullResult
 
 
 class TerminalProgress:
@@ -89,8 +90,14 @@ def pull_command(
 
     With --bundle, also unpack it into an OCI bundle (rootfs + config.json).
     """
-    cdh = load_cdh(initdata, config)
+    # The pull machinery (aiohttp, pydantic config models, the store) only when a pull runs:
+    # ``guestpull pull --help`` stays a click-only start-up (issue 15).
+    import asyncio
+
     from guestpull.image.fsops import raise_open_file_limit
+    from guestpull.pull import Puller, load_cdh
+
+    cdh = load_cdh(initdata, config)
 
     raise_open_file_limit()  # unpacking keeps a directory fd per directory it writes into
 

@@ -57,6 +57,30 @@ def compression_of(media_type: str) -> str:
     raise UnsupportedError(f"unsupported layer media type {media_type!r}")
 
 
+def uncompressed_size_hint(blob: str, media_type: str) -> int:
+    """How many bytes the stored blob decompresses to, as far as its headers say, cheaply.
+
+    gzip: the last member's ISIZE trailer (modulo 4 GiB; multi-member blobs: the last member
+    only); zstd: the first frame's content size when the frame records it; else (and for an
+    uncompressed tar) the blob's own size.  A hint for deciding where to unpack, never trusted
+    for limits: the unpacker bounds what it writes itself.
+    """
+    compression = compression_of(media_type)
+    with open(blob, "rb") as raw:
+        size = raw.seek(0, io.SEEK_END)
+        if compression == "gzip" and size >= 18:  # 10-byte header + 8-byte trailer
+            raw.seek(-4, io.SEEK_END)
+            return int.from_bytes(raw.read(4), "little")
+        if compression == "zstd":
+            raw.seek(0)
+            try:
+                content = zstandard.frame_content_size(raw.read(18))  # the longest frame header
+            except zstandard.ZstdError:
+                return size
+            return content if content >= 0 else size
+        return size
+
+
 def _decompressor(compression: str, raw: BinaryIO) -> _Readable:
     if compression == "gzip":
         # GzipFile reads every member in turn (multi-member layers from pigz and friends).

@@ -126,6 +126,8 @@ def unmount(target: Path) -> None:
 
 
 def is_mountpoint(path: Path) -> bool:
+    if not os.path.exists(path):  # nothing there is mounted on: skip reading the mount table
+        return False
     try:
         wanted = str(path.resolve())
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
@@ -140,6 +142,8 @@ def is_mountpoint(path: Path) -> bool:
 
 def _unescape_mountinfo(text: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo
+    if "\\" not in text:
+        return text
     out, i = [], 0
     while i < len(text):
         if text[i] == "\\" and i + 4 <= len(text) and text[i + 1:i + 4].isdigit():

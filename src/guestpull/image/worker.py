@@ -23,6 +23,8 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from typing import IO, Any
 
 from guestpull.errors import UnpackError
@@ -106,6 +108,60 @@ class UnpackWorkers:
             with contextlib.suppress(OSError):
                 proc.kill()
         self.close()
+
+
+class OnDemandWorkers:
+    """An unpack runner that decides per layer where it unpacks (issue 15).
+
+    A layer smaller than ``min_layer_bytes`` uncompressed unpacks in the calling thread:
+    starting a worker (a Python process and its imports) would cost more than it saves.
+    The first bigger layer starts the workers (``start``); from then on every layer goes to
+    them.  ``start_now`` starts them at once, while the downloads begin.
+    """
+
+    def __init__(self, start: Callable[[], UnpackWorkers], *, min_layer_bytes: int,
+                 start_now: bool = False) -> None:
+        self.min_layer_bytes = min_layer_bytes
+        self._start = start
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._pool: UnpackWorkers | None = start() if start_now else None
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from guestpull.image.decode import uncompressed_size_hint
+
+        blob, media_type = args[0], args[1]
+        if self._pool is None and uncompressed_size_hint(blob, media_type) < self.min_layer_bytes:
+            return fn(*args, **kwargs)
+        return self._workers()(fn, *args, **kwargs)
+
+    def _workers(self) -> UnpackWorkers:
+        with self._lock:
+            if self._stopped:
+                raise UnpackError("the unpack workers were stopped (the pull is ending)")
+            if self._pool is None:
+                self._pool = self._start()
+            return self._pool
+
+    def close(self) -> None:
+        self._stop(kill=False)
+
+    def kill(self) -> None:
+        """Stop the workers at once; a layer unpacking in this process finishes on its own."""
+        self._stop(kill=True)
+
+    def _stop(self, *, kill: bool) -> None:
+        with self._lock:
+            self._stopped = True
+            pool = self._pool
+        if pool is not None and kill:
+            pool.kill()
+        elif pool is not None:
+            pool.close()
 
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
