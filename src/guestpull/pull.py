@@ -425,11 +425,6 @@ async def in_thread_to_the_end(fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
-def pull_image_sync(image: str, image_config: ImageConfig, **kwargs: Any) -> PullResult:
-    """:func:`pull_image` for callers without an event loop."""
-    return asyncio.run(pull_image(image, image_config, **kwargs))
-
-
 def load_auth_file(image_config: ImageConfig, resolver: ResourceGetter) -> AuthFile | None:
     uri = image_config.authenticated_registry_credentials_uri
     return AuthFile.parse(resolver.get(uri), uri) if uri else None
