@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 # containerd (a benchmark peer), compressors and GnuPG; Go with containerd/ttrpc to build the
 # tests' ttrpc peer (tests/support/ttrpcpeer.py), which plays kata-agent and the AA; the image
 # builders of the real-tool corpus (buildah, podman) and GNU tar, the OCI runtime that runs our
-# bundles (runc), and a static busybox to put in those images.
+# bundles (runc), a static busybox to put in those images, and systemd-analyze (checks the unit).
 debs=(docker-registry skopeo umoci tinyproxy containerd zstd pigz gpg gpgv openssl apache2-utils time
       golang-go golang-github-containerd-ttrpc-dev golang-google-protobuf-dev protobuf-compiler
-      buildah podman runc busybox-static tar curl)
+      buildah podman runc busybox-static tar curl systemd)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
