@@ -56,14 +56,16 @@ _GZIP_LEVEL = 1
 _ZSTD_LEVEL = 3
 _READY = "READY"
 
-LayerKind = Literal["mixed", "small-files"]
+LayerKind = Literal["mixed", "small-files", "logsize-files", "deep-files"]
 Compression = Literal["gzip", "zstd"]
 
 
 @dataclass(frozen=True)
 class LayerPlan:
     """One layer.  ``mixed``: ``size`` bytes of files, half random, half text.
-    ``small-files``: ``files`` files of 0.1-4 KiB, some directories deep."""
+    ``small-files``: ``files`` files of 0.1-4 KiB, some directories deep.
+    ``logsize-files``: ``files`` files of 16 B-16 KiB, log-uniform sizes, half random.
+    ``deep-files``: ``files`` files of at most 1 KiB, 8-16 directories deep."""
 
     kind: LayerKind
     seed: int
@@ -164,6 +166,10 @@ def layer_entries(plan: LayerPlan, index: int) -> Iterator[tuple[str, bytes | No
         return _mixed_entries(plan, index)
     if plan.kind == "small-files":
         return _small_file_entries(plan, index)
+    if plan.kind == "logsize-files":
+        return _logsize_file_entries(plan, index)
+    if plan.kind == "deep-files":
+        return _deep_file_entries(plan, index)
     raise ValueError(f"unknown layer kind {plan.kind!r}")
 
 
@@ -199,6 +205,50 @@ def _small_file_entries(plan: LayerPlan, index: int) -> Iterator[tuple[str, byte
             yield f"{directory}/f{number:05d}.bin", rng.randbytes(size)
         else:
             yield f"{directory}/f{number:05d}.txt", text.chunk(size)
+
+
+def _logsize_file_entries(plan: LayerPlan, index: int) -> Iterator[tuple[str, bytes | None]]:
+    """Issue 15's independent shape: sizes 16 B-16 KiB log-uniform (16 × 1024^u), so most
+    files are far below a page; every other file random, the rest text; 1-4 levels."""
+    rng = random.Random(plan.seed)
+    text = TextSource(rng)
+    root = f"opt/layer{index}"
+    seen: set[str] = set()
+    for number in range(plan.files):
+        depth = rng.randint(1, 4)
+        directory = "/".join([root, *(f"p{rng.randrange(8)}" for _ in range(depth))])
+        yield from _new_parents(directory, seen)
+        size = max(16, min(16 * KIB, round(16 * 1024 ** rng.random())))
+        yield from _small_file(directory, number, size, random_content=number % 2 == 0,
+                               rng=rng, text=text)
+
+
+def _deep_file_entries(plan: LayerPlan, index: int) -> Iterator[tuple[str, bytes | None]]:
+    """Many tiny files (1 B-1 KiB) in deep trees: 8 files share a directory 8-16 levels
+    down, so the tar holds nearly as many directory entries as files."""
+    rng = random.Random(plan.seed)
+    text = TextSource(rng)
+    root = f"usr/layer{index}"
+    seen: set[str] = set()
+    directory = root
+    for number in range(plan.files):
+        if number % 8 == 0:
+            depth = rng.randint(8, 16)
+            directory = "/".join([root, *(f"n{rng.randrange(3)}" for _ in range(depth))])
+            yield from _new_parents(directory, seen)
+        size = rng.randint(1, KIB)
+        yield from _small_file(directory, number, size, random_content=number % 2 == 0,
+                               rng=rng, text=text)
+
+
+def _small_file(
+    directory: str, number: int, size: int, *, random_content: bool, rng: random.Random,
+    text: TextSource,
+) -> Iterator[tuple[str, bytes]]:
+    if random_content:
+        yield f"{directory}/f{number:06d}.bin", rng.randbytes(size)
+    else:
+        yield f"{directory}/f{number:06d}.txt", text.chunk(size)
 
 
 def _new_parents(directory: str, seen: set[str]) -> Iterator[tuple[str, None]]:

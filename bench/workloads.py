@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from bench.images import BURST_IMAGES, MIB, ExpectedTree, GeneratedImage, ImagePlan, LayerPlan
+from bench.images import (
+    BURST_IMAGES,
+    MIB,
+    ExpectedTree,
+    GeneratedImage,
+    ImagePlan,
+    LayerKind,
+    LayerPlan,
+)
 from bench.report import ToolResult, WorkloadResult
 from bench.tools import (
     Attempt,
@@ -59,15 +67,19 @@ class Sizes:
     big_layer: int
     big_layers: int
     many_files: int
+    logsize_files: int
+    deep_files: int
     burst_layer: int
     burst_layers: int
     rss_small: int
     rss_large: int
 
 
-FULL = Sizes(big_layer=64 * MIB, big_layers=4, many_files=20_000, burst_layer=8 * MIB,
+FULL = Sizes(big_layer=64 * MIB, big_layers=4, many_files=20_000,
+             logsize_files=20_000, deep_files=100_000, burst_layer=8 * MIB,
              burst_layers=2, rss_small=64 * MIB, rss_large=512 * MIB)
-QUICK = Sizes(big_layer=4 * MIB, big_layers=2, many_files=300, burst_layer=2 * MIB,
+QUICK = Sizes(big_layer=4 * MIB, big_layers=2, many_files=300,
+              logsize_files=300, deep_files=400, burst_layer=2 * MIB,
               burst_layers=1, rss_small=4 * MIB, rss_large=32 * MIB)
 
 
@@ -77,9 +89,22 @@ def big_plan(sizes: Sizes, compression: Literal["gzip", "zstd"] = "gzip") -> Ima
 
 
 def many_plan(sizes: Sizes) -> ImagePlan:
-    per_layer = [sizes.many_files // 3 + (1 if i < sizes.many_files % 3 else 0) for i in range(3)]
-    layers = tuple(LayerPlan("small-files", seed=200 + i, files=n) for i, n in enumerate(per_layer))
-    return ImagePlan("bench/many", layers)
+    return _three_layers("bench/many", "small-files", 200, sizes.many_files)
+
+
+def many_logsize_plan(sizes: Sizes) -> ImagePlan:
+    return _three_layers("bench/many-logsize", "logsize-files", 400, sizes.logsize_files)
+
+
+def many_deep_plan(sizes: Sizes) -> ImagePlan:
+    return _three_layers("bench/many-deep", "deep-files", 500, sizes.deep_files)
+
+
+def _three_layers(name: str, kind: LayerKind, seed: int, files: int) -> ImagePlan:
+    """``files`` spread over three layers of ``kind`` (seeds ``seed``, ``seed + 1``, ...)."""
+    per_layer = [files // 3 + (1 if i < files % 3 else 0) for i in range(3)]
+    return ImagePlan(name, tuple(LayerPlan(kind, seed=seed + i, files=n)
+                                 for i, n in enumerate(per_layer)))
 
 
 def burst_plans(sizes: Sizes) -> tuple[ImagePlan, ...]:
@@ -106,6 +131,12 @@ def catalogue(*, quick: bool, rss_scaling: bool) -> list[Workload]:
         Workload("big", f"{big_text}, gzip; cold store.", (big,), "tmpfs", COLD_TOOLS),
         Workload("many", f"3 layers, {sizes.many_files} files of 0.1–4 KiB, some 6–12 "
                  "directories deep, gzip; cold store.", (many,), "tmpfs", COLD_TOOLS),
+        Workload("many-logsize", f"3 layers, {sizes.logsize_files} files of 16 B–16 KiB "
+                 "(log-uniform sizes, half random content), 1–4 directories deep, gzip; cold "
+                 "store.", (many_logsize_plan(sizes),), "tmpfs", COLD_TOOLS),
+        Workload("many-deep", f"3 layers, {sizes.deep_files} files of 1 B–1 KiB (half random), "
+                 "8 to a directory 8–16 levels deep, gzip; cold store.",
+                 (many_deep_plan(sizes),), "tmpfs", COLD_TOOLS),
         Workload("big-zstd", f"{big_text}, zstd; cold store.", (zstd,), "tmpfs", COLD_TOOLS),
         Workload("big-ext4", "The big image on ext4 (/var/tmp), reported once.", (big,), "ext4",
                  ("guestpull-copy", "skopeo-umoci", "ctr"), runs=1, warmup=0),
