@@ -17,8 +17,10 @@ from bench.measure import Sample, Spread, spread
 from bench.images import BURST_IMAGES
 
 Status = Literal["ok", "failed", "unsupported"]
-Metric = Literal["wall_s", "cpu_s", "peak_rss_kib"]
-METRICS: tuple[Metric, ...] = ("wall_s", "cpu_s", "peak_rss_kib")
+Metric = Literal["wall_s", "cpu_s", "peak_rss_kib", "tree_rss_kib"]
+METRICS: tuple[Metric, ...] = ("wall_s", "cpu_s", "peak_rss_kib", "tree_rss_kib")
+#: the metrics with a ratio column in the Markdown tables (JSON has every ratio)
+_RATIO_COLUMNS: tuple[Metric, ...] = ("wall_s", "cpu_s", "peak_rss_kib")
 _STATUS_LABEL = {"ok": "ok", "failed": "FAILED", "unsupported": "unsupported"}
 REPORT_NAME = "benchmarks"
 
@@ -147,7 +149,9 @@ def to_markdown(workloads: Sequence[WorkloadResult], meta: dict[str, Any], *, sv
         f"{meta.get('runs', '?')} counted runs after {meta.get('warmup', '?')} warm-up, tools "
         "alternating; each cell is the median (min–max).  CPU is user+sys including helper "
         "processes and daemons; peak RSS is the largest process (ctr: client + containerd "
-        "VmHWM).  Every rootfs is checked against the generated file list (paths, sizes, "
+        "VmHWM); tree RSS is the largest sum of VmRSS over the command and all its descendants "
+        "(workers included), sampled from /proc every 10 ms (ctr: clients + containerd VmHWM; "
+        "burst: the sum of each pull's peak).  Every rootfs is checked against the generated file list (paths, sizes, "
         "content sample): a mismatch marks the row FAILED.  Ratio: guestpull ÷ best peer "
         "(below 1× is better).",
         "",
@@ -179,8 +183,9 @@ def _workload_markdown(workload: WorkloadResult) -> list[str]:
         "",
         f"{workload.description} Filesystem: {workload.filesystem}.",
         "",
-        "| tool | status | runs | wall s | CPU s | peak RSS MiB | wall ratio | CPU ratio | RSS ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| tool | status | runs | wall s | CPU s | peak RSS MiB | tree RSS MiB | wall ratio | "
+        "CPU ratio | RSS ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for row in workload.rows:
@@ -191,7 +196,8 @@ def _workload_markdown(workload: WorkloadResult) -> list[str]:
             _cell(row.stats("wall_s"), 1.0, 2),
             _cell(row.stats("cpu_s"), 1.0, 2),
             _cell(row.stats("peak_rss_kib"), 1 / 1024, 1),
-            *(_ratio_cell(ratio(workload, row, m)) for m in METRICS),
+            _cell(row.stats("tree_rss_kib"), 1 / 1024, 1),
+            *(_ratio_cell(ratio(workload, row, m)) for m in _RATIO_COLUMNS),
         ]
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
         if row.error:

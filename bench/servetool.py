@@ -25,7 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.images import GeneratedImage
-from bench.measure import Sample, daemon_cpu_seconds, daemon_peak_rss_kib, reset_peak_rss
+from bench.measure import (
+    Sample,
+    TreeRssSampler,
+    daemon_cpu_seconds,
+    daemon_peak_rss_kib,
+    reset_peak_rss,
+)
 from bench.tools import DEFAULT_TIMEOUT, Attempt, Registry, Tool, unmount_under, write_cdh_config
 from guestpull import protos as proto
 from guestpull.service.server import socket_answers
@@ -96,11 +102,13 @@ class GuestpullServeTool(Tool):
         reset_peak_rss(pid)
         start = time.perf_counter()
         try:
-            asyncio.run(asyncio.wait_for(pull_all(socket, refs, bundles), self.timeout))
+            with TreeRssSampler(pid) as tree:  # the service and any unpack workers it starts
+                asyncio.run(asyncio.wait_for(pull_all(socket, refs, bundles), self.timeout))
         except (RpcError, TimeoutError) as err:
             return Attempt("failed", error=str(err))
         wall = time.perf_counter() - start
-        sample = Sample(wall, tree_cpu_seconds(pid) - cpu_before, daemon_peak_rss_kib(pid))
+        sample = Sample(wall, tree_cpu_seconds(pid) - cpu_before, daemon_peak_rss_kib(pid),
+                        tree.peak_kib)
         return Attempt("ok", sample, [bundle / "rootfs" for bundle in bundles])
 
     def _start(self, work: Path) -> Path | None:

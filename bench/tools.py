@@ -168,7 +168,8 @@ class GuestpullStartupTool(Tool):
         result = run_process([sys.executable, "-m", "guestpull", *self.args], timeout=self.timeout)
         if not result.ok:
             return Attempt("failed", error=result.describe())
-        return Attempt("ok", Sample(result.wall_s, result.cpu_s, result.max_rss_kib))
+        return Attempt("ok", Sample(result.wall_s, result.cpu_s, result.max_rss_kib,
+                                    result.tree_rss_kib))
 
 
 def _error_categories(stdout: str) -> set[str]:
@@ -371,7 +372,9 @@ class CtrTool(Tool):
             step = failed.failed_step
             assert step is not None
             return Attempt("failed", error=step.describe())
-        sample = Sample(clients.wall_s, clients.cpu_s + daemon_cpu, clients.peak_rss_kib + daemon_rss)
+        # containerd's own peak (VmHWM) stands in for its part of the tree.
+        sample = Sample(clients.wall_s, clients.cpu_s + daemon_cpu, clients.peak_rss_kib + daemon_rss,
+                        clients.tree_rss_kib + daemon_rss)
         mounts = self._mount_rootfs(daemon, work)
         if isinstance(mounts, str):
             return Attempt("failed", sample, error=mounts)

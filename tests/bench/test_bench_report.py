@@ -94,7 +94,7 @@ def test_markdown_has_one_table_row_per_tool_and_marks_failures() -> None:
     assert "![median wall time per workload](benchmarks.svg)" in text
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 4  # header + rows
-    assert all(line.count(" | ") == 8 for line in table)  # nine columns, the error's '|' escaped
+    assert all(line.count(" | ") == 9 for line in table)  # ten columns, the error's '|' escaped
     guestpull = next(line for line in table if line.startswith("| guestpull"))
     assert "1.00 (0.80–1.20)" in guestpull and "0.50× vs ctr (containerd)" in guestpull
     assert "29.3 (29.3–29.3)" in guestpull  # 30000 KiB in MiB
