@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.goals import evaluate
 from bench.images import TAG, GeneratedImage, ImagePlan, generate
 from bench.report import WorkloadResult, write_report
 from bench.tools import Registry
@@ -209,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GuestpullError as err:
         log(f"bench: {err}")
         return 1
-    files = write_report(args.results, results, meta(args))
+    files = write_report(args.results, results, meta(args), evaluate(results))
     print(files.markdown.read_text())
     log(f"report: {files.markdown}, {files.json}, {files.svg} "
         f"(total {time.perf_counter() - started:.0f} s)")

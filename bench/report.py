@@ -10,11 +10,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from xml.sax.saxutils import escape
 
 from bench.measure import Sample, Spread, spread
 from bench.images import BURST_IMAGES
+
+if TYPE_CHECKING:  # bench.goals builds on this module's data model
+    from bench.goals import GoalResult
 
 Status = Literal["ok", "failed", "unsupported"]
 Metric = Literal["wall_s", "cpu_s", "peak_rss_kib", "tree_rss_kib"]
@@ -108,10 +111,14 @@ def _row_median(workload: WorkloadResult, tool: str) -> float | None:
 # --- JSON ------------------------------------------------------------------------------------
 
 
-def to_json(workloads: Sequence[WorkloadResult], meta: dict[str, Any]) -> str:
+def to_json(workloads: Sequence[WorkloadResult], meta: dict[str, Any],
+            goals: Sequence[GoalResult] = ()) -> str:
+    from bench.goals import goals_json
+
     throughput = {row.tool: share for w in workloads if w.name == "burst" for row in w.rows
                   if (share := burst_throughput(workloads, row.tool)) is not None}
-    return json.dumps({"meta": meta, "workloads": [_workload_json(w) for w in workloads],
+    return json.dumps({"meta": meta, "goals": goals_json(goals),
+                       "workloads": [_workload_json(w) for w in workloads],
                        "burst_throughput_vs_single": throughput}, indent=2)
 
 
@@ -140,7 +147,8 @@ def _workload_json(workload: WorkloadResult) -> dict[str, Any]:
 # --- Markdown --------------------------------------------------------------------------------
 
 
-def to_markdown(workloads: Sequence[WorkloadResult], meta: dict[str, Any], *, svg_name: str) -> str:
+def to_markdown(workloads: Sequence[WorkloadResult], meta: dict[str, Any], *, svg_name: str,
+                goals: Sequence[GoalResult] = ()) -> str:
     lines = [
         "# guestpull benchmarks",
         "",
@@ -159,6 +167,10 @@ def to_markdown(workloads: Sequence[WorkloadResult], meta: dict[str, Any], *, sv
     if meta.get("versions"):
         versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
         lines += [f"Versions: {versions}.", ""]
+    if goals:
+        from bench.goals import goals_markdown
+
+        lines += goals_markdown(goals, quick=bool(meta.get("quick")))
     lines += [f"![median wall time per workload]({svg_name})", ""]
     for workload in workloads:
         lines += _workload_markdown(workload)
@@ -301,7 +313,8 @@ class ReportFiles:
 
 
 def write_report(
-    directory: Path, workloads: Sequence[WorkloadResult], meta: dict[str, Any]
+    directory: Path, workloads: Sequence[WorkloadResult], meta: dict[str, Any],
+    goals: Sequence[GoalResult] = (),
 ) -> ReportFiles:
     """Write ``benchmarks.md``, ``benchmarks.json`` and ``benchmarks.svg`` into ``directory``."""
     directory = Path(directory)
@@ -312,6 +325,6 @@ def write_report(
         svg=directory / f"{REPORT_NAME}.svg",
     )
     files.svg.write_text(to_svg(workloads))
-    files.json.write_text(to_json(workloads, meta))
-    files.markdown.write_text(to_markdown(workloads, meta, svg_name=files.svg.name))
+    files.json.write_text(to_json(workloads, meta, goals))
+    files.markdown.write_text(to_markdown(workloads, meta, svg_name=files.svg.name, goals=goals))
     return files
