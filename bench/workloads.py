@@ -268,7 +268,8 @@ def _describe(attempt: Attempt) -> str:
     if attempt.status != "ok" or attempt.sample is None:
         return f"{attempt.status}: {' '.join(attempt.error.split())[:200]}"
     s = attempt.sample
-    return f"{s.wall_s:.2f} s wall, {s.cpu_s:.2f} s CPU, {s.peak_rss_kib / 1024:.1f} MiB peak RSS"
+    return (f"{s.wall_s:.2f} s wall, {s.cpu_s:.2f} s CPU, {s.peak_rss_kib / 1024:.1f} MiB peak RSS, "
+            f"{s.tree_rss_kib / 1024:.1f} MiB tree RSS")
 
 
 def _slug(text: str) -> str:
