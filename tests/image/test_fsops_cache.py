@@ -43,3 +43,37 @@ def test_split_entry_name_fast_path_matches_the_general_rule() -> None:
     for name, parts in [("a/b/c", ("a", "b", "c")), ("a/b/", ("a", "b")), ("./a//b/", ("a", "b")),
                         (".", ()), ("", ()), ("a/./b", ("a", "b")), ("dir/", ("dir",))]:
         assert split_entry_name(name) == parts, name
+
+
+def test_a_layer_with_more_directories_than_the_fd_limit_unpacks(tmp_path: Path) -> None:
+    # 3,000 directories under a 256-fd limit (cache 128): the end-of-layer pass that sets
+    # directory modes and mtimes used to keep every evicted fd open until the layer ended
+    # (EMFILE on the 100,000-file many-deep benchmark image).
+    import io
+    import tarfile
+
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as tar:
+        for i in range(3000):
+            info = tarfile.TarInfo(f"a/{i % 7}/d{i:04d}")
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o751, 1_000_000 + i
+            tar.addfile(info)
+            data = b"x" * (i % 5)
+            info = tarfile.TarInfo(f"a/{i % 7}/d{i:04d}/f")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    code = (
+        "import resource, sys; from guestpull.image.unpack import apply_layer;"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]));"
+        "s = apply_layer(open(sys.argv[1], 'rb'), sys.argv[2], mode='copy', privileged=False);"
+        "print(s.dirs, s.files)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(layer), str(dest)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3000", "3000"]
+    for i in (0, 1234, 2999):
+        st = (dest / "a" / str(i % 7) / f"d{i:04d}").stat()
+        assert (st.st_mode & 0o777, st.st_mtime) == (0o751, 1_000_000 + i)

@@ -133,7 +133,10 @@ def apply_layer(
             if applier.stats.entries >= MAX_ENTRIES:
                 raise UnpackError(f"layer has more than {MAX_ENTRIES} entries; refused")
             applier.apply(entry)
-        applier.finish()
+        try:
+            applier.finish()
+        except OSError as exc:
+            raise UnpackError(f"setting directory modes and times in {layer_dir}: {exc}") from exc
     finally:
         applier.tree.close()
     return applier.stats
@@ -385,6 +388,7 @@ class _Applier:
         """
         pending = [top]
         while pending:
+            self.tree.release()  # nothing is held across directories (see finish)
             path = pending.pop()
             fd = self.tree.dir_fd(path, create=False)
             for child in os.listdir(fd):
@@ -411,8 +415,10 @@ class _Applier:
 
     def finish(self) -> None:
         """Apply directory modes and mtimes (deepest first), the root's last."""
-        self.tree.release()
         for parts, mode, mtime_ns, dev, ino in self.dir_meta.newest_first():
+            # No fd is held from one directory to the next: close what the cache retired, or
+            # a layer with more directories than the open-file limit runs out of fds.
+            self.tree.release()
             try:
                 fd = self.tree.dir_fd(parts, create=False)
             except (FileNotFoundError, NotADirectoryError, UnpackError):
