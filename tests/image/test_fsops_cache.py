@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from guestpull.image import fsops
 from guestpull.image.fsops import Tree, split_entry_name
 
@@ -77,3 +79,37 @@ def test_a_layer_with_more_directories_than_the_fd_limit_unpacks(tmp_path: Path)
     for i in (0, 1234, 2999):
         st = (dest / "a" / str(i % 7) / f"d{i:04d}").stat()
         assert (st.st_mode & 0o777, st.st_mtime) == (0o751, 1_000_000 + i)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_walks_cache_the_directories_on_the_way_within_the_limit(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(fsops, "_dir_cache_size", lambda: 64)
+    before = _open_fds()
+    with Tree(tmp_path) as tree:
+        deep = tuple(f"l{i}" for i in range(200))  # deeper than the cache is large
+        tree.dir_fd(deep, create=True)
+        tree.release()
+        assert len(tree._dirs) <= 64 and _open_fds() <= before + 64 + 1
+        tree.forget()
+        tree.dir_fd(("a", "b", "c"), create=True)
+        assert ("a", "b") in tree._dirs  # a sibling of c now costs one open, not three
+        tree.release()
+    assert _open_fds() == before
+    assert (tmp_path / "/".join(deep)).is_dir()
+
+
+def test_forget_keeps_fds_handed_out_for_the_entry_in_hand(tmp_path: Path) -> None:
+    with Tree(tmp_path) as tree:
+        held = tree.dir_fd(("x",), create=True)
+        tree.release()
+        tree.dir_fd(("y",), create=True)  # cached, but not handed out since the release
+        held = tree.dir_fd(("x",), create=False)
+        tree.forget()
+        os.fstat(held)  # still open: a caller may be using it until release()
+        assert os.readlink(f"/proc/self/fd/{held}") == str(tmp_path / "x")
+        tree.release()
+        with pytest.raises(OSError):
+            os.fstat(held)

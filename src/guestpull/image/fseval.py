@@ -25,7 +25,8 @@ class FsEval(Protocol):
     makes_devices: bool
 
     def chown(self, fd: int, uid: int, gid: int, *, fresh: bool) -> None:
-        """Give the open file ``fd`` the entry's owner; ``fresh``: we have just created it."""
+        """Give the open file ``fd`` the entry's owner; ``fresh``: we have just created it in a
+        directory that is not setgid, so it has our ids."""
         ...
 
     def lchown(self, dir_fd: int, name: str, uid: int, gid: int) -> None:

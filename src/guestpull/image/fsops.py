@@ -197,8 +197,13 @@ class Tree:
         self.path = os.fspath(path)
         self.fd = os.open(self.path, _DIR_FLAGS)
         self._dirs: dict[tuple[str, ...], int] = {(): self.fd}
+        # fds handed out by dir_fd since the last release: callers may still use them, so
+        # forget() retires these and closes the rest at once (open fds stay near the cache size).
+        self._handed: list[int] = []
         self._retired: list[int] = []
         self._max_cached = _dir_cache_size()
+        # creates_as_asked() of cached directory fds (cleared with the cache).
+        self._plain: dict[int, bool] = {}
 
     def close(self) -> None:
         self.forget()
@@ -214,17 +219,28 @@ class Tree:
     def forget(self) -> None:
         """Drop every cached directory fd except the root's.
 
-        The fds are only retired, not closed, because a caller may still be using one it got
-        from :meth:`dir_fd` for the entry in hand; :meth:`release` closes them between entries.
+        An fd :meth:`dir_fd` returned for the entry in hand may still be in use, so those are
+        only retired (:meth:`release` closes them between entries); the others close now.
         """
-        self._retired.extend(fd for parts, fd in self._dirs.items() if parts)
+        handed = set(self._handed)
+        self._plain.clear()
+        for parts, fd in self._dirs.items():
+            if not parts:
+                continue
+            if fd in handed:
+                self._retired.append(fd)
+            else:
+                os.close(fd)
         self._dirs = {(): self.fd}
 
     def release(self) -> None:
         """Close retired fds.  Call between entries, when no fd from :meth:`dir_fd` is held."""
-        for fd in self._retired:
-            os.close(fd)
-        self._retired.clear()
+        self._handed.clear()
+        if self._retired:
+            for fd in self._retired:
+                os.close(fd)
+            self._retired.clear()
+            self._plain.clear()  # a retired fd may have been asked about
 
     def dir_fd(self, parts: tuple[str, ...], *, create: bool, entry: str = "") -> int:
         """An fd for the directory ``parts`` beneath the root (cached; do not close it).
@@ -233,28 +249,53 @@ class Tree:
         UnpackError when a component is not a directory or is a symlink leaving the root.
         """
         fd = self._dirs.get(parts)
-        if fd is not None:
-            return fd
-        fd = self._walk(parts, create, entry or "/".join(parts), 0)
-        if len(self._dirs) >= self._max_cached:
-            self.forget()
-        self._dirs[parts] = fd
+        if fd is None:
+            fd = self._walk(parts, create, entry or "/".join(parts), 0)
+            if len(self._dirs) >= self._max_cached:
+                self.forget()
+            self._dirs[parts] = fd
+        self._handed.append(fd)
         return fd
 
+    def creates_as_asked(self, fd: int) -> bool:
+        """Whether what is made in directory ``fd`` (from :meth:`dir_fd`) gets exactly the
+        creator's ids and the mode asked for less the umask.
+
+        Not in a setgid directory (it passes its group, and to subdirectories the setgid bit,
+        on) nor in one with a default ACL (it replaces the umask).  Asked once per cached
+        directory.
+        """
+        plain = self._plain.get(fd)
+        if plain is None:
+            plain = self._plain[fd] = _creates_as_asked(fd)
+        return plain
+
     def _walk(self, parts: tuple[str, ...], create: bool, entry: str, depth: int) -> int:
-        """Open ``parts`` from the deepest cached ancestor; returns a new fd owned by caller."""
+        """Open ``parts`` from the deepest cached ancestor; returns a new fd owned by caller.
+
+        The directories on the way are cached while the cache has room (leaving one slot for
+        ``parts`` itself): siblings in a deep tree then cost one open each, not one per level.
+        """
         start = len(parts)
         while start > 0 and parts[:start] not in self._dirs:
             start -= 1
-        fd = os.dup(self._dirs[parts[:start]])
+        fd = self._dirs[parts[:start]]
+        if start == len(parts):
+            return os.dup(fd)
+        owned = False  # whether fd is ours to close (not in the cache)
         try:
             for i in range(start, len(parts)):
                 nxt = self._step(fd, parts[: i + 1], create, entry, depth)
-                os.close(fd)
-                fd = nxt
+                if owned:
+                    os.close(fd)
+                fd, owned = nxt, True
+                if i + 1 < len(parts) and len(self._dirs) < self._max_cached - 1:
+                    self._dirs[parts[: i + 1]] = fd
+                    owned = False
             return fd
         except BaseException:
-            os.close(fd)
+            if owned:
+                os.close(fd)
             raise
 
     def _step(self, parent: int, parts: tuple[str, ...], create: bool, entry: str, depth: int) -> int:
@@ -322,6 +363,19 @@ class Tree:
         if stat.S_ISLNK(st.st_mode):
             # The symlink may have been the cached route to some directory.
             self.forget()
+
+
+_DEFAULT_ACL_XATTR = "system.posix_acl_default"
+
+
+def _creates_as_asked(fd: int) -> bool:
+    if os.fstat(fd).st_mode & stat.S_ISGID:
+        return False
+    try:
+        os.getxattr(fd, _DEFAULT_ACL_XATTR)
+    except OSError:
+        return True  # no default ACL (ENODATA), or none possible here (EOPNOTSUPP)
+    return False
 
 
 def is_dir(st: os.stat_result | None) -> bool:

@@ -155,6 +155,9 @@ class _Applier:
         # read-only directory would block its own children when unprivileged).
         self.dir_meta = _DirJournal()
         self.xattr_unsupported = False
+        # Permission bits a new file keeps from its open() mode (none assumed when the umask
+        # is unknown: every file then takes an fchmod).
+        self._umask_kept = 0o777 & ~umask if (umask := _current_umask()) is not None else 0
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -223,11 +226,18 @@ class _Applier:
     def _regular(self, info: Entry, parts: tuple[str, ...]) -> None:
         dfd, name = self.tree.parent_of(parts, entry=info.name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = self._replacing(dfd, name, lambda: os.open(name, flags, 0o600, dir_fd=dfd))
+        # Made with the entry's permission bits (the creating open may write whatever they
+        # say), so the fchmod is needed only for setuid/setgid/sticky or bits the umask took.
+        mode = info.mode & 0o7777
+        fd = self._replacing(dfd, name, lambda: os.open(name, flags, mode & 0o777, dir_fd=dfd))
         try:
             if info.size:
                 info.write_to(fd)
-            self._owner_mode_fd(fd, info)
+            plain = self.tree.creates_as_asked(dfd)
+            self.fs.chown(fd, info.uid, info.gid, fresh=plain)
+            # After chown: chown clears setuid/setgid, so the mode goes second.
+            if not plain or mode & self._umask_kept != mode:
+                os.fchmod(fd, mode)
             if info.xattrs:
                 self._xattrs(info, fd=fd)
             os.utime(fd, ns=(info.mtime_ns, info.mtime_ns))
@@ -238,22 +248,25 @@ class _Applier:
 
     def _directory(self, info: Entry, parts: tuple[str, ...]) -> None:
         dfd, name = self.tree.parent_of(parts, entry=info.name)
+        # Made with the entry's permission bits (plus the owner's, or an unprivileged run could
+        # not fill it), so the end-of-layer pass rarely needs a chmod.
+        made_mode = (info.mode & 0o777) | 0o700
         existed = False
         try:
-            os.mkdir(name, 0o700, dir_fd=dfd)
+            os.mkdir(name, made_mode, dir_fd=dfd)
         except FileExistsError:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 existed = True
             else:
                 self.tree.remove(dfd, name)
-                os.mkdir(name, 0o700, dir_fd=dfd)
+                os.mkdir(name, made_mode, dir_fd=dfd)
         fd = self.tree.dir_fd(parts, create=False, entry=info.name)
-        self.fs.chown(fd, info.uid, info.gid, fresh=not existed)
+        self.fs.chown(fd, info.uid, info.gid, fresh=not existed and self.tree.creates_as_asked(dfd))
         if existed:
             self._clear_xattrs(fd, info)
         self._xattrs(info, fd=fd)
-        self._defer_dir(parts, fd, info)
+        self._defer_dir(parts, fd, info, existed=existed)
         self.stats.dirs += 1
 
     def _symlink(self, info: Entry, parts: tuple[str, ...]) -> None:
@@ -310,7 +323,7 @@ class _Applier:
             return
         self.fs.chown(self.tree.fd, info.uid, info.gid, fresh=False)
         self._xattrs(info, fd=self.tree.fd)
-        self._defer_dir((), self.tree.fd, info)
+        self._defer_dir((), self.tree.fd, info, existed=True)
 
     # --- whiteouts -----------------------------------------------------------------------
 
@@ -404,30 +417,45 @@ class _Applier:
 
     # --- metadata ------------------------------------------------------------------------
 
-    def _owner_mode_fd(self, fd: int, info: Entry) -> None:
-        self.fs.chown(fd, info.uid, info.gid, fresh=True)
-        # After chown: chown clears setuid/setgid, so the mode goes second.
-        os.fchmod(fd, info.mode & 0o7777)
-
-    def _defer_dir(self, parts: tuple[str, ...], fd: int, info: Entry) -> None:
+    def _defer_dir(self, parts: tuple[str, ...], fd: int, info: Entry, *, existed: bool) -> None:
         st = os.fstat(fd)
-        self.dir_meta.append(parts, info.mode & 0o7777, info.mtime_ns, st.st_dev, st.st_ino)
+        self.dir_meta.append(parts, info.mode & 0o7777, info.mtime_ns, st.st_dev, st.st_ino,
+                             repeated=existed)
 
     def finish(self) -> None:
-        """Apply directory modes and mtimes (deepest first), the root's last."""
-        for parts, mode, mtime_ns, dev, ino in self.dir_meta.newest_first():
+        """Apply directory modes and mtimes (deepest first), the root's last.
+
+        A directory's newest header wins (a layer may name one directory twice, as umoci
+        applies it).  Each directory is set through its parent's fd, so the pass opens only
+        the parents it has no fd for.
+        """
+        # Inodes a newer record already set; only directories named again ("repeated":
+        # they existed when their header came) can have an older record too.
+        done: set[int] = set()
+        for parts, mode, mtime_ns, dev, ino, repeated in self.dir_meta.newest_first():
             # No fd is held from one directory to the next: close what the cache retired, or
             # a layer with more directories than the open-file limit runs out of fds.
             self.tree.release()
-            try:
-                fd = self.tree.dir_fd(parts, create=False)
-            except (FileNotFoundError, NotADirectoryError, UnpackError):
-                continue  # removed or replaced later in this layer
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (dev, ino):
+            found = self._find_dir(parts)
+            if found is None:
                 continue
-            os.fchmod(fd, mode)
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            dfd, name, st = found
+            if (st.st_dev, st.st_ino) != (dev, ino) or ino in done:
+                continue  # replaced later in this layer, or a newer header set it already
+            if repeated:
+                done.add(ino)
+            _set_dir_meta(dfd, name, st, mode, mtime_ns)
+
+    def _find_dir(self, parts: tuple[str, ...]) -> tuple[int, str | None, os.stat_result] | None:
+        """(parent fd, name, lstat) of a journalled directory; name None for the root."""
+        if not parts:
+            return self.tree.fd, None, os.fstat(self.tree.fd)
+        try:
+            dfd, name = self.tree.parent_of(parts, create=False)
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError, UnpackError):
+            return None  # removed or replaced later in this layer
+        return (dfd, name, st) if stat.S_ISDIR(st.st_mode) else None
 
     def _xattrs(self, info: Entry, *, fd: int | None = None, path: str | None = None) -> None:
         for name, raw in info.xattrs.items():
@@ -474,8 +502,37 @@ class _Applier:
         self.stats.note(message)
 
 
+def _current_umask() -> int | None:
+    """This process's umask, read without changing it (os.umask would, racing other threads
+    that create files); None where /proc does not say (Linux before 4.7)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _times(info: Entry) -> tuple[int, int]:
     return info.mtime_ns, info.mtime_ns
+
+
+def _set_dir_meta(dfd: int, name: str | None, st: os.stat_result, mode: int, mtime_ns: int) -> None:
+    """Give directory ``name`` in ``dfd`` (``dfd`` itself when None) its final mode and mtime.
+
+    By name: ``st`` is its lstat of a moment ago (a directory, not a symlink), and nothing
+    but this applier writes the tree, so chmod (which follows symlinks) reaches that directory.
+    """
+    if name is None:
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(dfd, mode)
+        os.utime(dfd, ns=(mtime_ns, mtime_ns))
+        return
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(name, mode, dir_fd=dfd)
+    os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
 
 class _PathSet:
@@ -530,7 +587,8 @@ def _chain(parts: tuple[str, ...]) -> Iterator[int]:
         yield node
 
 
-_DIR_RECORD = struct.Struct("<IqQQI")  # mode, mtime_ns, st_dev, st_ino, path length
+_DIR_RECORD = struct.Struct("<IqQQI")  # mode (+ repeated flag), mtime_ns, st_dev, st_ino, path length
+_REPEATED_FLAG = 1 << 16  # above every mode bit
 
 
 class _DirJournal:
@@ -543,18 +601,22 @@ class _DirJournal:
         self._data = bytearray()
         self._starts = array("Q")
 
-    def append(self, parts: tuple[str, ...], mode: int, mtime_ns: int, dev: int, ino: int) -> None:
+    def append(self, parts: tuple[str, ...], mode: int, mtime_ns: int, dev: int, ino: int,
+               *, repeated: bool = False) -> None:
         path = os.fsencode("/".join(parts))
         self._starts.append(len(self._data))
-        self._data += _DIR_RECORD.pack(mode, mtime_ns, dev, ino, len(path))
+        flags = _REPEATED_FLAG if repeated else 0
+        self._data += _DIR_RECORD.pack(mode | flags, mtime_ns, dev, ino, len(path))
         self._data += path
 
-    def newest_first(self) -> Iterator[tuple[tuple[str, ...], int, int, int, int]]:
+    def newest_first(self) -> Iterator[tuple[tuple[str, ...], int, int, int, int, bool]]:
+        """``(parts, mode, mtime_ns, dev, ino, repeated)``, the last appended first."""
         for start in reversed(self._starts):
             mode, mtime_ns, dev, ino, length = _DIR_RECORD.unpack_from(self._data, start)
             begin = start + _DIR_RECORD.size
             path = os.fsdecode(bytes(self._data[begin:begin + length]))
-            yield (tuple(path.split("/")) if path else ()), mode, mtime_ns, dev, ino
+            parts = tuple(path.split("/")) if path else ()
+            yield parts, mode & ~_REPEATED_FLAG, mtime_ns, dev, ino, bool(mode & _REPEATED_FLAG)
 
     def __len__(self) -> int:
         return len(self._starts)
