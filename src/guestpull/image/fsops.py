@@ -270,6 +270,17 @@ class Tree:
             plain = self._plain[fd] = _creates_as_asked(fd)
         return plain
 
+    def forget_creation_rules(self) -> None:
+        """Forget what :meth:`creates_as_asked` said: a directory just got a default ACL."""
+        self._plain.clear()
+
+    def cached_dir_fd(self, parts: tuple[str, ...]) -> int | None:
+        """:meth:`dir_fd` if the cache holds ``parts`` (the root always), else None."""
+        fd = self._dirs.get(parts)
+        if fd is not None:
+            self._handed.append(fd)
+        return fd
+
     def _walk(self, parts: tuple[str, ...], create: bool, entry: str, depth: int) -> int:
         """Open ``parts`` from the deepest cached ancestor; returns a new fd owned by caller.
 
@@ -365,14 +376,14 @@ class Tree:
             self.forget()
 
 
-_DEFAULT_ACL_XATTR = "system.posix_acl_default"
+DEFAULT_ACL_XATTR = "system.posix_acl_default"
 
 
 def _creates_as_asked(fd: int) -> bool:
     if os.fstat(fd).st_mode & stat.S_ISGID:
         return False
     try:
-        os.getxattr(fd, _DEFAULT_ACL_XATTR)
+        os.getxattr(fd, DEFAULT_ACL_XATTR)
     except OSError:
         return True  # no default ACL (ENODATA), or none possible here (EOPNOTSUPP)
     return False

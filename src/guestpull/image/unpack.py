@@ -48,6 +48,7 @@ from guestpull.errors import GuestpullError, NoSpaceError, UnpackError, shown
 from guestpull.image.decode import LayerReader
 from guestpull.image.fseval import FsEval, fseval_for
 from guestpull.image.fsops import (
+    DEFAULT_ACL_XATTR,
     ParentNotDirectory,
     Tree,
     link_target,
@@ -158,6 +159,10 @@ class _Applier:
         # Permission bits a new file keeps from its open() mode (none assumed when the umask
         # is unknown: every file then takes an fchmod).
         self._umask_kept = 0o777 & ~umask if (umask := _current_umask()) is not None else 0
+        # In a tree that was empty when the layer began (every overlay layer, a copy rootfs's
+        # first), each directory is one this layer made: none is setgid or has a default ACL
+        # until finish(), unless the root passes it on or the layer sets a default ACL.
+        self._all_plain = _is_empty(tree.fd) and tree.creates_as_asked(tree.fd)
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -233,7 +238,7 @@ class _Applier:
         try:
             if info.size:
                 info.write_to(fd)
-            plain = self.tree.creates_as_asked(dfd)
+            plain = self._creates_as_asked(dfd)
             self.fs.chown(fd, info.uid, info.gid, fresh=plain)
             # After chown: chown clears setuid/setgid, so the mode goes second.
             if not plain or mode & self._umask_kept != mode:
@@ -262,7 +267,7 @@ class _Applier:
                 self.tree.remove(dfd, name)
                 os.mkdir(name, made_mode, dir_fd=dfd)
         fd = self.tree.dir_fd(parts, create=False, entry=info.name)
-        self.fs.chown(fd, info.uid, info.gid, fresh=not existed and self.tree.creates_as_asked(dfd))
+        self.fs.chown(fd, info.uid, info.gid, fresh=not existed and self._creates_as_asked(dfd))
         if existed:
             self._clear_xattrs(fd, info)
         self._xattrs(info, fd=fd)
@@ -426,8 +431,8 @@ class _Applier:
         """Apply directory modes and mtimes (deepest first), the root's last.
 
         A directory's newest header wins (a layer may name one directory twice, as umoci
-        applies it).  Each directory is set through its parent's fd, so the pass opens only
-        the parents it has no fd for.
+        applies it).  Each directory is set through its cached fd or by name in its parent's,
+        so the pass opens only parents that left the cache, not every directory again.
         """
         # Inodes a newer record already set; only directories named again ("repeated":
         # they existed when their header came) can have an older record too.
@@ -447,9 +452,11 @@ class _Applier:
             _set_dir_meta(dfd, name, st, mode, mtime_ns)
 
     def _find_dir(self, parts: tuple[str, ...]) -> tuple[int, str | None, os.stat_result] | None:
-        """(parent fd, name, lstat) of a journalled directory; name None for the root."""
-        if not parts:
-            return self.tree.fd, None, os.fstat(self.tree.fd)
+        """(fd, name, lstat) of a journalled directory: its own fd and None while the cache
+        holds one (fd calls are half the cost of by-name ones), else its parent's and name."""
+        fd = self.tree.cached_dir_fd(parts)
+        if fd is not None:
+            return fd, None, os.fstat(fd)
         try:
             dfd, name = self.tree.parent_of(parts, create=False)
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -457,8 +464,15 @@ class _Applier:
             return None  # removed or replaced later in this layer
         return (dfd, name, st) if stat.S_ISDIR(st.st_mode) else None
 
+    def _creates_as_asked(self, dfd: int) -> bool:
+        """Tree.creates_as_asked, without asking where the whole tree is known to be plain."""
+        return self._all_plain or self.tree.creates_as_asked(dfd)
+
     def _xattrs(self, info: Entry, *, fd: int | None = None, path: str | None = None) -> None:
         for name, raw in info.xattrs.items():
+            if name == DEFAULT_ACL_XATTR:
+                self._all_plain = False  # entries made below it take its ACL, not the umask
+                self.tree.forget_creation_rules()
             if name.startswith(_FORBIDDEN_XATTR_PREFIX):
                 self._warn(f"entry {shown(info.name)}: xattr {shown(name)} ignored (reserved for overlayfs)")
                 continue
@@ -513,6 +527,11 @@ def _current_umask() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _is_empty(dir_fd: int) -> bool:
+    with os.scandir(dir_fd) as entries:
+        return next(entries, None) is None
 
 
 def _times(info: Entry) -> tuple[int, int]:
