@@ -152,6 +152,8 @@ class _Applier:
         self.stats = LayerStats()
         # Paths this layer created and their ancestors: whiteouts never remove them.
         self.upper = _PathSet()
+        # (st_dev, st_ino) of directories whose lower content this layer removed already.
+        self.purged: set[tuple[int, int]] = set()
         # Directory mode and mtime are applied at the end (children change the mtime, and a
         # read-only directory would block its own children when unprivileged).
         self.dir_meta = _DirJournal()
@@ -403,12 +405,19 @@ class _Applier:
 
         Iterative: only directories this layer created are descended into (the rest go whole),
         and those are as deep as an entry name at most, but no depth should cost a stack.
+        Each directory is listed once per layer: once purged, its subtree holds only this
+        layer's entries (later ones add only more of them), so opaque markers repeated or
+        nested at every level cost linear work, not quadratic.
         """
         pending = [top]
         while pending:
             self.tree.release()  # nothing is held across directories (see finish)
             path = pending.pop()
             fd = self.tree.dir_fd(path, create=False)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in self.purged:
+                continue  # holds only this layer's entries already: listing it again is waste
+            self.purged.add((st.st_dev, st.st_ino))
             for child in os.listdir(fd):
                 try:
                     child_st = os.stat(child, dir_fd=fd, follow_symlinks=False)
