@@ -104,7 +104,8 @@ def split_entry_name(name: str) -> tuple[str, ...]:
     clamps it, we refuse it: no honest tool writes one), a NUL byte, or a name longer than
     :data:`MAX_PATH_BYTES`.
     """
-    _check_path_size(name, name)
+    if len(name) * 4 > MAX_PATH_BYTES:  # _check_path_size's own first test, without the call
+        _check_path_size(name, name)
     if "\0" in name:
         raise UnpackError(f"entry {shown(name)}: NUL byte in name")
     raw = name.split("/")

@@ -371,10 +371,14 @@ class TarReader:
 
     def _next_entry(self) -> Entry | None:
         meta: _Extended | None = None  # extended headers seen for this entry, if any
-        first_offset = self._offset()
+        first_offset = self._consumed + self._pos
         while True:
-            offset = self._offset()
-            header = self._read_exact(BLOCK)
+            offset, pos = self._consumed + self._pos, self._pos
+            if pos + BLOCK <= len(self._buf):  # the usual case, without _read_exact's calls
+                header = self._buf[pos:pos + BLOCK]
+                self._pos = pos + BLOCK
+            else:
+                header = self._read_exact(BLOCK)
             if header is None:
                 self._end_of_stream(offset, meta is not None)
                 return None
@@ -396,7 +400,10 @@ class TarReader:
         self._resolve(entry, meta)
         entry._reader = self
         size = 0 if entry.type in _HEADER_ONLY_TYPES else entry.size
-        stored = self._sparse(entry, meta, old_sparse, size)
+        if old_sparse is None and (meta is None or not meta.pax):
+            entry.sparse, stored = None, size  # what _sparse says without a sparse header
+        else:
+            stored = self._sparse(entry, meta, old_sparse, size)
         self._data_left = stored
         self._pad_left = -stored % BLOCK
         return entry

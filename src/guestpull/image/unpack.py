@@ -83,6 +83,7 @@ MAX_NOTES = 100
 MAX_PATH_SHOWN = 200
 _MAX_ID = (1 << 32) - 1
 _MAX_TIME_NS = (1 << 63) - 1  # what utimensat (and our journal) can hold
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -206,7 +207,7 @@ class _Applier:
             self._special(info, parts)
         else:
             raise UnpackError(f"entry {shown(info.name)}: unsupported tar entry type {info.type!r}")
-        self._mark_upper(parts)
+        self.upper.add(parts)
 
     def _check_header(self, info: Entry) -> None:
         # The parser already refused sizes above MAX_FILE_SIZE and negative numbers.
@@ -214,9 +215,6 @@ class _Applier:
             raise UnpackError(f"entry {shown(info.name)}: uid/gid {info.uid}/{info.gid} out of range")
         if info.mtime_ns > _MAX_TIME_NS:
             raise UnpackError(f"entry {shown(info.name)}: mtime {info.mtime} out of range")
-
-    def _mark_upper(self, parts: tuple[str, ...]) -> None:
-        self.upper.add(parts)
 
     # --- creating entries ----------------------------------------------------------------
 
@@ -232,15 +230,18 @@ class _Applier:
 
     def _regular(self, info: Entry, parts: tuple[str, ...]) -> None:
         dfd, name = self.tree.parent_of(parts, entry=info.name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         # Made with the entry's permission bits (the creating open may write whatever they
         # say), so the fchmod is needed only for setuid/setgid/sticky or bits the umask took.
         mode = info.mode & 0o7777
-        fd = self._replacing(dfd, name, lambda: os.open(name, flags, mode & 0o777, dir_fd=dfd))
+        try:  # _replacing without its closure: this runs for every file
+            fd = os.open(name, _CREATE_FLAGS, mode & 0o777, dir_fd=dfd)
+        except FileExistsError:
+            self.tree.remove(dfd, name)
+            fd = os.open(name, _CREATE_FLAGS, mode & 0o777, dir_fd=dfd)
         try:
             if info.size:
                 info.write_to(fd)
-            plain = self._creates_as_asked(dfd)
+            plain = self._all_plain or self.tree.creates_as_asked(dfd)
             self.fs.chown(fd, info.uid, info.gid, fresh=plain)
             # After chown: chown clears setuid/setgid, so the mode goes second.
             if not plain or mode & self._umask_kept != mode:
@@ -573,30 +574,43 @@ class _PathSet:
     one (about n²/2⁶⁴) could only spare one lower-layer file from a whiteout.
     """
 
-    __slots__ = ("_ids", "_parent", "_parent_id")
+    __slots__ = ("_ids", "_parent", "_parent_ids")
 
     def __init__(self) -> None:
         self._ids: set[int] = set()
-        # Entries come directory by directory: the last parent's id saves re-hashing it.
+        # Entries come directory by directory: the last parent and the ids of its chain
+        # (``_parent_ids[i]`` is the id of ``_parent[:i + 1]``) save re-hashing it.
         self._parent: tuple[str, ...] = ()
-        self._parent_id = 0
+        self._parent_ids: list[int] = []
 
     def add(self, parts: tuple[str, ...]) -> None:
         if not parts:
             return
         parent = parts[:-1]
         if parent != self._parent:
-            self._parent, self._parent_id = parent, self._add_chain(parent)
-        self._ids.add(hash((self._parent_id, parts[-1])))
+            self._move_to(parent)
+        self._ids.add(hash((self._parent_ids[-1] if parent else 0, parts[-1])))
 
-    def _add_chain(self, parts: tuple[str, ...]) -> int:
-        """Add ``parts`` and its ancestors; returns its id."""
-        ids = list(_chain(parts))
-        for node in reversed(ids):  # deepest first: stop at the first ancestor already known
-            if node in self._ids:
-                break
+    def _move_to(self, parent: tuple[str, ...]) -> None:
+        """Make ``parent`` (and its ancestors) known and the current parent."""
+        old, ids, depth = self._parent, self._parent_ids, len(parent)
+        if depth == len(old) + 1 and parent[:-1] == old:  # a subdirectory of the last one
+            node = hash((ids[-1] if ids else 0, parent[-1]))
             self._ids.add(node)
-        return ids[-1] if ids else 0
+            ids.append(node)
+        elif depth < len(old) and old[:depth] == parent:  # an ancestor of the last one
+            del ids[depth:]
+        else:  # elsewhere: hash only below the part it shares with the last one
+            common, limit = 0, min(depth, len(old))
+            while common < limit and parent[common] == old[common]:
+                common += 1
+            del ids[common:]
+            node = ids[-1] if ids else 0
+            for name in parent[common:]:
+                node = hash((node, name))
+                self._ids.add(node)
+                ids.append(node)
+        self._parent = parent
 
     def __contains__(self, parts: tuple[str, ...]) -> bool:
         node = 0
@@ -606,13 +620,6 @@ class _PathSet:
 
     def __len__(self) -> int:
         return len(self._ids)
-
-
-def _chain(parts: tuple[str, ...]) -> Iterator[int]:
-    node = 0
-    for name in parts:
-        node = hash((node, name))
-        yield node
 
 
 _DIR_RECORD = struct.Struct("<IqQQI")  # mode (+ repeated flag), mtime_ns, st_dev, st_ino, path length
