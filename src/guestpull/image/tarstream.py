@@ -374,6 +374,7 @@ class TarReader:
         first_offset = self._consumed + self._pos
         while True:
             offset, pos = self._consumed + self._pos, self._pos
+            header: bytes | None
             if pos + BLOCK <= len(self._buf):  # the usual case, without _read_exact's calls
                 header = self._buf[pos:pos + BLOCK]
                 self._pos = pos + BLOCK
