@@ -275,6 +275,18 @@ class Tree:
         """Forget what :meth:`creates_as_asked` said: a directory just got a default ACL."""
         self._plain.clear()
 
+    def subdir_fd(self, parent_fd: int, parts: tuple[str, ...]) -> int:
+        """:meth:`dir_fd` for ``parts`` when ``parent_fd`` is the fd it gave for ``parts[:-1]``
+        and the caller knows ``parts[-1]`` is a directory there: one open, no walk."""
+        fd = self._dirs.get(parts)
+        if fd is None:
+            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent_fd)  # O_NOFOLLOW: never a link
+            if len(self._dirs) >= self._max_cached:
+                self.forget()  # parent_fd was handed out: retired, still open
+            self._dirs[parts] = fd
+        self._handed.append(fd)
+        return fd
+
     def cached_dir_fd(self, parts: tuple[str, ...]) -> int | None:
         """:meth:`dir_fd` if the cache holds ``parts`` (the root always), else None."""
         fd = self._dirs.get(parts)

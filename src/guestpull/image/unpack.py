@@ -269,11 +269,12 @@ class _Applier:
             else:
                 self.tree.remove(dfd, name)
                 os.mkdir(name, made_mode, dir_fd=dfd)
-        fd = self.tree.dir_fd(parts, create=False, entry=info.name)
+        fd = self.tree.subdir_fd(dfd, parts)
         self.fs.chown(fd, info.uid, info.gid, fresh=not existed and self._creates_as_asked(dfd))
         if existed:
             self._clear_xattrs(fd, info)
-        self._xattrs(info, fd=fd)
+        if info.xattrs:
+            self._xattrs(info, fd=fd)
         self._defer_dir(parts, fd, info, existed=existed)
         self.stats.dirs += 1
 
