@@ -104,3 +104,30 @@ def test_modes_the_umask_would_take_are_set(shm_path: Path) -> None:
         os.umask(old)
     modes = {name: stat.S_IMODE(os.lstat(shm_path / name).st_mode) for name in ("f", "g", "d", "u")}
     assert modes == {"f": 0o755, "g": 0o600, "d": 0o775, "u": 0o4755}
+
+
+def test_nothing_is_made_group_or_world_writable_before_its_final_mode(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[tuple[str, int]] = []
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def recording_open(path: str, flags: int, mode: int = 0o777, **kw: object) -> int:
+        if flags & os.O_CREAT:
+            made.append((path, mode))
+        return real_open(path, flags, mode, **kw)  # type: ignore[arg-type]
+
+    def recording_mkdir(path: str, mode: int = 0o777, **kw: object) -> None:
+        made.append((path, mode))
+        real_mkdir(path, mode, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "mkdir", recording_mkdir)
+    apply(shm_path, [Dir("tmp", mode=0o1777), File("tmp/f", b"x", mode=0o666),
+                     Dir("pub", mode=0o777), File("pub/g", b"y", mode=0o664)])
+    monkeypatch.undo()
+    assert {name for name, _ in made} >= {"tmp", "f", "pub", "g"}
+    assert all(mode & 0o022 == 0 for _, mode in made), made
+    modes = {name: stat.S_IMODE(os.lstat(shm_path / name).st_mode)
+             for name in ("tmp", "tmp/f", "pub", "pub/g")}
+    assert modes == {"tmp": 0o1777, "tmp/f": 0o666, "pub": 0o777, "pub/g": 0o664}

@@ -84,6 +84,9 @@ MAX_PATH_SHOWN = 200
 _MAX_ID = (1 << 32) - 1
 _MAX_TIME_NS = (1 << 63) - 1  # what utimensat (and our journal) can hold
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Bits an entry is made with before its final mode: nothing group- or world-writable while
+#: the layer is being written (a 0777 or 1777 directory gets those bits at the end).
+_CREATE_MODE_MASK = 0o755
 
 
 @dataclass
@@ -161,7 +164,7 @@ class _Applier:
         self.xattr_unsupported = False
         # Permission bits a new file keeps from its open() mode (none assumed when the umask
         # is unknown: every file then takes an fchmod).
-        self._umask_kept = 0o777 & ~umask if (umask := _current_umask()) is not None else 0
+        self._umask_kept = _CREATE_MODE_MASK & ~umask if (umask := _current_umask()) is not None else 0
         # In a tree that was empty when the layer began (every overlay layer, a copy rootfs's
         # first), each directory is one this layer made: none is setgid or has a default ACL
         # until finish(), unless the root passes it on or the layer sets a default ACL.
@@ -231,13 +234,14 @@ class _Applier:
     def _regular(self, info: Entry, parts: tuple[str, ...]) -> None:
         dfd, name = self.tree.parent_of(parts, entry=info.name)
         # Made with the entry's permission bits (the creating open may write whatever they
-        # say), so the fchmod is needed only for setuid/setgid/sticky or bits the umask took.
+        # say) but no group/other write, so the fchmod is needed only for those, for
+        # setuid/setgid/sticky, or for bits the umask took.
         mode = info.mode & 0o7777
         try:  # _replacing without its closure: this runs for every file
-            fd = os.open(name, _CREATE_FLAGS, mode & 0o777, dir_fd=dfd)
+            fd = os.open(name, _CREATE_FLAGS, mode & _CREATE_MODE_MASK, dir_fd=dfd)
         except FileExistsError:
             self.tree.remove(dfd, name)
-            fd = os.open(name, _CREATE_FLAGS, mode & 0o777, dir_fd=dfd)
+            fd = os.open(name, _CREATE_FLAGS, mode & _CREATE_MODE_MASK, dir_fd=dfd)
         try:
             if info.size:
                 info.write_to(fd)
@@ -257,8 +261,8 @@ class _Applier:
     def _directory(self, info: Entry, parts: tuple[str, ...]) -> None:
         dfd, name = self.tree.parent_of(parts, entry=info.name)
         # Made with the entry's permission bits (plus the owner's, or an unprivileged run could
-        # not fill it), so the end-of-layer pass rarely needs a chmod.
-        made_mode = (info.mode & 0o777) | 0o700
+        # not fill it; no group/other write), so the end-of-layer pass rarely needs a chmod.
+        made_mode = (info.mode & _CREATE_MODE_MASK) | 0o700
         existed = False
         try:
             os.mkdir(name, made_mode, dir_fd=dfd)
@@ -447,7 +451,7 @@ class _Applier:
         """
         # Inodes a newer record already set; only directories named again ("repeated":
         # they existed when their header came) can have an older record too.
-        done: set[int] = set()
+        done: set[tuple[int, int]] = set()
         for parts, mode, mtime_ns, dev, ino, repeated in self.dir_meta.newest_first():
             # No fd is held from one directory to the next: close what the cache retired, or
             # a layer with more directories than the open-file limit runs out of fds.
@@ -456,10 +460,10 @@ class _Applier:
             if found is None:
                 continue
             dfd, name, st = found
-            if (st.st_dev, st.st_ino) != (dev, ino) or ino in done:
+            if (st.st_dev, st.st_ino) != (dev, ino) or (dev, ino) in done:
                 continue  # replaced later in this layer, or a newer header set it already
             if repeated:
-                done.add(ino)
+                done.add((dev, ino))
             _set_dir_meta(dfd, name, st, mode, mtime_ns)
 
     def _find_dir(self, parts: tuple[str, ...]) -> tuple[int, str | None, os.stat_result] | None:
