@@ -76,3 +76,30 @@ asyncio.run(main())
     # the test kit is loaded here on purpose (it serves the image); nothing else may be
     assert _loaded(loaded, tuple(m for m in FEATURE_MODULES if m != "guestpull_testkit")) == []
     assert "guestpull.signature" not in loaded
+
+
+def test_aiohttp_default_contexts_trust_nothing_and_ours_still_load_the_system_roots() -> None:
+    # guestpull.distribution imports aiohttp without its import-time CA loading (~40 ms):
+    # aiohttp's verified default must still verify (and so, trusting nothing, fail), and
+    # every other context (ours: tls.new_ssl_context) must load the system roots as before.
+    code = (
+        "import ssl\n"
+        "import guestpull.pull\n"
+        "from aiohttp import connector\n"
+        "from guestpull import tls\n"
+        "default = connector._SSL_CONTEXT_VERIFIED\n"
+        "print(json.dumps([default.verify_mode == ssl.CERT_REQUIRED, default.check_hostname,\n"
+        "                  default.cert_store_stats()['x509_ca'],\n"
+        "                  'set_default_verify_paths' in vars(ssl.SSLContext),\n"
+        "                  tls.new_ssl_context().cert_store_stats()['x509_ca'],\n"
+        "                  ssl.create_default_context().cert_store_stats()['x509_ca']]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    required, hostname, default_roots, patched, ours, stdlib = json.loads(out.stdout.splitlines()[-1])
+    assert required and hostname and default_roots == 0
+    assert not patched
+    system = subprocess.run([sys.executable, "-c", "import ssl; print(ssl.create_default_context()"
+                             ".cert_store_stats()['x509_ca'])"], capture_output=True, text=True, check=True,
+                            timeout=60)
+    assert ours == stdlib == int(system.stdout) > 0

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
-
 from guestpull import oci
 from guestpull import tls
 from guestpull.authfile import AuthFile
@@ -64,6 +62,8 @@ from guestpull.registries import PullCandidate, resolve_candidates
 from guestpull.resources import ResourceResolver
 
 if TYPE_CHECKING:
+    import aiohttp  # through guestpull.distribution (see transport.py), which imports it first
+
     from guestpull.signature import PolicyDecision, Verifier
 
 log = logging.getLogger(__name__)
