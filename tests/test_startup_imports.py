@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,10 +19,15 @@ FEATURE_MODULES = ("pysequoia", "jwcrypto", "google.protobuf", "yaml", "tomlkit"
 PULL_MACHINERY = ("aiohttp", "pydantic", "guestpull.pull", "guestpull.config", "asyncio")
 
 
+def _json_printed_by(code: str) -> Any:
+    """Run ``code`` (``json`` imported) in a fresh interpreter; what its last line printed."""
+    out = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def _modules_after(code: str) -> set[str]:
-    probe = code + "\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
-    return set(json.loads(out.stdout.splitlines()[-1]))
+    return set(_json_printed_by(code + "\nimport sys\nprint(json.dumps(sorted(sys.modules)))"))
 
 
 def _loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
@@ -47,7 +53,7 @@ def test_version_imports_only_click() -> None:
 @pytest.mark.parametrize("module", ["guestpull.cli.pull", "guestpull.pull"])
 def test_pull_path_does_not_import_feature_stacks(module: str) -> None:
     loaded = _modules_after(f"import {module}")
-    assert _loaded(loaded, FEATURE_MODULES) == []
+    assert _loaded(loaded, FEATURE_MODULES + ("pydantic",)) == []
 
 
 def test_a_whole_pull_without_policy_loads_no_feature_stack(shm_path: Path) -> None:
@@ -76,6 +82,23 @@ asyncio.run(main())
     # the test kit is loaded here on purpose (it serves the image); nothing else may be
     assert _loaded(loaded, tuple(m for m in FEATURE_MODULES if m != "guestpull_testkit")) == []
     assert "guestpull.signature" not in loaded
+    # a plainly valid cdh.toml needs no pydantic (configmodel.py): only doubtful input does
+    assert "pydantic" not in loaded
+
+
+def test_pydantic_is_imported_only_to_judge_doubtful_config() -> None:
+    code = (
+        "import sys\n"
+        "from guestpull.config import parse_cdh_config\n"
+        "from guestpull.errors import ConfigError\n"
+        "parse_cdh_config('[kbc]\\nname = \"offline_fs_kbc\"\\n[image]\\nwork_dir = \"/w\"\\n', 'cdh.toml')\n"
+        "before = 'pydantic' in sys.modules\n"
+        "try:\n"
+        "    parse_cdh_config('[kbc]\\nname = 1\\n', 'cdh.toml')\n"
+        "except ConfigError as err:\n"
+        "    print(json.dumps([before, 'pydantic' in sys.modules, err.location.field]))\n"
+    )
+    assert _json_printed_by(code) == [False, True, "kbc.name"]
 
 
 def test_aiohttp_default_contexts_trust_nothing_and_ours_still_load_the_system_roots() -> None:
@@ -94,15 +117,11 @@ def test_aiohttp_default_contexts_trust_nothing_and_ours_still_load_the_system_r
         "                  tls.new_ssl_context().cert_store_stats()['x509_ca'],\n"
         "                  ssl.create_default_context().cert_store_stats()['x509_ca']]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True,
-                         check=True, timeout=60)
-    required, hostname, default_roots, patched, ours, stdlib = json.loads(out.stdout.splitlines()[-1])
+    required, hostname, default_roots, patched, ours, stdlib = _json_printed_by(code)
     assert required and hostname and default_roots == 0
     assert not patched
-    system = subprocess.run([sys.executable, "-c", "import ssl; print(ssl.create_default_context()"
-                             ".cert_store_stats()['x509_ca'])"], capture_output=True, text=True, check=True,
-                            timeout=60)
-    assert ours == stdlib == int(system.stdout) > 0
+    system = _json_printed_by("import ssl\nprint(ssl.create_default_context().cert_store_stats()['x509_ca'])")
+    assert ours == stdlib == system > 0
 
 
 def test_a_pull_freezes_its_imports_once_and_leaves_the_gc_enabled(shm_path: Path) -> None:
@@ -121,8 +140,6 @@ def test_a_pull_freezes_its_imports_once_and_leaves_the_gc_enabled(shm_path: Pat
         "second = CliRunner().invoke(main, args)\n"
         "print(json.dumps([first.exit_code, second.exit_code, frozen, gc.get_freeze_count(), gc.isenabled()]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True,
-                         check=True, timeout=60)
-    first, second, frozen, frozen_after, enabled = json.loads(out.stdout.splitlines()[-1])
+    first, second, frozen, frozen_after, enabled = _json_printed_by(code)
     assert first == second != 0  # the config file is missing: a config error, after the imports
     assert frozen > 10_000 and frozen_after <= frozen and enabled  # (frozen objects can still die by refcount)
