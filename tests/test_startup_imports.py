@@ -64,6 +64,14 @@ from guestpull.config import parse_cdh_config
 from guestpull.pull import pull_image
 from guestpull_testkit.fakeregistry import FakeRegistry
 from guestpull_testkit.images import File, ImageSpec, LayerSpec
+import ssl
+
+bundle_loads = []
+_load_default_certs = ssl.SSLContext.load_default_certs
+def counted(self, *args, **kwargs):
+    bundle_loads.append(1)
+    return _load_default_certs(self, *args, **kwargs)
+ssl.SSLContext.load_default_certs = counted
 
 async def main():
     async with FakeRegistry() as fake:
@@ -74,6 +82,8 @@ async def main():
         result = await pull_image(f"{{fake.host}}/team/app:v1", config, work_dir={str(shm_path / "s")!r},
                                   bundle={str(shm_path / "b")!r}, rootfs_mode="copy")
         assert result.policy is None
+    # a plain-HTTP (insecure) registry: the system CA bundle is never loaded (tls.TrustConfig)
+    assert not bundle_loads, bundle_loads
 
 asyncio.run(main())
 """

@@ -58,7 +58,7 @@ from guestpull.image.bundle import (
 from guestpull.image.store import Store, open_store
 from guestpull.image.worker import OnDemandWorkers, UnpackWorkers
 from guestpull.reference import Reference, parse_reference
-from guestpull.registries import PullCandidate, resolve_candidates
+from guestpull.registries import PullCandidate, Scheme, resolve_candidates
 from guestpull.resources import ResourceResolver
 
 if TYPE_CHECKING:
@@ -256,6 +256,9 @@ class Puller:
         await self.open()
         loaded = await self._load()
         candidates = resolve_candidates(reference, loaded.registries)
+        if any(c.scheme is Scheme.HTTPS for c in candidates):
+            # The system CA bundle (~20 ms) off the event loop, and only for HTTPS.
+            await asyncio.to_thread(loaded.transport.trust.prepare)
         assert self._store is not None
         store = self._store
         attempts: list[Attempt] = []
