@@ -241,8 +241,9 @@ def _profile(tool: Tool, images: Sequence[GeneratedImage], work: Path) -> dict[s
     except (GuestpullError, OSError) as err:
         return {"error": str(err)}
     finally:
-        tool.release(work)
-        shutil.rmtree(work, ignore_errors=True)
+        if work.exists():  # a tool without a profile creates nothing
+            tool.release(work)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _setup(tool: Tool, images: Sequence[GeneratedImage], base: Path, row: ToolResult) -> None:
