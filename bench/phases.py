@@ -58,12 +58,16 @@ def main(argv: list[str]) -> int:
         if last or name not in marks:
             marks[name] = time.perf_counter() - begin
 
-    # What `guestpull pull` imports once it runs a pull (guestpull.cli.pull).
-    import asyncio
+    # What `guestpull pull` imports once it runs a pull, as it imports them (guestpull.cli.pull).
     from pathlib import Path
 
-    from guestpull.image.fsops import raise_open_file_limit
-    from guestpull.pull import PullEvent, Puller, load_cdh
+    from guestpull.cli.common import imports_without_gc
+
+    with imports_without_gc():
+        import asyncio
+
+        from guestpull.image.fsops import raise_open_file_limit
+        from guestpull.pull import PullEvent, Puller, load_cdh
 
     mark("imported")
     cdh = load_cdh(None, Path(args.config))
