@@ -360,17 +360,24 @@ class Transport:
                     hop,
                     headers=headers,
                     allow_redirects=False,
-                    proxy=self.proxies.proxy_for(hop),
-                    ssl=self._ssl_for(hop),
+                    proxy=(proxy := self.proxies.proxy_for(hop)),
+                    ssl=self._ssl_for(hop, proxy),
                 )
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             # ValueError: aiohttp refuses to send, e.g. a header value holding CR/LF.
             raise _HopFailed(hop, err) from None
 
-    def _ssl_for(self, url: URL) -> ssl.SSLContext | bool:
-        if url.scheme != "https":
-            return False
-        return self.trust.context_for(authority(url))
+    def _ssl_for(self, url: URL, proxy: str | None) -> ssl.SSLContext | bool:
+        """The TLS context for ``url``; aiohttp also uses it for the TLS to an ``https://`` proxy.
+
+        A plain-HTTP registry through an ``https://`` proxy gets the proxy's context: with
+        ``False`` aiohttp would talk to that proxy over unverified TLS.
+        """
+        if url.scheme == "https":
+            return self.trust.context_for(authority(url))
+        if proxy is not None and proxy.lower().startswith("https://"):
+            return self.trust.context_for(authority(URL(proxy)))
+        return False
 
     async def _check_tls_port(self, response: aiohttp.ClientResponse, url: URL) -> None:
         if response.url.scheme != "http" or response.status != 400:
