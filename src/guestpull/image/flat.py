@@ -34,8 +34,12 @@ from guestpull.image.fsops import (
 )
 
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+#: Reading the cache must not change it: without O_NOATIME every copy would move the atime of
+#: what it read, and the next bundle would get that.  (It needs the file's owner or
+#: CAP_FOWNER: the cache was built by this same user.  readlink still moves a symlink's atime.)
+_SRC_DIR_OPEN = _DIR_OPEN | os.O_NOATIME
 _RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NOATIME
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: copy_file_range moves at most this much per call (the kernel caps a call near 2 GiB).
 _CHUNK = 1 << 30
@@ -103,7 +107,8 @@ class _Copier:
         self._directory_metadata()
 
     def _open_dir(self, root: int, rel: str) -> int:
-        return openat2(root, rel, _DIR_OPEN, resolve=_RESOLVE) if rel else os.dup(root)
+        flags = _SRC_DIR_OPEN if root == self.src_root else _DIR_OPEN
+        return openat2(root, rel, flags, resolve=_RESOLVE) if rel else os.dup(root)
 
     def _directory(self, rel: str) -> list[str]:
         """Copy one directory's entries; returns its subdirectories (created, still empty)."""
@@ -170,7 +175,7 @@ class _Copier:
 
     def _mkdir(self, sfd: int, dfd: int, name: str, st: os.stat_result) -> None:
         os.mkdir(name, 0o700, dir_fd=dfd)
-        src = os.open(name, _DIR_OPEN | os.O_CLOEXEC, dir_fd=sfd)
+        src = os.open(name, _SRC_DIR_OPEN | os.O_CLOEXEC, dir_fd=sfd)
         try:
             dst = os.open(name, _DIR_OPEN | os.O_CLOEXEC, dir_fd=dfd)
             try:
@@ -286,7 +291,7 @@ def _copy_error(exc: OSError, path: str) -> UnpackError | NoSpaceError:
 
 def copy_tree(src: Path, dst: Path, *, privileged: bool) -> CopyStats:
     """Copy the tree at ``src`` onto the empty directory ``dst`` (see the module docstring)."""
-    src_fd = os.open(src, _DIR_OPEN | os.O_CLOEXEC)
+    src_fd = os.open(src, _SRC_DIR_OPEN | os.O_CLOEXEC)
     try:
         dst_fd = os.open(dst, _DIR_OPEN | os.O_CLOEXEC)
         try:
