@@ -84,6 +84,8 @@ def _check_equal(src: Path, dst: Path, before: dict[Path, os.stat_result]) -> No
             assert a.st_atime_ns == b.st_atime_ns, rel
         assert stat.S_IMODE(a.st_mode) == stat.S_IMODE(b.st_mode), rel
         assert a.st_ino != b.st_ino or a.st_dev != b.st_dev, rel  # a copy, never a link
+    assert set(before) == set(_stats(dst))
+    assert diff_trees(describe_tree(src, dir_mtimes=True), describe_tree(dst, dir_mtimes=True)) == []
 
 
 def test_copy_is_exact(shm_path: Path) -> None:
