@@ -17,6 +17,7 @@ import guestpull.image.bundle as bundle_module
 from guestpull.errors import DigestError, UnpackError
 from guestpull.image import create_bundle
 from guestpull.image.bundle import BundleBuilder
+from guestpull.image.flat import FLAT_ROOTFS
 from guestpull.image.store import ImageRecord, Store, flat_key, list_dir, open_store
 from guestpull.image.storecheck import check_store
 from guestpull_testkit.images import (
@@ -46,7 +47,7 @@ def key_of(record: ImageRecord, privileged: bool = os.geteuid() == 0) -> str:
 
 
 def cache_rootfs(store: Store, record: ImageRecord) -> Path:
-    return store.flats.path(key_of(record)) / bundle_module.FLAT_ROOTFS
+    return store.flats.path(key_of(record)) / FLAT_ROOTFS
 
 
 def first_pull(store: Store, built: BuiltImage, bundle: Path) -> ImageRecord:
@@ -163,19 +164,22 @@ def test_recover_and_store_check_remove_half_built_caches(store: Store, shm_path
     live.mkdir()
     debris = store.flats.root / "not-a-cache"
     debris.write_bytes(b"x")
+    broken = store.flats.root / ("a" * 64)  # a cache name, but no rootfs/ nor warnings in it
+    broken.mkdir()
     live_fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(live_fd, fcntl.LOCK_EX)  # a build still running in another process
         open_store(work)
         assert not killed.exists()
         assert live.exists()
-        assert [(p.kind, p.path) for p in check_store(work).problems] == [
-            ("flat-unexpected", str(debris))]
+        assert sorted((p.kind, p.path) for p in check_store(work).problems) == [
+            ("flat-broken", str(broken)), ("flat-unexpected", str(debris))]
     finally:
         os.close(live_fd)
     report = check_store(work, repair=True)
     assert sorted((p.kind, p.path, p.repaired) for p in report.problems) == [
-        ("flat-unexpected", str(debris), True), ("temporary", str(live), True)]
+        ("flat-broken", str(broken), True), ("flat-unexpected", str(debris), True),
+        ("temporary", str(live), True)]
     assert list_dir(store.flats.root) == []
 
 

@@ -26,7 +26,7 @@ from guestpull.errors import (
     UnsupportedError,
     from_os_error,
 )
-from guestpull.image.flat import copy_tree
+from guestpull.image.flat import FLAT_ROOTFS, FLAT_WARNINGS, copy_tree
 from guestpull.image.fsops import read_in_root
 from guestpull.image.rootfs import (
     ensure_layer,
@@ -52,9 +52,6 @@ BUNDLE_HOSTNAME = "image-rs"
 #: overlay upper/work dirs live next to the rootfs, so removing the bundle removes them.
 OVERLAY_STATE = ".guestpull-overlay"
 STORE_MARKER = "store"
-#: a flat rootfs cache (``Store.flats``) holds the rootfs and the warnings made building it
-FLAT_ROOTFS = "rootfs"
-FLAT_WARNINGS = "warnings.json"
 _MAX_ID = (1 << 32) - 1
 
 
@@ -230,8 +227,10 @@ class BundleBuilder:
                 copy_tree(cache / FLAT_ROOTFS, self.rootfs, privileged=self.privileged)
                 warnings = json.loads((cache / FLAT_WARNINGS).read_bytes())["warnings"]
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise UnpackError(f"flat rootfs cache {cache} is unusable: {exc}",
-                                  hint="run `guestpull store check --repair`") from exc
+                raise UnpackError(
+                    f"flat rootfs cache {cache} is unusable: {exc}",
+                    hint=f"run `guestpull store check --repair --work-dir {self.store.work_dir}`",
+                ) from exc
         self.warnings.extend(str(w) for w in warnings)
 
     def _fall_back_to_copy(self, exc: GuestpullError) -> None:

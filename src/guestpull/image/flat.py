@@ -33,6 +33,11 @@ from guestpull.image.fsops import (
     openat2,
 )
 
+#: A cache directory (``Store.flats``) holds the rootfs and the applier's warnings from
+#: building it, which every bundle copied from it reports again.
+FLAT_ROOTFS = "rootfs"
+FLAT_WARNINGS = "warnings.json"
+
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 #: Reading the cache must not change it: without O_NOATIME every copy would move the atime of
 #: what it read, and the next bundle would get that.  (It needs the file's owner or

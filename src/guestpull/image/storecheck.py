@@ -19,6 +19,7 @@ kind                   what                                                repai
 ``image-broken``       an image record whose blobs are gone or unreadable  record removed
 ``flat-unexpected``    a name in flat/ that is no rootfs cache (not a      removed
                        chain name, or not a directory)
+``flat-broken``        a rootfs cache without its rootfs/ or warnings      removed
 =====================  ==================================================  ====================
 
 An unpacked layer's files are not re-verified (that would mean re-hashing a tar of them), nor
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from guestpull.errors import GuestpullError, NotFoundError, StoreError
+from guestpull.image.flat import FLAT_ROOTFS, FLAT_WARNINGS
 from guestpull.image.fsops import remove_path
 from guestpull.oci import split_digest
 from guestpull.image.store import Store, is_unlocked, list_dir
@@ -236,11 +238,14 @@ class _Checker:
         for path in list_dir(self.store.flats.root):
             if path.name.startswith("tmp."):
                 continue  # a temporary (above)
-            if path.name in complete and _is_real_dir(path):
-                self.report.flats += 1
-            else:
+            if path.name not in complete or not _is_real_dir(path):
                 self.found("flat-unexpected", path, "not a flat rootfs cache",
                            lambda p=path: remove_path(p))
+            elif not _is_real_dir(path / FLAT_ROOTFS) or not (path / FLAT_WARNINGS).is_file():
+                self.found("flat-broken", path, f"no {FLAT_ROOTFS}/ or no {FLAT_WARNINGS}",
+                           lambda k=path.name: self.store.flats.remove(k))
+            else:
+                self.report.flats += 1
 
 
 def _is_real_dir(path: Path) -> bool:
