@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from support.cli import config_args, invoke, pull_args
 from support.config import cdh_toml
+from test_pull_workers import _count_workers
 
 from guestpull import pull
 from guestpull.config import parse_cdh_config
-from guestpull.image.worker import UnpackWorkers
 from guestpull.pull import pull_image
 from guestpull_testkit.fakeregistry import FakeRegistry
 from guestpull_testkit.images import ImageSpec, write_layout
@@ -78,14 +78,7 @@ def test_warm_copy_pulls_equal_umoci_and_prune_frees_the_cache(shm_path: Path) -
 async def test_a_warm_copy_pull_starts_no_unpack_worker(
     shm_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    started: list[int] = []
-
-    class CountingWorkers(UnpackWorkers):
-        def __init__(self, workers: int) -> None:
-            started.append(workers)
-            super().__init__(workers)
-
-    monkeypatch.setattr(pull, "UnpackWorkers", CountingWorkers)
+    started = _count_workers(monkeypatch)
     monkeypatch.setattr(pull, "UNPACK_WORKERS_EAGER_BYTES", 0)  # workers for any work at all
     async with FakeRegistry() as fake:
         fake.add_image(REPO, "v1", ImageSpec(layers=[BASE, TOP]).build())
