@@ -189,3 +189,63 @@ def test_a_failure_names_the_entry(shm_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(os, "copy_file_range", fail)
     with pytest.raises(error, match="'d/data'"):
         copy_tree(src, dst, privileged=ROOT)
+
+
+def test_copy_file_range_refused_across_filesystems_falls_back(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dst = shm_path / "src", shm_path / "dst"
+    _tree(src)
+    dst.mkdir()
+    before = _stats(src)
+
+    def cross_device(*args: object) -> int:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(os, "copy_file_range", cross_device)
+    copy_tree(src, dst, privileged=ROOT)
+    _check_equal(src, dst, before)
+    assert os.stat(dst / "sparse").st_blocks * 512 < 1 << 20
+
+
+def _descend(root: Path, names: list[str]) -> int:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for name in names:
+        nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    return fd
+
+
+def test_paths_longer_than_path_max(shm_path: Path) -> None:
+    # What a write through an in-root symlink can make: deeper than any entry name could be.
+    src, dst = shm_path / "src", shm_path / "dst"
+    src.mkdir()
+    names = [f"{i:02d}" + "d" * 198 for i in range(30)]  # 6,000 bytes of path
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    for name in names:
+        os.mkdir(name, dir_fd=fd)
+        nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    leaf = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o640, dir_fd=fd)
+    os.write(leaf, b"deep")
+    os.close(leaf)
+    os.link("leaf", "leaf2", src_dir_fd=fd, dst_dir_fd=fd)
+    os.close(fd)
+    dst.mkdir()
+    copy_tree(src, dst, privileged=ROOT)
+    fd = _descend(dst, names)
+    try:
+        with open(os.open("leaf", os.O_RDONLY, dir_fd=fd), "rb") as f:
+            assert f.read() == b"deep"
+        a, b = os.stat("leaf", dir_fd=fd), os.stat("leaf2", dir_fd=fd)
+        assert a.st_ino == b.st_ino and stat.S_IMODE(a.st_mode) == 0o640
+    finally:
+        os.close(fd)
+
+
+def test_a_missing_source_is_an_unpack_error(shm_path: Path) -> None:
+    (shm_path / "dst").mkdir()
+    with pytest.raises(UnpackError, match="cannot copy"):
+        copy_tree(shm_path / "missing", shm_path / "dst", privileged=ROOT)

@@ -253,3 +253,16 @@ def test_unprivileged_cache_keeps_the_applier_warnings(store: Store, shm_path: P
         assert any("device node skipped" in w for w in result.warnings), result.warnings
         assert not (result.rootfs / "dev" / "null").exists()
         assert os.stat(result.rootfs / "f").st_uid == os.geteuid()
+
+
+def test_a_damaged_cache_is_refused_with_the_repair_hint(store: Store, shm_path: Path) -> None:
+    record = add_image(store, SPEC)
+    create_bundle(store, record, shm_path / "b1", mode="copy")
+    (store.flats.path(key_of(record)) / "warnings.json").unlink()
+    with pytest.raises(UnpackError, match="unusable") as caught:
+        create_bundle(store, record, shm_path / "b2", mode="copy")
+    assert caught.value.hint is not None and "store check --repair" in caught.value.hint
+    assert not (shm_path / "b2" / "rootfs").exists()
+    assert check_store(store.work_dir, repair=True).problems[0].kind == "flat-broken"
+    result = create_bundle(store, record, shm_path / "b2", mode="copy")  # built again
+    assert (result.rootfs / "etc" / "motd").read_bytes() == b"hello\n"

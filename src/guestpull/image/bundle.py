@@ -224,13 +224,15 @@ class BundleBuilder:
         # removed it since, reading() builds it again in this thread.
         with self.store.flats.reading(key, self._fill_flat_cache) as cache:
             try:
-                copy_tree(cache / FLAT_ROOTFS, self.rootfs, privileged=self.privileged)
                 warnings = json.loads((cache / FLAT_WARNINGS).read_bytes())["warnings"]
+                if not (cache / FLAT_ROOTFS).is_dir():
+                    raise FileNotFoundError(f"no {FLAT_ROOTFS}/ in it")
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise UnpackError(
                     f"flat rootfs cache {cache} is unusable: {exc}",
                     hint=f"run `guestpull store check --repair --work-dir {self.store.work_dir}`",
                 ) from exc
+            copy_tree(cache / FLAT_ROOTFS, self.rootfs, privileged=self.privileged)
         self.warnings.extend(str(w) for w in warnings)
 
     def _fall_back_to_copy(self, exc: GuestpullError) -> None:

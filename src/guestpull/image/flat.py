@@ -48,6 +48,10 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NO
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: copy_file_range moves at most this much per call (the kernel caps a call near 2 GiB).
 _CHUNK = 1 << 30
+_NO_COPY_FILE_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+#: Paths shorter than this (in characters, so at most 4 bytes each) open in one openat2;
+#: longer ones are walked in steps of fewer bytes than PATH_MAX (4096).
+_PATH_STEP = 1024
 
 
 def chain_id(diff_ids: Sequence[str]) -> str:
@@ -113,19 +117,26 @@ class _Copier:
 
     def _open_dir(self, root: int, rel: str) -> int:
         flags = _SRC_DIR_OPEN if root == self.src_root else _DIR_OPEN
-        return openat2(root, rel, flags, resolve=_RESOLVE) if rel else os.dup(root)
+        if not rel:
+            return os.dup(root)
+        if len(rel) < _PATH_STEP:  # the usual case: one openat2
+            return openat2(root, rel, flags, resolve=_RESOLVE)
+        return _open_long(root, rel, flags)
 
     def _directory(self, rel: str) -> list[str]:
         """Copy one directory's entries; returns its subdirectories (created, still empty)."""
-        sfd = self._open_dir(self.src_root, rel)
         try:
-            dfd = self._open_dir(self.dst_root, rel)
+            sfd = self._open_dir(self.src_root, rel)
             try:
-                return self._entries(sfd, dfd, rel)
+                dfd = self._open_dir(self.dst_root, rel)
+                try:
+                    return self._entries(sfd, dfd, rel)
+                finally:
+                    os.close(dfd)
             finally:
-                os.close(dfd)
-        finally:
-            os.close(sfd)
+                os.close(sfd)
+        except OSError as exc:
+            raise _copy_error(exc, rel or ".") from exc
 
     def _entries(self, sfd: int, dfd: int, rel: str) -> list[str]:
         subdirs = []
@@ -162,21 +173,25 @@ class _Copier:
 
     def _make_links(self) -> None:
         for first, path in self.links:
-            src_parent, _, src_leaf = first.rpartition("/")
-            dst_parent, _, dst_leaf = path.rpartition("/")
-            src_dir = self._open_dir(self.dst_root, src_parent)
             try:
-                dst_dir = self._open_dir(self.dst_root, dst_parent)
-                try:
-                    os.link(src_leaf, dst_leaf, src_dir_fd=src_dir, dst_dir_fd=dst_dir,
-                            follow_symlinks=False)
-                except OSError as exc:
-                    raise _copy_error(exc, path) from exc
-                finally:
-                    os.close(dst_dir)
-            finally:
-                os.close(src_dir)
+                self._link(first, path)
+            except OSError as exc:
+                raise _copy_error(exc, path) from exc
             self.stats.links += 1
+
+    def _link(self, first: str, path: str) -> None:
+        src_parent, _, src_leaf = first.rpartition("/")
+        dst_parent, _, dst_leaf = path.rpartition("/")
+        src_dir = self._open_dir(self.dst_root, src_parent)
+        try:
+            dst_dir = self._open_dir(self.dst_root, dst_parent)
+            try:
+                os.link(src_leaf, dst_leaf, src_dir_fd=src_dir, dst_dir_fd=dst_dir,
+                        follow_symlinks=False)
+            finally:
+                os.close(dst_dir)
+        finally:
+            os.close(src_dir)
 
     def _mkdir(self, sfd: int, dfd: int, name: str, st: os.stat_result) -> None:
         os.mkdir(name, 0o700, dir_fd=dfd)
@@ -252,6 +267,28 @@ class _Copier:
                 os.close(fd)
 
 
+def _open_long(root: int, rel: str, flags: int) -> int:
+    """openat2 a path of any length, a few components at a time (each step < PATH_MAX).
+
+    Writes through in-root symlinks (``l -> a/long/dir`` then ``l/x``) can put a file deeper
+    than any entry name, so a real path may be longer than PATH_MAX.
+    """
+    fd = os.dup(root)
+    parts = rel.split("/")
+    try:
+        while parts:
+            step: list[str] = []
+            while parts and (not step or len(os.fsencode("/".join(step + parts[:1]))) < _PATH_STEP):
+                step.append(parts.pop(0))
+            nxt = openat2(fd, "/".join(step), flags, resolve=_RESOLVE)
+            os.close(fd)
+            fd = nxt
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _copy_data(src: int, dst: int, st: os.stat_result) -> None:
     """All ``st.st_size`` bytes; holes of a sparse file stay holes."""
     if st.st_blocks * 512 < st.st_size:
@@ -279,7 +316,15 @@ def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
 def _copy_range(src: int, dst: int, start: int, end: int) -> None:
     offset = start
     while offset < end:
-        done = os.copy_file_range(src, dst, min(_CHUNK, end - offset), offset, offset)
+        try:
+            done = os.copy_file_range(src, dst, min(_CHUNK, end - offset), offset, offset)
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_FILE_RANGE:
+                raise
+            # Since Linux 5.19 copy_file_range refuses two filesystems (a store on one tmpfs,
+            # the bundle on another); sendfile copies in the kernel too.
+            os.lseek(dst, offset, os.SEEK_SET)
+            done = os.sendfile(dst, src, offset, min(_CHUNK, end - offset))
         if done == 0:
             raise OSError(errno.EIO, "the cached file ended early")
         offset += done
@@ -295,17 +340,22 @@ def _copy_error(exc: OSError, path: str) -> UnpackError | NoSpaceError:
 
 
 def copy_tree(src: Path, dst: Path, *, privileged: bool) -> CopyStats:
-    """Copy the tree at ``src`` onto the empty directory ``dst`` (see the module docstring)."""
-    src_fd = os.open(src, _SRC_DIR_OPEN | os.O_CLOEXEC)
+    """Copy the tree at ``src`` onto the empty directory ``dst`` (see the module docstring).
+
+    UnpackError (NoSpaceError when full) names the entry that failed; ``dst`` may then hold a
+    partial copy, which the caller removes.
+    """
+    fds: list[int] = []
     try:
-        dst_fd = os.open(dst, _DIR_OPEN | os.O_CLOEXEC)
-        try:
-            if os.listdir(dst_fd):
-                raise UnpackError(f"rootfs directory {dst} is not empty")
-            copier = _Copier(src_fd, dst_fd, privileged)
-            copier.run()
-            return copier.stats
-        finally:
-            os.close(dst_fd)
+        for path, flags in ((src, _SRC_DIR_OPEN), (dst, _DIR_OPEN)):
+            fds.append(os.open(path, flags | os.O_CLOEXEC))
+        if os.listdir(fds[1]):
+            raise UnpackError(f"rootfs directory {dst} is not empty")
+        copier = _Copier(fds[0], fds[1], privileged)
+        copier.run()
+        return copier.stats
+    except OSError as exc:  # at the two roots (an entry's failure is an UnpackError already)
+        raise UnpackError(f"cannot copy {src} to {dst}: {exc.strerror or exc}") from exc
     finally:
-        os.close(src_fd)
+        for fd in fds:
+            os.close(fd)
