@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import resource
 import stat
 import subprocess
 from pathlib import Path
@@ -249,3 +250,27 @@ def test_a_missing_source_is_an_unpack_error(shm_path: Path) -> None:
     (shm_path / "dst").mkdir()
     with pytest.raises(UnpackError, match="cannot copy"):
         copy_tree(shm_path / "missing", shm_path / "dst", privileged=ROOT)
+
+
+def test_a_tree_deeper_than_the_open_directory_levels(shm_path: Path) -> None:
+    src, dst = shm_path / "src", shm_path / "dst"
+    deepest = src
+    for i in range(150):  # more levels than the copier keeps open: the rest are re-opened
+        deepest = deepest / f"d{i}"
+    deepest.mkdir(parents=True)
+    for i, path in enumerate(sorted(src.rglob("*"))):
+        (path / "f").write_bytes(str(i).encode())
+        if i % 10 == 0:
+            os.link(path / "f", src / f"link{i}")  # hard links to files far down
+    for i, path in enumerate(sorted(src.rglob("d*"), reverse=True)):
+        os.chmod(path, 0o555 if i % 2 else 0o750)
+        _times(path, 1_500_000_000 + i)
+    dst.mkdir()
+    before = _stats(src)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))  # fewer than 2 per level
+    try:
+        copy_tree(src, dst, privileged=ROOT)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    _check_equal(src, dst, before)
