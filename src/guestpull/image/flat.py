@@ -9,10 +9,11 @@ itself (it stays pristine).  This is what containerd's native snapshotter does.
 The copy (:func:`copy_tree`) preserves what the applier wrote: owner, mode (after the owner,
 so setuid/setgid survive), atime/mtime, xattrs (after the owner: chown clears
 ``security.capability``), hard links (an inode map), symlinks, devices and FIFOs, and each
-directory's mode and times last.  It is fd-based: every directory is opened with
-``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` below the two roots, every entry with
-``O_NOFOLLOW``, so no symlink in either tree is ever followed.  The destination is a fresh,
-empty directory this process made.
+directory's mode and times once everything below it is copied.  It is fd-based and never
+follows a symlink in either tree: each entry is opened from its directory's fd with
+``O_NOFOLLOW``, and a directory re-opened by path uses ``openat2(RESOLVE_BENEATH |
+RESOLVE_NO_SYMLINKS)`` below the root.  The destination is a fresh, empty directory this
+process made; the source is read with ``O_NOATIME`` so that copying leaves it as it was.
 """
 
 from __future__ import annotations
