@@ -95,7 +95,9 @@ class BundleBuilder:
     ``layers`` are what :meth:`prepare_layer` must be given once each blob is stored: in order
     when :attr:`sequential` (copy mode flattens bottom to top), in any order otherwise
     (overlay mode unpacks each layer into its own directory).  Then :meth:`finish`, or
-    :meth:`abort` on any failure.
+    :meth:`abort` on any failure.  A copy-mode re-pull goes through the store's flat rootfs
+    cache (:meth:`_plan_flat_cache`): ``layers`` is then empty when the cache exists, and
+    :meth:`finish` copies it.
     """
 
     def __init__(
