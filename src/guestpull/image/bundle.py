@@ -140,6 +140,7 @@ class BundleBuilder:
         # onto the rootfs); ``_flat_build``: the cache is missing and this bundle builds it.
         self._flat_key: str | None = None
         self._flat_build = False
+        self._flat_ready = False
         if self.mode_used == "copy":
             self._plan_flat_cache()
         try:
@@ -179,7 +180,9 @@ class BundleBuilder:
         """Apply (copy) or unpack (overlay) one layer whose blob is in the content store."""
         if self._flat_key is not None:
             # Every blob is stored: the first call builds the whole cache, under its lock.
-            self.store.flats.ensure(self._flat_key, self._fill_flat_cache)
+            if not self._flat_ready:
+                self.store.flats.ensure(self._flat_key, self._fill_flat_cache)
+                self._flat_ready = True
         elif self.mode_used == "copy":
             stats = unpack_blob(self.store, layer, self.rootfs, mode="copy",
                                 privileged=self.privileged, runner=self.runner)
