@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -20,6 +22,7 @@ from guestpull.image.bundle import BundleBuilder
 from guestpull.image.flat import FLAT_ROOTFS
 from guestpull.image.store import ImageRecord, Store, flat_key, list_dir, open_store
 from guestpull.image.storecheck import check_store
+from guestpull_testkit import wait_for
 from guestpull_testkit.images import (
     BuiltImage,
     CharDevice,
@@ -266,3 +269,44 @@ def test_a_damaged_cache_is_refused_with_the_repair_hint(store: Store, shm_path:
     assert check_store(store.work_dir, repair=True).problems[0].kind == "flat-broken"
     result = create_bundle(store, record, shm_path / "b2", mode="copy")  # built again
     assert (result.rootfs / "etc" / "motd").read_bytes() == b"hello\n"
+
+
+_KILLED_BUILDER = """
+import sys, time
+from pathlib import Path
+import guestpull.image.bundle as bundle
+from guestpull.image.store import open_store
+
+real = bundle.unpack_blob
+
+def slow(*args, **kwargs):
+    stats = real(*args, **kwargs)
+    Path(sys.argv[3]).touch()  # one layer is in the half-built cache
+    time.sleep(60)
+    return stats
+
+bundle.unpack_blob = slow
+store = open_store(sys.argv[1])
+bundle.create_bundle(store, store.image("example/img:1"), Path(sys.argv[2]), mode="copy")
+"""
+
+
+def test_a_killed_cache_build_is_cleaned_by_the_next_open(store: Store, shm_path: Path) -> None:
+    record = add_image(store, SPEC)
+    marker = shm_path / "one-layer-applied"
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_BUILDER, str(store.work_dir),
+                              str(shm_path / "killed"), str(marker)])
+    try:
+        assert wait_for(marker.exists, timeout=60)
+        half_built = [p.name for p in list_dir(store.flats.root)]
+        assert len(half_built) == 1 and half_built[0].startswith("tmp.")
+        open_store(store.work_dir)  # the builder still holds its flock: left alone
+        assert [p.name for p in list_dir(store.flats.root)] == half_built
+    finally:
+        child.kill()
+        child.wait(30)
+    open_store(store.work_dir)
+    assert list_dir(store.flats.root) == []
+    assert check_store(store.work_dir).problems == []
+    result = create_bundle(store, record, shm_path / "b", mode="copy")
+    assert (result.rootfs / "bin" / "tool").read_bytes() == b"tool v2\n"
