@@ -271,31 +271,53 @@ def test_a_damaged_cache_is_refused_with_the_repair_hint(store: Store, shm_path:
     assert (result.rootfs / "etc" / "motd").read_bytes() == b"hello\n"
 
 
-_KILLED_BUILDER = """
+_SLOW_BUILDER = """
 import sys, time
 from pathlib import Path
 import guestpull.image.bundle as bundle
 from guestpull.image.store import open_store
 
+work, target, log, pause = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 real = bundle.unpack_blob
 
 def slow(*args, **kwargs):
     stats = real(*args, **kwargs)
-    Path(sys.argv[3]).touch()  # one layer is in the half-built cache
-    time.sleep(60)
+    with open(log, "a") as f:  # one line per layer applied, whichever process applied it
+        f.write("layer\\n")
+    time.sleep(pause)
     return stats
 
 bundle.unpack_blob = slow
-store = open_store(sys.argv[1])
-bundle.create_bundle(store, store.image("example/img:1"), Path(sys.argv[2]), mode="copy")
+store = open_store(work)
+bundle.create_bundle(store, store.image("example/img:1"), Path(target), mode="copy")
 """
+
+
+def slow_builder(store: Store, target: Path, log: Path, pause: float) -> subprocess.Popen[bytes]:
+    """A process making a copy bundle of example/img:1 whose layer applies are slowed down."""
+    return subprocess.Popen([sys.executable, "-c", _SLOW_BUILDER, str(store.work_dir),
+                             str(target), str(log), str(pause)])
+
+
+def test_two_processes_build_the_cache_once(store: Store, shm_path: Path) -> None:
+    record = add_image(store, SPEC)
+    log = shm_path / "applied"
+    children = [slow_builder(store, shm_path / f"b{i}", log, 0.3) for i in range(2)]
+    try:
+        assert [child.wait(60) for child in children] == [0, 0]
+    finally:
+        for child in children:
+            child.kill()
+    assert log.read_text().splitlines() == ["layer"] * len(record.layers)
+    assert store.flats.keys() == [key_of(record)]
+    assert diff_trees(describe_tree(shm_path / "b0" / "rootfs"),
+                      describe_tree(shm_path / "b1" / "rootfs")) == []
 
 
 def test_a_killed_cache_build_is_cleaned_by_the_next_open(store: Store, shm_path: Path) -> None:
     record = add_image(store, SPEC)
     marker = shm_path / "one-layer-applied"
-    child = subprocess.Popen([sys.executable, "-c", _KILLED_BUILDER, str(store.work_dir),
-                              str(shm_path / "killed"), str(marker)])
+    child = slow_builder(store, shm_path / "killed", marker, 60)
     try:
         assert wait_for(marker.exists, timeout=60)
         half_built = [p.name for p in list_dir(store.flats.root)]
