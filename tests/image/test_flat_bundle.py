@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import guestpull.image.bundle as bundle_module
-from guestpull.errors import DigestError, UnpackError
+from guestpull.errors import DigestError, NoSpaceError, UnpackError
 from guestpull.image import create_bundle
 from guestpull.image.bundle import BundleBuilder
 from guestpull.image.flat import FLAT_ROOTFS
@@ -332,3 +332,38 @@ def test_a_killed_cache_build_is_cleaned_by_the_next_open(store: Store, shm_path
     assert check_store(store.work_dir).problems == []
     result = create_bundle(store, record, shm_path / "b", mode="copy")
     assert (result.rootfs / "bin" / "tool").read_bytes() == b"tool v2\n"
+
+
+def test_no_space_for_the_cache_falls_back_to_applying_the_blobs(
+    store: Store, shm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = add_image(store, SPEC)
+    real = bundle_module.unpack_blob
+
+    def full_in_the_store(store_: Store, layer: Any, dest: Path, **kwargs: Any) -> Any:
+        if store.flats.root in dest.parents:
+            raise NoSpaceError("no space left in the store")
+        return real(store_, layer, dest, **kwargs)
+
+    monkeypatch.setattr(bundle_module, "unpack_blob", full_in_the_store)
+    result = create_bundle(store, record, shm_path / "b", mode="copy")
+    assert any("no space for the flat rootfs cache" in w for w in result.warnings)
+    assert (result.rootfs / "bin" / "tool").read_bytes() == b"tool v2\n"
+    assert (result.rootfs / "etc" / "passwd").is_file()
+    assert list_dir(store.flats.root) == []
+
+
+def test_no_space_for_the_copy_drops_the_cache_and_applies_the_blobs(
+    store: Store, shm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = add_image(store, SPEC)
+    expected = describe_tree(create_bundle(store, record, shm_path / "b1", mode="copy").rootfs)
+    def full_halfway(src: Path, dst: Path, **kwargs: Any) -> Any:
+        (dst / "partial").write_bytes(b"x")
+        raise NoSpaceError("no space left while copying")
+
+    monkeypatch.setattr(bundle_module, "copy_tree", full_halfway)
+    result = create_bundle(store, record, shm_path / "b2", mode="copy")
+    assert any("no space for the flat rootfs cache" in w for w in result.warnings)
+    assert diff_trees(expected, describe_tree(result.rootfs)) == []  # no "partial" either
+    assert store.flats.keys() == []  # freed: this guest cannot afford it

@@ -22,6 +22,7 @@ from guestpull.errors import (
     ExistsError,
     GuestpullError,
     Location,
+    NoSpaceError,
     UnpackError,
     UnsupportedError,
     from_os_error,
@@ -179,21 +180,47 @@ class BundleBuilder:
     def prepare_layer(self, layer: Layer) -> None:
         """Apply (copy) or unpack (overlay) one layer whose blob is in the content store."""
         if self._flat_key is not None:
-            # Every blob is stored: the first call builds the whole cache, under its lock.
+            # Every blob is stored: the first call (the bottom layer; copy mode goes in order)
+            # builds the whole cache, under its lock.
             if not self._flat_ready:
-                self.store.flats.ensure(self._flat_key, self._fill_flat_cache)
-                self._flat_ready = True
+                try:
+                    self.store.flats.ensure(self._flat_key, self._fill_flat_cache)
+                    self._flat_ready = True
+                except NoSpaceError as exc:
+                    self._without_flat_cache(exc, drop=False)
+                    self._apply(layer)
         elif self.mode_used == "copy":
-            stats = unpack_blob(self.store, layer, self.rootfs, mode="copy",
-                                privileged=self.privileged, runner=self.runner)
-            self.warnings.extend(stats.warnings)
+            self._apply(layer)
         else:
             ensure_layer(self.store, layer, self.runner)
+
+    def _apply(self, layer: Layer) -> None:
+        stats = unpack_blob(self.store, layer, self.rootfs, mode="copy",
+                            privileged=self.privileged, runner=self.runner)
+        self.warnings.extend(stats.warnings)
+
+    def _without_flat_cache(self, exc: NoSpaceError, *, drop: bool) -> None:
+        """Memory is short: go on as a first pull does, straight from the blobs (``drop``: and
+        free the cache, which this guest cannot afford next to its bundles)."""
+        assert self._flat_key is not None
+        message = f"no space for the flat rootfs cache ({exc}); applying the layers directly"
+        log.warning("%s", message)
+        self.warnings.append(message)
+        if drop:
+            self.store.flats.remove(self._flat_key)
+        self._flat_key = None
 
     def finish(self, reference: str) -> BundleResult:
         """Copy the rootfs from the cache or mount the overlay (if so planned), write config.json."""
         if self._flat_key is not None:
-            self._copy_flat_cache(self._flat_key)
+            try:
+                self._copy_flat_cache(self._flat_key)
+            except NoSpaceError as exc:
+                self._without_flat_cache(exc, drop=True)
+                remove_tree(self.rootfs)
+                _start_copy_rootfs(self.rootfs)
+                for layer in self.all_layers:
+                    self._apply(layer)
         if self.mode_used == "overlay":
             try:
                 _overlay_rootfs(self.store, reference, self.layers, self.bundle)
@@ -249,7 +276,7 @@ class BundleBuilder:
         self._flat_key = None
         _start_copy_rootfs(self.rootfs)
         for layer in self.all_layers:
-            self.prepare_layer(layer)
+            self._apply(layer)
 
 
 def remove_bundle(bundle_dir: str | os.PathLike[str], store: Store) -> None:
