@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,19 @@ def count_unpacks(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[s
     return calls
 
 
+def failing_unpacks(monkeypatch: pytest.MonkeyPatch, fails: Callable[[Any, Path], bool],
+                    error: Exception) -> None:
+    """The bundle builder's layer applies raise ``error`` where ``fails(layer, dest)``."""
+    real = bundle_module.unpack_blob
+
+    def unpack(store: Store, layer: Any, dest: Path, **kwargs: Any) -> Any:
+        if fails(layer, dest):
+            raise error
+        return real(store, layer, dest, **kwargs)
+
+    monkeypatch.setattr(bundle_module, "unpack_blob", unpack)
+
+
 def test_first_pull_no_cache_then_built_on_the_repull_then_only_copied(
     store: Store, shm_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,18 +156,12 @@ def test_an_interrupted_build_leaves_no_cache_and_the_next_pull_builds_it(
     store: Store, shm_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = add_image(store, SPEC)
-    real = bundle_module.unpack_blob
-
-    def second_fails(store: Store, layer: Any, dest: Path, **kwargs: Any) -> Any:
-        if layer.diff_id == record.layers[1].diff_id:
-            raise UnpackError("interrupted")
-        return real(store, layer, dest, **kwargs)
-
-    monkeypatch.setattr(bundle_module, "unpack_blob", second_fails)
+    failing_unpacks(monkeypatch, lambda layer, dest: layer.diff_id == record.layers[1].diff_id,
+                    UnpackError("interrupted"))
     with pytest.raises(UnpackError, match="interrupted"):
         create_bundle(store, record, shm_path / "b", mode="copy")
     assert list_dir(store.flats.root) == []
-    monkeypatch.setattr(bundle_module, "unpack_blob", real)
+    monkeypatch.undo()
     result = create_bundle(store, record, shm_path / "b", mode="copy")
     assert (result.rootfs / "etc" / "motd").read_bytes() == b"hello\n"
     assert store.flats.keys() == [key_of(record)]
@@ -338,14 +346,8 @@ def test_no_space_for_the_cache_falls_back_to_applying_the_blobs(
     store: Store, shm_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = add_image(store, SPEC)
-    real = bundle_module.unpack_blob
-
-    def full_in_the_store(store_: Store, layer: Any, dest: Path, **kwargs: Any) -> Any:
-        if store.flats.root in dest.parents:
-            raise NoSpaceError("no space left in the store")
-        return real(store_, layer, dest, **kwargs)
-
-    monkeypatch.setattr(bundle_module, "unpack_blob", full_in_the_store)
+    failing_unpacks(monkeypatch, lambda layer, dest: store.flats.root in dest.parents,
+                    NoSpaceError("no space left in the store"))
     result = create_bundle(store, record, shm_path / "b", mode="copy")
     assert any("no space for the flat rootfs cache" in w for w in result.warnings)
     assert (result.rootfs / "bin" / "tool").read_bytes() == b"tool v2\n"
