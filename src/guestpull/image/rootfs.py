@@ -9,7 +9,8 @@
   running ``mount`` from there, so even a few hundred layers fit the one-page option limit.
 * :func:`start_copy_rootfs` + :func:`unpack_blob` with ``mode="copy"`` per layer, in order —
   re-apply every layer tar into a plain directory, with whiteouts as deletions: exactly
-  umoci's flattening, and it needs no privileges.
+  umoci's flattening, and it needs no privileges.  A re-pull flattens into the store's
+  cache instead and copies that (:mod:`guestpull.image.flat`).
 """
 
 from __future__ import annotations
