@@ -12,6 +12,7 @@ are unpacked while later ones download (image/bundle.py).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -47,6 +48,7 @@ from guestpull.errors import (
     DigestError,
     GuestpullError,
     NoSpaceError,
+    UnpackError,
     UnsupportedError,
     UsageError,
 )
@@ -58,6 +60,7 @@ from guestpull.image.bundle import (
     remove_bundle,
 )
 from guestpull.image.store import Store, open_store
+from guestpull.image.unpack import unpack_file
 from guestpull.image.worker import OnDemandWorkers, UnpackWorkers
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
@@ -575,11 +578,13 @@ class _CandidatePull:
     async def _fetch_layers(
         self, descriptors: Sequence[oci.Descriptor], builder: BundleBuilder | None
     ) -> None:
-        """Download the missing blobs; meanwhile unpack each layer as soon as it is stored."""
+        """Download the missing blobs; meanwhile unpack each layer as soon as it is stored, or
+        while it arrives (see :func:`_unpack_as_stored`)."""
         unique: dict[str, oci.Descriptor] = {}
         for d in descriptors:
             unique.setdefault(d.digest, d)
         stored = {digest: asyncio.Event() for digest in unique}
+        arrivals: dict[str, _Arrival] = {}
         missing = []
         for d in unique.values():
             if self.store.content.has(d.digest):
@@ -587,22 +592,29 @@ class _CandidatePull:
                 self.emit(PullEvent("layer-cached", str(self.ref), {"digest": d.digest, "size": d.size}))
             else:
                 missing.append(d)
+                arrivals[d.digest] = _Arrival(d.size)
         self.store.check_space(sum(d.size for d in missing))
         limit = asyncio.Semaphore(self.concurrency)
 
         async def one(d: oci.Descriptor) -> None:
-            async with limit:
-                self.emit(PullEvent("layer-start", str(self.ref), {"digest": d.digest, "size": d.size}))
-                await self._fetch_blob(d)
-                self.emit(PullEvent("layer-done", str(self.ref), {"digest": d.digest, "size": d.size}))
+            arrival = arrivals[d.digest]
+            try:
+                async with limit:
+                    self.emit(PullEvent("layer-start", str(self.ref), {"digest": d.digest, "size": d.size}))
+                    await self._fetch_blob(d, arrival)
+                    self.emit(PullEvent("layer-done", str(self.ref), {"digest": d.digest, "size": d.size}))
+            except BaseException as exc:
+                arrival.ended(exc)
+                raise
+            arrival.ended(None)
             stored[d.digest].set()
 
         jobs = [one(d) for d in missing]
         if builder is not None:
-            jobs.append(_unpack_as_stored(builder, stored))
+            jobs.append(_unpack_as_stored(builder, stored, arrivals))
         await _all_or_nothing(jobs)
 
-    async def _fetch_blob(self, d: oci.Descriptor) -> None:
+    async def _fetch_blob(self, d: oci.Descriptor, arrival: _Arrival | None = None) -> None:
         if self.store.content.has(d.digest):
             return
         # One download per blob across concurrent pulls (in this process, then across
@@ -610,12 +622,14 @@ class _CandidatePull:
         async with self.blob_locks.hold(d.digest), store_lock(self.store, f"blob-{d.digest}"):
             if self.store.content.has(d.digest):
                 return
-            await self.client.fetch_blob(
-                self.ref.repository,
-                d,
-                lambda: _ProgressSink(self.store.content.writer(d.digest, d.size), d.digest,
-                                      str(self.ref), self.emit),
-            )
+
+            def open_sink() -> _ProgressSink:
+                writer = self.store.content.writer(d.digest, d.size)
+                if arrival is not None:
+                    arrival.opened(writer.ingest_path)
+                return _ProgressSink(writer, d.digest, str(self.ref), self.emit)
+
+            await self.client.fetch_blob(self.ref.repository, d, open_sink)
 
 
 def _unpack_workers(builder: BundleBuilder | None) -> OnDemandWorkers | None:
@@ -636,11 +650,15 @@ def _unpack_workers(builder: BundleBuilder | None) -> OnDemandWorkers | None:
     return workers
 
 
-async def _unpack_as_stored(builder: BundleBuilder, stored: dict[str, asyncio.Event]) -> None:
+async def _unpack_as_stored(
+    builder: BundleBuilder, stored: dict[str, asyncio.Event], arrivals: dict[str, _Arrival]
+) -> None:
     """Unpack layers as their blobs arrive: in order for a copy rootfs, else two at a time.
 
     Each unpack waits on a thread: in a worker process when the builder has workers, else in
-    this process (small images), where decompression and writes still release the GIL.
+    this process (small images), where decompression and writes still release the GIL.  An
+    overlay layer whose blob is still downloading when its turn comes unpacks from the
+    growing file in a worker (:func:`_unpack_arriving`) instead of waiting for the whole blob.
     """
     if builder.sequential:
         for layer in builder.layers:
@@ -648,13 +666,95 @@ async def _unpack_as_stored(builder: BundleBuilder, stored: dict[str, asyncio.Ev
             await in_thread_to_the_end(builder.prepare_layer, layer)
         return
     limit = asyncio.Semaphore(UNPACK_CONCURRENCY)
+    runner = builder.runner
+    streaming = isinstance(runner, OnDemandWorkers) and runner.started
 
     async def one(layer: oci.Layer) -> None:
-        await stored[layer.digest].wait()
+        done = stored[layer.digest]
+        arrival = arrivals.get(layer.digest) if streaming else None
+        await _first_set(done, arrival.started if arrival is not None else None)
         async with limit:
+            if arrival is not None and not done.is_set():
+                await _unpack_arriving(builder, layer, arrival, done)
+            await done.wait()
             await in_thread_to_the_end(builder.prepare_layer, layer)
 
     await _all_or_nothing([one(layer) for layer in builder.layers])
+
+
+class _Arrival:
+    """A missing blob on its way into the store, so that its layer can unpack meanwhile.
+
+    ``path`` is the ingest file of the current download attempt (a retry opens another);
+    ``committed`` resolves, for threads too, to the ingest path whose content the store
+    committed (digest and size verified), or to the download's failure.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.started = asyncio.Event()
+        self.path: str | None = None
+        self.committed: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+
+    def opened(self, path: Path) -> None:
+        self.path = str(path)
+        self.started.set()
+
+    def ended(self, error: BaseException | None) -> None:
+        if self.committed.done():
+            return
+        if error is None:
+            self.committed.set_result(self.path)
+        else:
+            self.committed.set_exception(error)
+
+
+async def _first_set(first: asyncio.Event, second: asyncio.Event | None) -> None:
+    """Wait until either event is set."""
+    if second is None:
+        await first.wait()
+        return
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+async def _unpack_arriving(
+    builder: BundleBuilder, layer: oci.Layer, arrival: _Arrival, stored: asyncio.Event
+) -> None:
+    """Unpack an overlay layer into the store from its blob while the blob downloads.
+
+    Fail closed: the layer directory becomes visible only after the store has committed the
+    very file the unpack read (digest and size verified) and the diff_id matched.  If the
+    unpack read a download attempt that was then abandoned (a broken connection restarts
+    the download in a new file), its failure says nothing about the layer: the layer is
+    unpacked again from the stored blob by the caller.
+    """
+    path = arrival.path
+    assert path is not None and builder.runner is not None
+    try:
+        await in_thread_to_the_end(_ensure_from_arriving, builder.store, builder.runner, layer, path, arrival)
+    except GuestpullError as err:
+        await stored.wait()  # a download that failed fails the pull through its own task
+        if arrival.committed.result() == path:
+            raise  # the unpack read exactly the verified bytes: the failure is the layer's
+        log.info("layer %s: unpacking while it downloaded failed (%s); unpacking the stored blob",
+                 layer.digest, err)
+
+
+def _ensure_from_arriving(store: Store, runner: Callable[..., Any], layer: oci.Layer, path: str,
+                          arrival: _Arrival) -> None:
+    def fill(tmp: Path) -> None:
+        runner(unpack_file, path, layer.media_type, layer.diff_id, str(tmp), mode="overlay",
+               privileged=True, arriving=arrival.size)
+        # Raises the download's own error if it failed: then nothing is kept.
+        if arrival.committed.result() != path:
+            raise UnpackError(f"layer {layer.digest}: its download started again after the unpack began")
+
+    store.layers.ensure(layer.diff_id, fill)
 
 
 async def _all_or_nothing(coroutines: list[Any]) -> None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import queue
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Protocol
@@ -38,6 +40,14 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     zlib.error,
     zstandard.ZstdError,
 )
+
+
+#: An arriving blob (see :class:`ArrivingBlob`) that has not grown for this long is given up.
+#: A backstop only: the downloader's own deadlines end a stalled download first, and that
+#: removes the file, which the reader notices within one poll.
+ARRIVAL_STALL_S = 300.0
+#: How long the reader of an arriving blob sleeps when it has caught up with the download.
+_ARRIVAL_POLL_S = (0.001, 0.02)
 
 
 class _Readable(Protocol):
@@ -79,6 +89,69 @@ def uncompressed_size_hint(blob: str, media_type: str) -> int:
                 return size
             return content if content >= 0 else size
         return size
+
+
+class ArrivingBlob(io.RawIOBase):
+    """A blob file that a download is still writing, read as it grows, up to ``size`` bytes.
+
+    Lets a layer unpack while its blob arrives (issue 15).  The bytes are not verified yet:
+    the caller must not let anything made from them count until the download has committed
+    this very file (digest and size checked); the diff_id is checked here as always.  When
+    the download abandons the file (it is unlinked: a broken connection, a bad digest, a
+    cancelled pull) the reader stops with UnpackError within one poll instead of waiting.
+    """
+
+    def __init__(self, path: str, size: int, *, stall_s: float = ARRIVAL_STALL_S) -> None:
+        super().__init__()
+        self.path = path
+        self.size = size
+        self._stall_s = stall_s
+        self._pos = 0
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # Committed (renamed) or abandoned before we got here: either way not this path.
+            raise UnpackError(f"arriving blob {path} is no longer being written") from None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1, /) -> bytes:
+        want = self.size - self._pos if size is None or size < 0 else min(size, self.size - self._pos)
+        if want <= 0:
+            return b""
+        waited, poll = 0.0, _ARRIVAL_POLL_S[0]
+        while True:
+            data = os.read(self._fd, want)
+            if data:
+                self._pos += len(data)
+                return data
+            if os.fstat(self._fd).st_nlink == 0:
+                raise UnpackError(
+                    f"arriving blob {self.path} was abandoned by its download after {self._pos} bytes"
+                )
+            if waited >= self._stall_s:
+                raise UnpackError(f"arriving blob {self.path} did not grow for {self._stall_s:g} s")
+            time.sleep(poll)
+            waited += poll
+            poll = min(poll * 2, _ARRIVAL_POLL_S[1])
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def open_blob(path: str, arriving: int | None = None) -> BinaryIO:
+    """A stored blob file, or with ``arriving`` (its size) one still being downloaded."""
+    if arriving is None:
+        return open(path, "rb")
+    return ArrivingBlob(path, arriving)  # type: ignore[return-value]
 
 
 def _decompressor(compression: str, raw: BinaryIO) -> _Readable:

@@ -1,0 +1,189 @@
+"""Overlay layers unpack while their blobs download, and stay fail closed (issue 15)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from guestpull import pull
+from guestpull.config import ImageConfig, parse_cdh_config
+from guestpull.errors import AllCandidatesFailed, DigestError
+from guestpull.image.bundle import umount_bundle
+from guestpull.image.store import BlobWriter, Store, open_store
+from guestpull.pull import _Arrival, _unpack_arriving, pull_image
+from guestpull_testkit.fakeregistry import Fault, FakeRegistry
+from guestpull_testkit.images import BuiltLayer, Dir, File, ImageSpec, LayerSpec
+
+from support.config import cdh_toml
+from image.conftest import layer_of
+from image.treewalk import describe_tree, diff_trees
+
+
+def _image() -> ImageSpec:
+    return ImageSpec([
+        LayerSpec([Dir("a"), File("a/random", os.urandom(300_000)), File("a/gone", b"g")]),
+        LayerSpec([File("b/text", b"text\n" * 100_000)], compression="zstd"),
+        LayerSpec([File("a/random", b"replaced")]),
+    ])
+
+
+def _config(fake: FakeRegistry) -> ImageConfig:
+    return parse_cdh_config(cdh_toml(insecure=[fake.host]), "cdh.toml").image_config()
+
+
+def _record_streaming(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The layer digests that were unpacked from an arriving blob."""
+    streamed: list[str] = []
+    real = pull._ensure_from_arriving
+
+    def recording(store: Store, runner: Any, layer: Any, path: str, arrival: _Arrival) -> None:
+        streamed.append(layer.digest)
+        real(store, runner, layer, path, arrival)
+
+    monkeypatch.setattr(pull, "_ensure_from_arriving", recording)
+    return streamed
+
+
+def _slow_blobs(fake: FakeRegistry, built: Any) -> None:
+    for layer in built.layers:
+        fake.inject(layer.digest, Fault("slow", seconds=1.0))
+
+
+async def test_layers_unpack_while_their_blobs_arrive(shm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    streamed = _record_streaming(monkeypatch)
+    # One unpack slot per layer, so that every layer's turn comes while its blob arrives.
+    monkeypatch.setattr(pull, "UNPACK_CONCURRENCY", 3)
+    built = _image().build()
+    async with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", built)
+        config = _config(fake)
+        trees = {}
+        for eager, name in ((0, "arriving"), (1 << 62, "stored")):
+            monkeypatch.setattr(pull, "UNPACK_WORKERS_EAGER_BYTES", eager)
+            if name == "arriving":
+                _slow_blobs(fake, built)
+            bundle = shm_path / f"bundle-{name}"
+            result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / name,
+                                      bundle=bundle, rootfs_mode="overlay")
+            assert result.bundle is not None and result.bundle.mode_used == "overlay"
+            trees[name] = describe_tree(bundle / "rootfs")
+            umount_bundle(bundle)
+    assert sorted(streamed) == sorted(layer.digest for layer in built.layers)
+    assert diff_trees(trees["arriving"], trees["stored"]) == []
+    assert "a/gone" in trees["arriving"] and "b/text" in trees["arriving"]
+
+
+async def test_content_that_unpacked_but_failed_its_blob_digest_is_not_kept(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same tar, other compressed bytes (the gzip header's mtime): the diff_id matches while
+    the layer unpacks, the blob digest fails at commit, and the layer must not be stored."""
+    streamed = _record_streaming(monkeypatch)
+    monkeypatch.setattr(pull, "UNPACK_WORKERS_EAGER_BYTES", 0)
+    built = _image().build()
+    first = built.layers[0]
+    assert first.blob[:2] == b"\x1f\x8b"
+    fake_mtime = bytes(b ^ 0x5A for b in first.blob[4:8])
+    async with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", built)
+        fake.blobs[first.digest] = first.blob[:4] + fake_mtime + first.blob[8:]
+        _slow_blobs(fake, built)
+        with pytest.raises(AllCandidatesFailed) as failed:
+            await pull_image(f"{fake.host}/team/app:v1", _config(fake), work_dir=shm_path / "w",
+                             bundle=shm_path / "b", rootfs_mode="overlay")
+    assert isinstance(failed.value.attempts[0].error, DigestError)
+    assert first.digest in streamed
+    store = open_store(shm_path / "w")
+    assert first.diff_id not in store.layers.diff_ids()
+    assert not store.content.has(first.digest)
+    assert [p.name for p in store.layers.root.iterdir() if p.name.startswith("tmp.")] == []
+    assert not (shm_path / "b" / "rootfs").exists() or not any((shm_path / "b" / "rootfs").iterdir())
+
+
+def _in_process(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+async def _start(store: Store, layer: BuiltLayer, blob: bytes, diff_id: str | None = None
+                 ) -> tuple[asyncio.Task[None], _Arrival, asyncio.Event, BlobWriter]:
+    """Start unpacking ``layer`` from an ingest file that holds half of ``blob`` so far."""
+    arrival, stored = _Arrival(len(blob)), asyncio.Event()
+    writer = store.content.writer(layer.digest, len(blob))
+    arrival.opened(writer.ingest_path)
+    writer.write(blob[:len(blob) // 2])
+    builder = SimpleNamespace(store=store, runner=_in_process)
+    task = asyncio.ensure_future(_unpack_arriving(builder, layer_of(layer, diff_id), arrival, stored))  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    return task, arrival, stored, writer
+
+
+async def _stream_one(store: Store, layer: BuiltLayer, diff_id: str | None, *,
+                      restart: bool) -> asyncio.Task[None]:
+    """Unpack from a half-written ingest file; then (``restart``) abandon that attempt and
+    store the blob from a second one, or finish and commit the first."""
+    task, arrival, stored, writer = await _start(store, layer, layer.blob, diff_id)
+    half = len(layer.blob) // 2
+    if restart:
+        writer.abort()
+        writer = store.content.writer(layer.digest, len(layer.blob))
+        arrival.opened(writer.ingest_path)
+        writer.write(layer.blob[:half])
+    writer.write(layer.blob[half:])
+    writer.commit()
+    arrival.ended(None)
+    stored.set()
+    return task
+
+
+async def test_content_read_whole_waits_for_its_blob_digest(shm_path: Path) -> None:
+    """Same tar, other compressed bytes: the unpack reads the whole file and its diff_id
+    matches, but the blob digest fails at commit: the layer must never be stored."""
+    store = open_store(shm_path / "w")
+    layer = LayerSpec([File("f", os.urandom(400_000))]).build()
+    mangled = layer.blob[:4] + bytes(b ^ 0x5A for b in layer.blob[4:8]) + layer.blob[8:]
+    task, arrival, _, writer = await _start(store, layer, mangled)
+    writer.write(mangled[len(mangled) // 2:])
+    await asyncio.sleep(0.3)  # the unpack has read everything and waits for the verdict
+    with pytest.raises(DigestError) as failed:
+        writer.commit()
+    arrival.ended(failed.value)
+    await asyncio.sleep(0.1)
+    assert not store.layers.has(layer.diff_id)
+    task.cancel()  # as the failed download's task fails the pull
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert store.layers.diff_ids() == []
+
+
+async def test_an_unpack_of_an_abandoned_attempt_falls_back_to_the_stored_blob(shm_path: Path) -> None:
+    store = open_store(shm_path / "w")
+    layer = LayerSpec([File("f", os.urandom(400_000))]).build()
+    task = await _stream_one(store, layer, None, restart=True)
+    await asyncio.wait_for(task, 10)  # no error: the caller unpacks the stored blob
+    assert not store.layers.has(layer.diff_id)
+    assert store.content.has(layer.digest)
+
+
+async def test_an_unpack_of_the_committed_file_that_fails_is_the_layers_failure(shm_path: Path) -> None:
+    store = open_store(shm_path / "w")
+    layer = LayerSpec([File("f", os.urandom(400_000))]).build()
+    wrong = "sha256:" + "0" * 64
+    task = await _stream_one(store, layer, wrong, restart=False)
+    with pytest.raises(DigestError, match="diff_id"):
+        await asyncio.wait_for(task, 10)
+    assert store.layers.diff_ids() == []
+
+
+async def test_a_committed_unpack_is_stored_once(shm_path: Path) -> None:
+    store = open_store(shm_path / "w")
+    layer = LayerSpec([File("f", os.urandom(400_000))]).build()
+    task = await _stream_one(store, layer, None, restart=False)
+    await asyncio.wait_for(task, 10)
+    path = store.layers.get(layer.diff_id)
+    assert path is not None and (path / "f").stat().st_size == 400_000
