@@ -187,3 +187,26 @@ async def test_a_committed_unpack_is_stored_once(shm_path: Path) -> None:
     await asyncio.wait_for(task, 10)
     path = store.layers.get(layer.diff_id)
     assert path is not None and (path / "f").stat().st_size == 400_000
+
+
+@pytest.mark.parametrize(("mode", "one_at_a_time"), [("copy", True), ("overlay", False)])
+async def test_a_copy_rootfs_downloads_its_layers_one_at_a_time_in_order(
+    shm_path: Path, mode: str, one_at_a_time: bool
+) -> None:
+    """Copy mode applies layer n+1 after layer n: its downloads go in that order, one at a
+    time; overlay mode keeps the configured concurrency (3)."""
+    built = _image().build()
+    events: list[tuple[str, str]] = []
+    async with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", built)
+        for layer in built.layers:
+            fake.inject(layer.digest, Fault("slow", seconds=0.2))
+        await pull_image(f"{fake.host}/team/app:v1", _config(fake), work_dir=shm_path / "w",
+                         bundle=shm_path / "b", rootfs_mode=mode,
+                         events=lambda e: events.append((e.kind, e.detail.get("digest", ""))))
+        umount_bundle(shm_path / "b")
+    downloads = [(kind, digest) for kind, digest in events if kind in ("layer-start", "layer-done")]
+    digests = [layer.digest for layer in built.layers]
+    in_order = [(kind, d) for d in digests for kind in ("layer-start", "layer-done")]
+    assert (downloads == in_order) is one_at_a_time
+    assert [d for kind, d in downloads if kind == "layer-start"] == digests

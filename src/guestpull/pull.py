@@ -594,7 +594,7 @@ class _CandidatePull:
                 missing.append(d)
                 arrivals[d.digest] = _Arrival(d.size)
         self.store.check_space(sum(d.size for d in missing))
-        limit = asyncio.Semaphore(self.concurrency)
+        limit = asyncio.Semaphore(_download_concurrency(self.concurrency, builder))
 
         async def one(d: oci.Descriptor) -> None:
             arrival = arrivals[d.digest]
@@ -630,6 +630,18 @@ class _CandidatePull:
                 return _ProgressSink(writer, d.digest, str(self.ref), self.emit)
 
             await self.client.fetch_blob(self.ref.repository, d, open_sink)
+
+
+def _download_concurrency(configured: int, builder: BundleBuilder | None) -> int:
+    """Downloads at once: one, in layer order, when a copy rootfs is flattened in order.
+
+    Copy mode applies layer n+1 only after layer n, so the first layer's arrival gates all
+    the unpacking; parallel downloads would only share the bandwidth (on a fast registry,
+    this process's CPU) among layers that must wait anyway.  Measured on the 4 × 64 MiB
+    image: the same total download time, the first layer ready 0.25 s after the first
+    request instead of 0.47 s, 7 MiB less peak RSS (issue 15).
+    """
+    return 1 if builder is not None and builder.sequential else configured
 
 
 def _unpack_workers(builder: BundleBuilder | None) -> OnDemandWorkers | None:
