@@ -60,6 +60,7 @@ from guestpull.image.bundle import (
     remove_bundle,
 )
 from guestpull.image.store import Store, open_store
+from guestpull.image.decode import Arriving
 from guestpull.image.unpack import unpack_file
 from guestpull.image.worker import OnDemandWorkers, UnpackWorkers
 from guestpull.reference import Reference, parse_reference
@@ -761,7 +762,7 @@ def _ensure_from_arriving(store: Store, runner: Callable[..., Any], layer: oci.L
                           arrival: _Arrival) -> None:
     def fill(tmp: Path) -> None:
         runner(unpack_file, path, layer.media_type, layer.diff_id, str(tmp), mode="overlay",
-               privileged=True, arriving=arrival.size)
+               privileged=True, arriving=Arriving(arrival.size, str(store.content.path(layer.digest))))
         # Raises the download's own error if it failed: then nothing is kept.
         if arrival.committed.result() != path:
             raise UnpackError(f"layer {layer.digest}: its download started again after the unpack began")

@@ -9,6 +9,7 @@ comparing against the expected diff_id, exactly as upstream hashes "everything d
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -18,6 +19,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
 import zstandard
@@ -91,6 +93,16 @@ def uncompressed_size_hint(blob: str, media_type: str) -> int:
         return size
 
 
+@dataclass(frozen=True)
+class Arriving:
+    """A blob still being downloaded: its ``size``, and ``stored_path``, where the store puts
+    it once its digest and size are verified (read from there if the download finished, and
+    its ingest file was renamed, before the reader opened it)."""
+
+    size: int
+    stored_path: str
+
+
 class ArrivingBlob(io.RawIOBase):
     """A blob file that a download is still writing, read as it grows, up to ``size`` bytes.
 
@@ -101,17 +113,19 @@ class ArrivingBlob(io.RawIOBase):
     cancelled pull) the reader stops with UnpackError within one poll instead of waiting.
     """
 
-    def __init__(self, path: str, size: int, *, stall_s: float = ARRIVAL_STALL_S) -> None:
+    def __init__(self, path: str, arriving: Arriving, *, stall_s: float = ARRIVAL_STALL_S) -> None:
         super().__init__()
         self.path = path
-        self.size = size
+        self.size = arriving.size
         self._stall_s = stall_s
         self._pos = 0
-        try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            # Committed (renamed) or abandoned before we got here: either way not this path.
-            raise UnpackError(f"arriving blob {path} is no longer being written") from None
+        self._fd = -1
+        for candidate in (path, arriving.stored_path):
+            with contextlib.suppress(FileNotFoundError):
+                self._fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
+                break
+        if self._fd < 0:
+            raise UnpackError(f"arriving blob {path} is no longer being written, nor stored")
 
     def readable(self) -> bool:
         return True
@@ -142,13 +156,13 @@ class ArrivingBlob(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
-        if not self.closed:
+        if not self.closed and self._fd >= 0:
             os.close(self._fd)
         super().close()
 
 
-def open_blob(path: str, arriving: int | None = None) -> BinaryIO:
-    """A stored blob file, or with ``arriving`` (its size) one still being downloaded."""
+def open_blob(path: str, arriving: Arriving | None = None) -> BinaryIO:
+    """A stored blob file, or with ``arriving`` one still being downloaded into ``path``."""
     if arriving is None:
         return open(path, "rb")
     return ArrivingBlob(path, arriving)  # type: ignore[return-value]
