@@ -1,4 +1,4 @@
-"""Overlay layers unpack while their blobs download, and stay fail closed (issue 15)."""
+"""Layers unpack while their blobs download (both rootfs modes), and stay fail closed (issue 15)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,9 +15,11 @@ from guestpull.config import ImageConfig, parse_cdh_config
 from guestpull.errors import AllCandidatesFailed, DigestError
 from guestpull.image.bundle import umount_bundle
 from guestpull.image.store import BlobWriter, Store, open_store
-from guestpull.pull import _Arrival, _unpack_arriving, pull_image
+from guestpull.image import bundle as bundle_module
+from guestpull.image.bundle import BundleBuilder
+from guestpull.pull import _Arrival, _apply_in_order, _ensure_from_arriving, _from_arriving, pull_image
 from guestpull_testkit.fakeregistry import Fault, FakeRegistry
-from guestpull_testkit.images import BuiltLayer, Dir, File, ImageSpec, LayerSpec
+from guestpull_testkit.images import BuiltLayer, Dir, File, ImageSpec, LayerSpec, Whiteout
 
 from support.config import cdh_toml
 from image.conftest import layer_of
@@ -38,15 +39,18 @@ def _config(fake: FakeRegistry) -> ImageConfig:
 
 
 def _record_streaming(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The layer digests that were unpacked from an arriving blob."""
+    """The layer digests that were unpacked (overlay) or applied (copy) from an arriving blob."""
     streamed: list[str] = []
-    real = pull._ensure_from_arriving
 
-    def recording(store: Store, runner: Any, layer: Any, path: str, arrival: _Arrival) -> None:
-        streamed.append(layer.digest)
-        real(store, runner, layer, path, arrival)
+    def recording(real: Any) -> Any:
+        def unpack_blob(store: Store, layer: Any, dest: Path, **kwargs: Any) -> Any:
+            if kwargs.get("arriving_from") is not None:
+                streamed.append(layer.digest)
+            return real(store, layer, dest, **kwargs)
+        return unpack_blob
 
-    monkeypatch.setattr(pull, "_ensure_from_arriving", recording)
+    monkeypatch.setattr(pull, "unpack_blob", recording(pull.unpack_blob))
+    monkeypatch.setattr(bundle_module, "unpack_blob", recording(bundle_module.unpack_blob))
     return streamed
 
 
@@ -55,7 +59,10 @@ def _slow_blobs(fake: FakeRegistry, built: Any) -> None:
         fake.inject(layer.digest, Fault("slow", seconds=1.0))
 
 
-async def test_layers_unpack_while_their_blobs_arrive(shm_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["overlay", "copy"])
+async def test_layers_unpack_while_their_blobs_arrive(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
     streamed = _record_streaming(monkeypatch)
     # One unpack slot per layer, so that every layer's turn comes while its blob arrives.
     monkeypatch.setattr(pull, "UNPACK_CONCURRENCY", 3)
@@ -70,8 +77,8 @@ async def test_layers_unpack_while_their_blobs_arrive(shm_path: Path, monkeypatc
                 _slow_blobs(fake, built)
             bundle = shm_path / f"bundle-{name}"
             result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / name,
-                                      bundle=bundle, rootfs_mode="overlay")
-            assert result.bundle is not None and result.bundle.mode_used == "overlay"
+                                      bundle=bundle, rootfs_mode=mode)
+            assert result.bundle is not None and result.bundle.mode_used == mode
             trees[name] = describe_tree(bundle / "rootfs")
             umount_bundle(bundle)
     assert sorted(streamed) == sorted(layer.digest for layer in built.layers)
@@ -111,26 +118,27 @@ def _in_process(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 async def _start(store: Store, layer: BuiltLayer, blob: bytes, diff_id: str | None = None
-                 ) -> tuple[asyncio.Task[None], _Arrival, asyncio.Event, BlobWriter]:
-    """Start unpacking ``layer`` from an ingest file that holds half of ``blob`` so far."""
+                 ) -> tuple[asyncio.Task[bool], _Arrival, asyncio.Event, BlobWriter]:
+    """Start unpacking ``layer`` (overlay) from an ingest file holding half of ``blob`` so far."""
     arrival, stored = _Arrival(len(blob)), asyncio.Event()
     writer = store.content.writer(layer.digest, len(blob))
     arrival.opened(writer.ingest_path)
     writer.write(blob[:len(blob) // 2])
-    builder = SimpleNamespace(store=store, runner=_in_process)
-    task = asyncio.ensure_future(_unpack_arriving(builder, layer_of(layer, diff_id), arrival, stored))  # type: ignore[arg-type]
+    target = layer_of(layer, diff_id)
+    task = asyncio.ensure_future(_from_arriving(arrival, stored, target, _ensure_from_arriving,
+                                                store, _in_process, target, arrival))
     await asyncio.sleep(0.1)
     return task, arrival, stored, writer
 
 
-async def _stream_one(store: Store, layer: BuiltLayer, diff_id: str | None, *,
-                      restart: bool) -> asyncio.Task[None]:
-    """Unpack from a half-written ingest file; then (``restart``) abandon that attempt and
-    store the blob from a second one, or finish and commit the first."""
-    task, arrival, stored, writer = await _start(store, layer, layer.blob, diff_id)
+async def _finish(store: Store, layer: BuiltLayer, arrival: _Arrival, stored: asyncio.Event,
+                  writer: BlobWriter, *, restart: bool) -> None:
+    """Finish the download: after abandoning the first attempt for a second one (``restart``),
+    or in the first attempt's file."""
     half = len(layer.blob) // 2
     if restart:
         writer.abort()
+        await asyncio.sleep(0.1)
         writer = store.content.writer(layer.digest, len(layer.blob))
         arrival.opened(writer.ingest_path)
         writer.write(layer.blob[:half])
@@ -138,6 +146,12 @@ async def _stream_one(store: Store, layer: BuiltLayer, diff_id: str | None, *,
     writer.commit()
     arrival.ended(None)
     stored.set()
+
+
+async def _stream_one(store: Store, layer: BuiltLayer, diff_id: str | None, *,
+                      restart: bool) -> asyncio.Task[bool]:
+    task, arrival, stored, writer = await _start(store, layer, layer.blob, diff_id)
+    await _finish(store, layer, arrival, stored, writer, restart=restart)
     return task
 
 
@@ -165,7 +179,7 @@ async def test_an_unpack_of_an_abandoned_attempt_falls_back_to_the_stored_blob(s
     store = open_store(shm_path / "w")
     layer = LayerSpec([File("f", os.urandom(400_000))]).build()
     task = await _stream_one(store, layer, None, restart=True)
-    await asyncio.wait_for(task, 10)  # no error: the caller unpacks the stored blob
+    assert await asyncio.wait_for(task, 10) is False  # the caller unpacks the stored blob
     assert not store.layers.has(layer.diff_id)
     assert store.content.has(layer.digest)
 
@@ -180,11 +194,11 @@ async def test_an_unpack_of_the_committed_file_that_fails_is_the_layers_failure(
     assert store.layers.diff_ids() == []
 
 
-async def test_a_committed_unpack_is_stored_once(shm_path: Path) -> None:
+async def test_a_committed_unpack_is_stored(shm_path: Path) -> None:
     store = open_store(shm_path / "w")
     layer = LayerSpec([File("f", os.urandom(400_000))]).build()
     task = await _stream_one(store, layer, None, restart=False)
-    await asyncio.wait_for(task, 10)
+    assert await asyncio.wait_for(task, 10) is True
     path = store.layers.get(layer.diff_id)
     assert path is not None and (path / "f").stat().st_size == 400_000
 
@@ -210,3 +224,41 @@ async def test_a_copy_rootfs_downloads_its_layers_one_at_a_time_in_order(
     in_order = [(kind, d) for d in digests for kind in ("layer-start", "layer-done")]
     assert (downloads == in_order) is one_at_a_time
     assert [d for kind, d in downloads if kind == "layer-start"] == digests
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_a_copy_layer_applied_from_an_abandoned_attempt_restarts_the_rootfs(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch, restart: bool
+) -> None:
+    """Layer 1 is applied while its blob arrives; if that download restarts, the rootfs is
+    emptied and both layers applied again from the stored blobs: the same tree either way."""
+    spec = ImageSpec([
+        LayerSpec([Dir("d"), File("d/low", b"low"), File("d/gone", b"g")]),
+        LayerSpec([Whiteout("d/gone"), File("d/big", os.urandom(400_000)), File("d/low", b"high")]),
+    ])
+    built = spec.build()
+    store = open_store(shm_path / "w")
+    low, high = built.layers
+    store.content.put(low.digest, low.blob)
+    layers = [layer_of(low), layer_of(high)]
+    builder = BundleBuilder(store, built.config, "config", layers, shm_path / "b", mode="copy")
+    restarts: list[int] = []
+    real_restart = builder.restart_copy
+    monkeypatch.setattr(builder, "restart_copy", lambda: (restarts.append(1), real_restart()))
+
+    stored = {low.digest: asyncio.Event(), high.digest: asyncio.Event()}
+    stored[low.digest].set()
+    arrival = _Arrival(len(high.blob))
+    writer = store.content.writer(high.digest, len(high.blob))
+    arrival.opened(writer.ingest_path)
+    writer.write(high.blob[:len(high.blob) // 2])
+    task = asyncio.ensure_future(_apply_in_order(builder, stored, {high.digest: arrival}))
+    await asyncio.sleep(0.2)
+    await _finish(store, high, arrival, stored[high.digest], writer, restart=restart)
+    await asyncio.wait_for(task, 10)
+
+    assert restarts == ([1] if restart else [])
+    rootfs = shm_path / "b" / "rootfs"
+    assert (rootfs / "d" / "low").read_bytes() == b"high"
+    assert not (rootfs / "d" / "gone").exists()
+    assert (rootfs / "d" / "big").stat().st_size == 400_000

@@ -60,8 +60,7 @@ from guestpull.image.bundle import (
     remove_bundle,
 )
 from guestpull.image.store import Store, open_store
-from guestpull.image.decode import Arriving
-from guestpull.image.unpack import unpack_file
+from guestpull.image.rootfs import unpack_blob
 from guestpull.image.worker import OnDemandWorkers, UnpackWorkers
 from guestpull.reference import Reference, parse_reference
 from guestpull.registries import PullCandidate, resolve_candidates
@@ -669,30 +668,53 @@ async def _unpack_as_stored(
     """Unpack layers as their blobs arrive: in order for a copy rootfs, else two at a time.
 
     Each unpack waits on a thread: in a worker process when the builder has workers, else in
-    this process (small images), where decompression and writes still release the GIL.  An
-    overlay layer whose blob is still downloading when its turn comes unpacks from the
-    growing file in a worker (:func:`_unpack_arriving`) instead of waiting for the whole blob.
+    this process (small images), where decompression and writes still release the GIL.  With
+    workers running, a layer whose blob is still downloading when its turn comes unpacks
+    from the growing file (:func:`_from_arriving`) instead of waiting for the whole blob.
     """
+    runner = builder.runner
+    if not (isinstance(runner, OnDemandWorkers) and runner.started):
+        arrivals = {}
     if builder.sequential:
-        for layer in builder.layers:
-            await stored[layer.digest].wait()
-            await in_thread_to_the_end(builder.prepare_layer, layer)
+        await _apply_in_order(builder, stored, arrivals)
         return
     limit = asyncio.Semaphore(UNPACK_CONCURRENCY)
-    runner = builder.runner
-    streaming = isinstance(runner, OnDemandWorkers) and runner.started
 
     async def one(layer: oci.Layer) -> None:
         done = stored[layer.digest]
-        arrival = arrivals.get(layer.digest) if streaming else None
+        arrival = arrivals.get(layer.digest)
         await _first_set(done, arrival.started if arrival is not None else None)
         async with limit:
             if arrival is not None and not done.is_set():
-                await _unpack_arriving(builder, layer, arrival, done)
+                await _from_arriving(arrival, done, layer, _ensure_from_arriving,
+                                     builder.store, builder.runner, layer, arrival)
             await done.wait()
             await in_thread_to_the_end(builder.prepare_layer, layer)
 
     await _all_or_nothing([one(layer) for layer in builder.layers])
+
+
+async def _apply_in_order(
+    builder: BundleBuilder, stored: dict[str, asyncio.Event], arrivals: dict[str, _Arrival]
+) -> None:
+    """Copy mode: apply the layers in order, each from its arriving blob when it can.
+
+    A layer applied from a download attempt that was then abandoned (a broken connection
+    restarts the download in a new file) leaves half a layer from unverified bytes in the
+    rootfs: the rootfs is emptied and every layer so far applied again from the stored blobs.
+    """
+    for index, layer in enumerate(builder.layers):
+        done = stored[layer.digest]
+        arrival = arrivals.get(layer.digest)
+        await _first_set(done, arrival.started if arrival is not None else None)
+        if arrival is not None and not done.is_set():
+            if await _from_arriving(arrival, done, layer, builder.prepare_layer, layer):
+                continue
+            await in_thread_to_the_end(builder.restart_copy)
+            for lower in builder.layers[:index]:
+                await in_thread_to_the_end(builder.prepare_layer, lower)
+        await done.wait()
+        await in_thread_to_the_end(builder.prepare_layer, layer)
 
 
 class _Arrival:
@@ -735,34 +757,38 @@ async def _first_set(first: asyncio.Event, second: asyncio.Event | None) -> None
             wait.cancel()
 
 
-async def _unpack_arriving(
-    builder: BundleBuilder, layer: oci.Layer, arrival: _Arrival, stored: asyncio.Event
-) -> None:
-    """Unpack an overlay layer into the store from its blob while the blob downloads.
+async def _from_arriving(arrival: _Arrival, stored: asyncio.Event, layer: oci.Layer,
+                         fn: Callable[..., Any], *args: Any) -> bool:
+    """Run ``fn(*args, path)`` in a thread, ``path`` being the ingest file the layer's blob is
+    still downloading into; then wait until the blob is stored.
 
-    Fail closed: the layer directory becomes visible only after the store has committed the
-    very file the unpack read (digest and size verified) and the diff_id matched.  If the
-    unpack read a download attempt that was then abandoned (a broken connection restarts
-    the download in a new file), its failure says nothing about the layer: the layer is
-    unpacked again from the stored blob by the caller.
+    True when the work read the very file the store then committed (digest and size
+    verified): its result stands, and its failure is the layer's (raised).  False when the
+    download was restarted under it: what it did came from an abandoned attempt, and the
+    caller does it again from the stored blob.  A download that fails fails the pull
+    through its own task (this one is then cancelled while it waits).
     """
     path = arrival.path
-    assert path is not None and builder.runner is not None
+    assert path is not None
     try:
-        await in_thread_to_the_end(_ensure_from_arriving, builder.store, builder.runner, layer, path, arrival)
+        await in_thread_to_the_end(fn, *args, path)
     except GuestpullError as err:
-        await stored.wait()  # a download that failed fails the pull through its own task
+        await stored.wait()
         if arrival.committed.result() == path:
-            raise  # the unpack read exactly the verified bytes: the failure is the layer's
-        log.info("layer %s: unpacking while it downloaded failed (%s); unpacking the stored blob",
+            raise
+        log.info("layer %s: unpacking while it downloaded failed (%s); using the stored blob",
                  layer.digest, err)
+        return False
+    await stored.wait()
+    return arrival.committed.result() == path
 
 
-def _ensure_from_arriving(store: Store, runner: Callable[..., Any], layer: oci.Layer, path: str,
-                          arrival: _Arrival) -> None:
+def _ensure_from_arriving(store: Store, runner: Callable[..., Any], layer: oci.Layer,
+                          arrival: _Arrival, path: str) -> None:
+    """Overlay: the layer's directory in the store, unpacked from its arriving blob, and
+    renamed into place only once the store has committed that very file (fail closed)."""
     def fill(tmp: Path) -> None:
-        runner(unpack_file, path, layer.media_type, layer.diff_id, str(tmp), mode="overlay",
-               privileged=True, arriving=Arriving(arrival.size, str(store.content.path(layer.digest))))
+        unpack_blob(store, layer, tmp, mode="overlay", privileged=True, runner=runner, arriving_from=path)
         # Raises the download's own error if it failed: then nothing is kept.
         if arrival.committed.result() != path:
             raise UnpackError(f"layer {layer.digest}: its download started again after the unpack began")

@@ -147,14 +147,27 @@ class BundleBuilder:
     def layers(self) -> list[Layer]:
         return list(self.all_layers) if self.sequential else unique_top_most(self.all_layers)
 
-    def prepare_layer(self, layer: Layer) -> None:
-        """Apply (copy) or unpack (overlay) one layer whose blob is in the content store."""
+    def prepare_layer(self, layer: Layer, arriving_from: str | None = None) -> None:
+        """Apply (copy) or unpack (overlay) one layer whose blob is in the content store.
+
+        Copy mode only: ``arriving_from``, the ingest file its blob is still downloading into
+        (see :func:`~guestpull.image.rootfs.unpack_blob`); the caller must see that file
+        committed before the rootfs counts, and call :meth:`restart_copy` if it was not.
+        """
         if self.mode_used == "copy":
             stats = unpack_blob(self.store, layer, self.rootfs, mode="copy",
-                                privileged=self.privileged, runner=self.runner)
+                                privileged=self.privileged, runner=self.runner,
+                                arriving_from=arriving_from)
             self.warnings.extend(stats.warnings)
         else:
             ensure_layer(self.store, layer, self.runner)
+
+    def restart_copy(self) -> None:
+        """Empty the copy rootfs, to apply its layers again from the stored blobs (a layer was
+        applied from a download attempt that was then abandoned)."""
+        remove_tree(self.rootfs)
+        _start_copy_rootfs(self.rootfs)
+        self.warnings.clear()
 
     def finish(self, reference: str) -> BundleResult:
         """Mount the overlay (if that mode) and write config.json."""
