@@ -11,19 +11,17 @@ from typing import Any
 import pytest
 
 from guestpull import pull
-from guestpull.config import ImageConfig, parse_cdh_config
 from guestpull.errors import AllCandidatesFailed, DigestError
-from guestpull.image.bundle import umount_bundle
 from guestpull.image.store import BlobWriter, Store, open_store
 from guestpull.image import bundle as bundle_module
-from guestpull.image.bundle import BundleBuilder
+from guestpull.image.bundle import BundleBuilder, umount_bundle
 from guestpull.pull import _Arrival, _apply_in_order, _ensure_from_arriving, _from_arriving, pull_image
 from guestpull_testkit.fakeregistry import Fault, FakeRegistry
 from guestpull_testkit.images import BuiltLayer, Dir, File, ImageSpec, LayerSpec, Whiteout
 
-from support.config import cdh_toml
+from support.pulls import fake_config, pull_tree
 from image.conftest import layer_of
-from image.treewalk import describe_tree, diff_trees
+from image.treewalk import diff_trees
 
 
 def _image() -> ImageSpec:
@@ -32,10 +30,6 @@ def _image() -> ImageSpec:
         LayerSpec([File("b/text", b"text\n" * 100_000)], compression="zstd"),
         LayerSpec([File("a/random", b"replaced")]),
     ])
-
-
-def _config(fake: FakeRegistry) -> ImageConfig:
-    return parse_cdh_config(cdh_toml(insecure=[fake.host]), "cdh.toml").image_config()
 
 
 def _record_streaming(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -69,18 +63,14 @@ async def test_layers_unpack_while_their_blobs_arrive(
     built = _image().build()
     async with FakeRegistry() as fake:
         fake.add_image("team/app", "v1", built)
-        config = _config(fake)
+        config = fake_config(fake)
         trees = {}
         for eager, name in ((0, "arriving"), (1 << 62, "stored")):
             monkeypatch.setattr(pull, "UNPACK_WORKERS_EAGER_BYTES", eager)
             if name == "arriving":
                 _slow_blobs(fake, built)
-            bundle = shm_path / f"bundle-{name}"
-            result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / name,
-                                      bundle=bundle, rootfs_mode=mode)
-            assert result.bundle is not None and result.bundle.mode_used == mode
-            trees[name] = describe_tree(bundle / "rootfs")
-            umount_bundle(bundle)
+            trees[name] = await pull_tree(f"{fake.host}/team/app:v1", config, shm_path / name,
+                                          shm_path / f"bundle-{name}", mode)
     assert sorted(streamed) == sorted(layer.digest for layer in built.layers)
     assert diff_trees(trees["arriving"], trees["stored"]) == []
     assert "a/gone" in trees["arriving"] and "b/text" in trees["arriving"]
@@ -102,7 +92,7 @@ async def test_content_that_unpacked_but_failed_its_blob_digest_is_not_kept(
         fake.blobs[first.digest] = first.blob[:4] + fake_mtime + first.blob[8:]
         _slow_blobs(fake, built)
         with pytest.raises(AllCandidatesFailed) as failed:
-            await pull_image(f"{fake.host}/team/app:v1", _config(fake), work_dir=shm_path / "w",
+            await pull_image(f"{fake.host}/team/app:v1", fake_config(fake), work_dir=shm_path / "w",
                              bundle=shm_path / "b", rootfs_mode="overlay")
     assert isinstance(failed.value.attempts[0].error, DigestError)
     assert first.digest in streamed
@@ -215,7 +205,7 @@ async def test_a_copy_rootfs_downloads_its_layers_one_at_a_time_in_order(
         fake.add_image("team/app", "v1", built)
         for layer in built.layers:
             fake.inject(layer.digest, Fault("slow", seconds=0.2))
-        await pull_image(f"{fake.host}/team/app:v1", _config(fake), work_dir=shm_path / "w",
+        await pull_image(f"{fake.host}/team/app:v1", fake_config(fake), work_dir=shm_path / "w",
                          bundle=shm_path / "b", rootfs_mode=mode,
                          events=lambda e: events.append((e.kind, e.detail.get("digest", ""))))
         umount_bundle(shm_path / "b")
