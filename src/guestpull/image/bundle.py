@@ -177,8 +177,15 @@ class BundleBuilder:
         elif all(self.store.content.has(layer.digest) for layer in self.all_layers):
             self._flat_key, self._flat_build = key, True
 
-    def prepare_layer(self, layer: Layer) -> None:
-        """Apply (copy) or unpack (overlay) one layer whose blob is in the content store."""
+    def prepare_layer(self, layer: Layer, arriving_from: str | None = None) -> None:
+        """Apply (copy) or unpack (overlay) one layer whose blob is in the content store.
+
+        Copy mode only: ``arriving_from``, the ingest file its blob is still downloading into
+        (see :func:`~guestpull.image.rootfs.unpack_blob`); the caller must see that file
+        committed before the rootfs counts, and call :meth:`restart_copy` if it was not.
+        The flat cache is only used when every blob was stored before the pull, so nothing
+        arrives then.
+        """
         if self._flat_key is not None:
             # Every blob is stored: the first call (the bottom layer; copy mode goes in order)
             # builds the whole cache, under its lock.
@@ -190,14 +197,22 @@ class BundleBuilder:
                     self._without_flat_cache(exc, drop=False)
                     self._apply(layer)
         elif self.mode_used == "copy":
-            self._apply(layer)
+            self._apply(layer, arriving_from)
         else:
             ensure_layer(self.store, layer, self.runner)
 
-    def _apply(self, layer: Layer) -> None:
+    def _apply(self, layer: Layer, arriving_from: str | None = None) -> None:
         stats = unpack_blob(self.store, layer, self.rootfs, mode="copy",
-                            privileged=self.privileged, runner=self.runner)
+                            privileged=self.privileged, runner=self.runner,
+                            arriving_from=arriving_from)
         self.warnings.extend(stats.warnings)
+
+    def restart_copy(self) -> None:
+        """Empty the copy rootfs, to apply its layers again from the stored blobs (a layer was
+        applied from a download attempt that was then abandoned)."""
+        remove_tree(self.rootfs)
+        _start_copy_rootfs(self.rootfs)
+        self.warnings.clear()
 
     def _without_flat_cache(self, exc: NoSpaceError, *, drop: bool) -> None:
         """Memory is short: go on as a first pull does, straight from the blobs (``drop``: and

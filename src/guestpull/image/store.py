@@ -127,7 +127,10 @@ class BlobWriter:
         # Held until commit/abort so recover() in another process leaves it alone.
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._tmp = Path(tmp)
-        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        # Unbuffered: the download hands over chunks of up to 1 MiB (a buffer would only copy
+        # them once more), and a layer unpacking while its blob arrives reads the file as it
+        # grows (see decode.ArrivingBlob).
+        self._file = os.fdopen(fd, "wb", buffering=0)
         self._hash = hashlib.new(algorithm)
         self._written = 0
         self._closed = False
@@ -135,6 +138,11 @@ class BlobWriter:
     @property
     def written(self) -> int:
         return self._written
+
+    @property
+    def ingest_path(self) -> Path:
+        """Where the bytes land until commit: readable while they arrive (unverified!)."""
+        return self._tmp
 
     def write(self, data: bytes) -> None:
         if self._closed:
@@ -145,7 +153,9 @@ class BlobWriter:
                 f"blob {self.digest}: more data than the declared size {self.size} bytes"
             )
         try:
-            self._file.write(data)
+            view = memoryview(data)
+            while view:
+                view = view[self._file.write(view):]
         except OSError as exc:
             self._fail(exc)
         self._hash.update(data)
