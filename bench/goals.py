@@ -32,6 +32,8 @@ class GoalResult:
     status: GoalStatus
     value: float | None = None
     detail: str = ""
+    #: what the profile of the deciding row says bounds it (bench.phases.verdict)
+    limit_note: str = ""
 
     @property
     def target(self) -> str:
@@ -137,7 +139,25 @@ def tree_rss_goal(workloads: Sequence[WorkloadResult], limit_mib: float = 120.0)
 
 
 def evaluate(workloads: Sequence[WorkloadResult]) -> list[GoalResult]:
-    """Every goal of issue 15, in the issue's order."""
+    """Every goal of issue 15, in the issue's order, each with its deciding row's profile."""
+    return [_with_limit_note(goal, workloads) for goal in _evaluate(workloads)]
+
+
+def _with_limit_note(goal: GoalResult, workloads: Sequence[WorkloadResult]) -> GoalResult:
+    """The profile verdict of the row named first in ``goal.detail`` (``tool (workload)``)."""
+    from dataclasses import replace
+
+    from bench.phases import verdict
+
+    for workload in workloads:
+        for tool, profile in workload.profiles.items():
+            if goal.detail.startswith(f"{tool} ") and goal.detail.rstrip(")").endswith(f"({workload.name}"):
+                note = f"profile failed: {profile['error']}" if "error" in profile else verdict(profile)
+                return replace(goal, limit_note=note)
+    return goal
+
+
+def _evaluate(workloads: Sequence[WorkloadResult]) -> list[GoalResult]:
     results = [
         peer_ratio_goal(workloads, "small (2 × 8 MiB), CLI, cold: ≤ 1.0 × best peer", "small",
                         COLD_MODES, 1.0),
@@ -148,7 +168,7 @@ def evaluate(workloads: Sequence[WorkloadResult]) -> list[GoalResult]:
         results.append(peer_ratio_goal(workloads, f"many small files, {shape}: ≤ 0.6 × best peer",
                                        shape, COLD_MODES, 0.6))
     for tool in COLD_MODES:
-        mode = tool.removeprefix("guestpull ")
+        mode = tool.removeprefix("guestpull ").strip("()")
         results.append(peer_ratio_goal(workloads, f"big (4 × 64 MiB), cold, {mode}: ≤ 0.5 × best peer",
                                        "big", (tool,), 0.5))
     results += [
@@ -172,13 +192,13 @@ def goals_markdown(goals: Sequence[GoalResult], *, quick: bool) -> list[str]:
         "Medians of this run; where copy and overlay are both named the worse one decides; a "
         "failed or missing row makes a goal not measured, never met.",
         "",
-        "| goal | result | measured | by how much | compared |",
-        "|---|---|---:|---:|---|",
+        "| goal | result | measured | by how much | compared | limit (profile) |",
+        "|---|---|---:|---:|---|---|",
     ]
     for goal in goals:
         measured = "—" if goal.value is None else _number(goal.value, goal.unit)
         cells = [goal.goal, goal.status.upper() if goal.status == "not met" else goal.status,
-                 measured, goal.margin, goal.detail]
+                 measured, goal.margin, goal.detail, goal.limit_note or "—"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     met = sum(goal.status == "met" for goal in goals)
     lines += ["", f"{met} of {len(goals)} goals met.", ""]
@@ -187,4 +207,5 @@ def goals_markdown(goals: Sequence[GoalResult], *, quick: bool) -> list[str]:
 
 def goals_json(goals: Sequence[GoalResult]) -> list[dict[str, object]]:
     return [{"goal": g.goal, "status": g.status, "limit": g.limit, "unit": g.unit,
-             "value": g.value, "margin": g.margin, "detail": g.detail} for g in goals]
+             "value": g.value, "margin": g.margin, "detail": g.detail,
+             "limit_note": g.limit_note} for g in goals]

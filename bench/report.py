@@ -50,6 +50,8 @@ class WorkloadResult:
     description: str
     filesystem: str
     rows: list[ToolResult]
+    #: tool → :mod:`bench.phases` output of one untimed pull (or ``{"error": ...}``)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ def _workload_json(workload: WorkloadResult) -> dict[str, Any]:
         "description": workload.description,
         "filesystem": workload.filesystem,
         "rows": rows,
+        "profiles": workload.profiles,
     }
 
 
@@ -171,6 +174,7 @@ def to_markdown(workloads: Sequence[WorkloadResult], meta: dict[str, Any], *, sv
         from bench.goals import goals_markdown
 
         lines += goals_markdown(goals, quick=bool(meta.get("quick")))
+    lines += _profiles_markdown(workloads)
     lines += [f"![median wall time per workload]({svg_name})", ""]
     for workload in workloads:
         lines += _workload_markdown(workload)
@@ -187,6 +191,36 @@ def _burst_markdown(workloads: Sequence[WorkloadResult], burst: WorkloadResult) 
     text = ", ".join(f"{tool} {share:.0%}" for tool, share in shares)
     return [f"Aggregate throughput of the {BURST_IMAGES} concurrent pulls as a share of one "
             f"pull's (burst-single): {text}.", ""]
+
+
+def _profiles_markdown(workloads: Sequence[WorkloadResult]) -> list[str]:
+    from bench.phases import PHASES, verdict
+
+    rows = [(w.name, tool, p) for w in workloads for tool, p in w.profiles.items()]
+    if not rows:
+        return []
+    lines = [
+        "## Where the time goes",
+        "",
+        "One more, untimed pull per guestpull row through `python -m bench.phases` (the pull "
+        "`guestpull pull` runs, with the library's progress events stamped): wall seconds per "
+        "phase since the process started. Downloads and unpacking overlap: *download* runs to "
+        "the last blob stored, *unpack tail* is what unpacking and the bundle took after it. "
+        "CPU: the pulling process / its unpack workers.",
+        "",
+        "| workload | tool | " + " | ".join(PHASES) + " | total | CPU | limit |",
+        "|---|---|" + "---:|" * (len(PHASES) + 2) + "---|",
+    ]
+    for name, tool, profile in rows:
+        if "error" in profile:
+            lines.append(f"| {name} | {tool} | " + " | ".join("—" for _ in PHASES)
+                         + f" | — | — | profile failed: {_md_escape(_one_line(profile['error'], 200))} |")
+            continue
+        cells = [f"{profile['phases'][phase]:.2f}" for phase in PHASES]
+        cpu = f"{profile['cpu_self']:.2f} / {profile['cpu_children']:.2f}"
+        lines.append(f"| {name} | {tool} | " + " | ".join(cells)
+                     + f" | {profile['total']:.2f} | {cpu} | {_md_escape(verdict(profile))} |")
+    return lines + [""]
 
 
 def _workload_markdown(workload: WorkloadResult) -> list[str]:

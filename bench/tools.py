@@ -73,6 +73,10 @@ class Tool:
         """After verification: undo mounts and stop daemons so ``work`` can be removed."""
         unmount_under(work)
 
+    def profile(self, images: Sequence[GeneratedImage], work: Path) -> dict[str, Any] | None:
+        """One extra, untimed pull that says where the time goes (guestpull only)."""
+        return None
+
     def close(self) -> None:
         """After the workload's last run."""
 
@@ -141,6 +145,28 @@ class GuestpullTool(Tool):
             status: Status = "unsupported" if "unsupported" in _error_categories(step.stdout) else "failed"
             return Attempt(status, error=step.describe())
         return Attempt("ok", sample, [bundle / "rootfs" for bundle in bundles])
+
+    def profile(self, images: Sequence[GeneratedImage], work: Path) -> dict[str, Any] | None:
+        """:mod:`bench.phases` on the first image, as :meth:`pull` would pull it."""
+        assert self._config is not None, "setup() first"
+        if len(images) != 1:
+            return None  # several pulls at once: no one timeline to show
+        work.mkdir(parents=True, exist_ok=True)
+        store, bundle = self._warm_store or work / "store", work / "bundle0"
+        self._mounted = (store, [bundle]) if self.mode == "overlay" else None
+        result = run_process(
+            [sys.executable, "-m", "bench.phases", self.registry.ref(images[0]),
+             "--config", str(self._config), "--work-dir", str(store), "--bundle", str(bundle),
+             "--rootfs-mode", self.mode],
+            timeout=self.timeout, cwd=Path(__file__).resolve().parent.parent,
+        )
+        if not result.ok:
+            return {"error": result.describe()}
+        try:
+            profile: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"error": f"unreadable profile output: {result.stdout[-300:]!r}"}
+        return profile
 
     def release(self, work: Path) -> None:
         """``guestpull umount`` each overlay bundle (so the store knows), then anything left."""

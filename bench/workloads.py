@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from bench.images import (
     BURST_IMAGES,
@@ -225,11 +225,25 @@ def run_workload(
                     row.status, row.error = attempt.status, attempt.error
                 elif counted and attempt.sample is not None:
                     row.samples.append(attempt.sample)
+        profiles = {tool.name: profile for tool in tools if rows[tool.name].status == "ok"
+                    and (profile := _profile(tool, images, base / f"profile-{_slug(tool.name)}"))}
     finally:
         for tool in tools:
             tool.close()
         shutil.rmtree(base, ignore_errors=True)
-    return WorkloadResult(workload.name, workload.description, workload.filesystem, list(rows.values()))
+    return WorkloadResult(workload.name, workload.description, workload.filesystem,
+                          list(rows.values()), profiles)
+
+
+def _profile(tool: Tool, images: Sequence[GeneratedImage], work: Path) -> dict[str, Any] | None:
+    try:
+        return tool.profile(images, work)
+    except (GuestpullError, OSError) as err:
+        return {"error": str(err)}
+    finally:
+        if work.exists():  # a tool without a profile creates nothing
+            tool.release(work)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _setup(tool: Tool, images: Sequence[GeneratedImage], base: Path, row: ToolResult) -> None:

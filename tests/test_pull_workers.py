@@ -7,15 +7,13 @@ from pathlib import Path
 import pytest
 
 from guestpull import pull
-from guestpull.config import ImageConfig, parse_cdh_config
-from guestpull.image.bundle import umount_bundle
 from guestpull.image.worker import UnpackWorkers
 from guestpull.pull import pull_image
 from guestpull_testkit.fakeregistry import FakeRegistry
 from guestpull_testkit.images import Dir, File, ImageSpec, LayerSpec, Opaque, Symlink, Whiteout
 
-from support.config import cdh_toml
-from image.treewalk import describe_tree, diff_trees
+from support.pulls import fake_config, pull_tree
+from image.treewalk import diff_trees
 
 
 def _image() -> ImageSpec:
@@ -42,10 +40,6 @@ def _count_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return started
 
 
-def _config(fake: FakeRegistry) -> ImageConfig:
-    return parse_cdh_config(cdh_toml(insecure=[fake.host]), "cdh.toml").image_config()
-
-
 @pytest.mark.parametrize("mode", ["copy", "overlay"])
 async def test_bundles_from_workers_equal_bundles_from_this_process(
     shm_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
@@ -54,16 +48,12 @@ async def test_bundles_from_workers_equal_bundles_from_this_process(
     image = _image().build()
     async with FakeRegistry() as fake:
         fake.add_image("team/app", "v1", image)
-        config = _config(fake)
+        config = fake_config(fake)
         trees = {}
         for threshold, name in ((1 << 62, "in-process"), (0, "workers")):
             monkeypatch.setattr(pull, "UNPACK_WORKER_MIN_LAYER_BYTES", threshold)
-            bundle = shm_path / f"bundle-{name}"
-            result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / name,
-                                      bundle=bundle, rootfs_mode=mode)
-            assert result.bundle is not None and result.bundle.mode_used == mode
-            trees[name] = describe_tree(bundle / "rootfs")
-            umount_bundle(bundle)
+            trees[name] = await pull_tree(f"{fake.host}/team/app:v1", config, shm_path / name,
+                                          shm_path / f"bundle-{name}", mode)
     assert started == [1 if mode == "copy" else 2]
     assert diff_trees(trees["workers"], trees["in-process"]) == []
     assert "o/new" in trees["workers"] and "many/f299" in trees["workers"]
@@ -83,7 +73,7 @@ async def test_workers_start_only_when_the_work_repays_them(
     monkeypatch.setattr(pull, "UNPACK_WORKER_MIN_LAYER_BYTES", min_layer)
     async with FakeRegistry() as fake:
         fake.add_image("team/app", "v1", _image().build())
-        config = _config(fake)
+        config = fake_config(fake)
         result = await pull_image(f"{fake.host}/team/app:v1", config, work_dir=shm_path / "s",
                                   bundle=shm_path / "b", rootfs_mode="copy")
     assert result.bundle is not None and (shm_path / "b" / "rootfs" / "many" / "f299").is_file()

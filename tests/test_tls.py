@@ -180,3 +180,19 @@ def test_client_certificate_only_for_its_registry() -> None:
     trust = tls.TrustConfig([], [tls.ClientCertificate("r.local:5000", mine.cert_pem, mine.key_pem)])
     assert trust.context_for("r.local:5000") is not trust.context_for("other.local:5000")
     assert trust.context_for("other.local:5000") is trust.context_for("r.local")
+
+
+def test_the_shared_context_is_built_on_first_use_and_bad_roots_still_refuse_at_once() -> None:
+    chain = make_ca_chain()
+    trust = tls.TrustConfig([chain.ca_cert_pem.decode()], source="cdh.toml")
+    assert trust._default is None  # nothing has asked for HTTPS yet: no system bundle loaded
+    shared = trust.prepare()
+    assert trust.context_for("any.local") is shared and trust.prepare() is shared
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    assert shared.cert_store_stats()["x509_ca"] == system + 1 and shared.verify_mode == ssl.CERT_REQUIRED
+    # a bad extra root is still a ConfigError when the settings load, HTTPS or not
+    with pytest.raises(ConfigError, match=r"cdh.toml: image.extra_root_certificates\[1\]"):
+        tls.TrustConfig([chain.ca_cert_pem.decode(), "not a certificate"], source="cdh.toml")
+    garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    with pytest.raises(ConfigError, match=r"extra_root_certificates\[0\]: cannot load the certificate"):
+        tls.TrustConfig([garbled])

@@ -14,13 +14,15 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
+from guestpull.configmodel import Field, Model, field_validator, model_validator
 from guestpull.errors import ConfigError, GuestpullError, Location
 from guestpull.reference import DOMAIN_RE
 from guestpull.resources import check_resource_uri
+
+if TYPE_CHECKING:
+    import pydantic
 
 DEFAULT_CDH_SOCKET = "unix:///run/confidential-containers/cdh.sock"
 DEFAULT_AA_SOCKET = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
@@ -29,14 +31,14 @@ KBS_CREDENTIALS_DIR = PurePosixPath("/run/confidential-containers/cdh/kbs")
 KNOWN_KBC_NAMES = ("cc_kbc", "offline_fs_kbc")
 AUTH_URI_ENV = "CDH_DEFAULT_IMAGE_AUTHENTICATED_REGISTRY_CREDENTIALS"
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=Model)
 
 
-class _Model(BaseModel):
-    # validate_by_name lets Python code use field names; TOML input is validated by alias only
-    # (see validate_model), so a misspelt ``unqualified_search_registries`` is ignored,
-    # as upstream.
-    model_config = ConfigDict(extra="ignore", validate_by_name=True, validate_by_alias=True)
+class _Model(Model):
+    # Python code may use field names; TOML input is validated by key only (see
+    # validate_model), so a misspelt ``unqualified_search_registries`` is ignored, as upstream.
+    # Plainly valid input needs no pydantic (configmodel.py): the pull path starts faster.
+    pass
 
 
 # --- registries.conf (§3.1, §3.2) ---------------------------------------------------------
@@ -75,7 +77,7 @@ class RegistryRule(_Model):
 
 class RegistriesConfig(_Model):
     unqualified_search_registries: list[str] = Field(
-        default_factory=lambda: ["docker.io"], alias="unqualified-search-registries"
+        default_factory=lambda: ["docker.io"], key="unqualified-search-registries"
     )
     registry: list[RegistryRule] = Field(default_factory=list)
 
@@ -126,7 +128,7 @@ class ClientCertificate(_Model):
 
 class ImageConfig(_Model):
     work_dir: Path = DEFAULT_WORK_DIR
-    max_concurrent_layer_downloads_per_image: int = Field(3, ge=1)
+    max_concurrent_layer_downloads_per_image: int = Field(default=3, ge=1)
     image_security_policy_uri: str | None = None
     image_security_policy: str | None = None
     sigstore_config_uri: str | None = None
@@ -304,9 +306,9 @@ def parse_toml(text: str, source: str, *, line_offset: int = 0) -> dict[str, Any
         ) from None
 
 
-def unknown_keys(raw: Mapping[str, Any], model: type[BaseModel], prefix: str = "") -> list[str]:
+def unknown_keys(raw: Mapping[str, Any], model: type[Model], prefix: str = "") -> list[str]:
     """Dotted paths of keys in ``raw`` that ``model`` does not know (and so ignores)."""
-    fields = {(info.alias or name): info for name, info in model.model_fields.items()}
+    fields = {info.key: info for info in model.config_fields().values()}
     found: list[str] = []
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else str(key)
@@ -340,14 +342,19 @@ def validate_model(
     line_offset: int = 0,
 ) -> M:
     """Validate already-parsed data; a pydantic error becomes a ConfigError naming the field."""
+    # by_name=False: only the TOML spelling of a key counts, as upstream.
+    valid = model.validate_fast(raw, by_alias=True, by_name=False)
+    if valid is not None:
+        return valid
+    from pydantic import ValidationError  # only now: input that is not plainly valid
+
     try:
-        # by_name=False: only the TOML spelling of an aliased key counts, as upstream.
         return model.model_validate(raw, by_alias=True, by_name=False)
     except ValidationError as err:
         raise _config_error(err, source, text, line_offset) from None
 
 
-def _config_error(err: ValidationError, source: str, text: str | None, offset: int) -> ConfigError:
+def _config_error(err: pydantic.ValidationError, source: str, text: str | None, offset: int) -> ConfigError:
     problems = err.errors(include_url=False)
     first_loc = problems[0]["loc"]
     line = field_line(text, dotted_path(first_loc)) if text else None
@@ -485,9 +492,9 @@ def _split_toml_message(message: str) -> tuple[str, int | None, int | None]:
     return message[: match.start()], int(match.group(1)), int(match.group(2))
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside ``Model``, ``Model | None`` or ``list[Model]``, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _model_in(annotation: Any) -> type[Model] | None:
+    """The model inside ``Model``, ``Model | None`` or ``list[Model]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, Model):
         return annotation
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType, list):

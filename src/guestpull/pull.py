@@ -6,12 +6,15 @@ registry rules produce, in order, and stops at the first that works.  Each faile
 is recorded (:class:`errors.Attempt`); when all fail, :class:`errors.AllCandidatesFailed`
 lists every attempt with its categorised cause.  Everything the registry sends is verified
 before it is stored (see distribution/client.py and image/store.py); with a bundle, layers
-are unpacked while later ones download (image/bundle.py).
+are unpacked while later ones download (image/bundle.py), big ones even while their own blob
+still arrives, and nothing they produce counts before that blob is committed
+(:func:`_from_arriving`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -19,8 +22,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-
-import aiohttp
 
 from guestpull import oci
 from guestpull import tls
@@ -47,6 +48,7 @@ from guestpull.errors import (
     DigestError,
     GuestpullError,
     NoSpaceError,
+    UnpackError,
     UnsupportedError,
     UsageError,
 )
@@ -58,12 +60,15 @@ from guestpull.image.bundle import (
     remove_bundle,
 )
 from guestpull.image.store import Store, open_store
+from guestpull.image.rootfs import unpack_blob
 from guestpull.image.worker import OnDemandWorkers, UnpackWorkers
 from guestpull.reference import Reference, parse_reference
-from guestpull.registries import PullCandidate, resolve_candidates
+from guestpull.registries import PullCandidate, Scheme, resolve_candidates
 from guestpull.resources import ResourceResolver
 
 if TYPE_CHECKING:
+    import aiohttp  # through guestpull.distribution (see transport.py), which imports it first
+
     from guestpull.signature import PolicyDecision, Verifier
 
 log = logging.getLogger(__name__)
@@ -256,6 +261,9 @@ class Puller:
         await self.open()
         loaded = await self._load()
         candidates = resolve_candidates(reference, loaded.registries)
+        if any(c.scheme is Scheme.HTTPS for c in candidates):
+            # The system CA bundle (~20 ms) off the event loop, and only for HTTPS.
+            await asyncio.to_thread(loaded.transport.trust.prepare)
         assert self._store is not None
         store = self._store
         attempts: list[Attempt] = []
@@ -575,11 +583,13 @@ class _CandidatePull:
     async def _fetch_layers(
         self, descriptors: Sequence[oci.Descriptor], builder: BundleBuilder | None
     ) -> None:
-        """Download the missing blobs; meanwhile unpack each layer as soon as it is stored."""
+        """Download the missing blobs; meanwhile unpack each layer as soon as it is stored, or
+        while it arrives (see :func:`_unpack_as_stored`)."""
         unique: dict[str, oci.Descriptor] = {}
         for d in descriptors:
             unique.setdefault(d.digest, d)
         stored = {digest: asyncio.Event() for digest in unique}
+        arrivals: dict[str, _Arrival] = {}
         missing = []
         for d in unique.values():
             if self.store.content.has(d.digest):
@@ -587,22 +597,29 @@ class _CandidatePull:
                 self.emit(PullEvent("layer-cached", str(self.ref), {"digest": d.digest, "size": d.size}))
             else:
                 missing.append(d)
+                arrivals[d.digest] = _Arrival(d.size)
         self.store.check_space(sum(d.size for d in missing))
-        limit = asyncio.Semaphore(self.concurrency)
+        limit = asyncio.Semaphore(_download_concurrency(self.concurrency, builder))
 
         async def one(d: oci.Descriptor) -> None:
-            async with limit:
-                self.emit(PullEvent("layer-start", str(self.ref), {"digest": d.digest, "size": d.size}))
-                await self._fetch_blob(d)
-                self.emit(PullEvent("layer-done", str(self.ref), {"digest": d.digest, "size": d.size}))
+            arrival = arrivals[d.digest]
+            try:
+                async with limit:
+                    self.emit(PullEvent("layer-start", str(self.ref), {"digest": d.digest, "size": d.size}))
+                    await self._fetch_blob(d, arrival)
+                    self.emit(PullEvent("layer-done", str(self.ref), {"digest": d.digest, "size": d.size}))
+            except BaseException as exc:
+                arrival.ended(exc)
+                raise
+            arrival.ended(None)
             stored[d.digest].set()
 
         jobs = [one(d) for d in missing]
         if builder is not None:
-            jobs.append(_unpack_as_stored(builder, stored))
+            jobs.append(_unpack_as_stored(builder, stored, arrivals))
         await _all_or_nothing(jobs)
 
-    async def _fetch_blob(self, d: oci.Descriptor) -> None:
+    async def _fetch_blob(self, d: oci.Descriptor, arrival: _Arrival | None = None) -> None:
         if self.store.content.has(d.digest):
             return
         # One download per blob across concurrent pulls (in this process, then across
@@ -610,12 +627,26 @@ class _CandidatePull:
         async with self.blob_locks.hold(d.digest), store_lock(self.store, f"blob-{d.digest}"):
             if self.store.content.has(d.digest):
                 return
-            await self.client.fetch_blob(
-                self.ref.repository,
-                d,
-                lambda: _ProgressSink(self.store.content.writer(d.digest, d.size), d.digest,
-                                      str(self.ref), self.emit),
-            )
+
+            def open_sink() -> _ProgressSink:
+                writer = self.store.content.writer(d.digest, d.size)
+                if arrival is not None:
+                    arrival.opened(writer.ingest_path)
+                return _ProgressSink(writer, d.digest, str(self.ref), self.emit)
+
+            await self.client.fetch_blob(self.ref.repository, d, open_sink)
+
+
+def _download_concurrency(configured: int, builder: BundleBuilder | None) -> int:
+    """Downloads at once: one, in layer order, when a copy rootfs is flattened in order.
+
+    Copy mode applies layer n+1 only after layer n, so the first layer's arrival gates all
+    the unpacking; parallel downloads would only share the bandwidth (on a fast registry,
+    this process's CPU) among layers that must wait anyway.  Measured on the 4 × 64 MiB
+    image (loaded 2-core machine): the same total download time, the first layer ready
+    0.25 s after the first request instead of 0.47 s, 7 MiB less peak RSS (issue 15).
+    """
+    return 1 if builder is not None and builder.sequential else configured
 
 
 def _unpack_workers(builder: BundleBuilder | None) -> OnDemandWorkers | None:
@@ -636,25 +667,138 @@ def _unpack_workers(builder: BundleBuilder | None) -> OnDemandWorkers | None:
     return workers
 
 
-async def _unpack_as_stored(builder: BundleBuilder, stored: dict[str, asyncio.Event]) -> None:
+async def _unpack_as_stored(
+    builder: BundleBuilder, stored: dict[str, asyncio.Event], arrivals: dict[str, _Arrival]
+) -> None:
     """Unpack layers as their blobs arrive: in order for a copy rootfs, else two at a time.
 
     Each unpack waits on a thread: in a worker process when the builder has workers, else in
-    this process (small images), where decompression and writes still release the GIL.
+    this process (small images), where decompression and writes still release the GIL.  With
+    workers running, a layer whose blob is still downloading when its turn comes unpacks
+    from the growing file (:func:`_from_arriving`) instead of waiting for the whole blob.
     """
+    runner = builder.runner
+    if not (isinstance(runner, OnDemandWorkers) and runner.started):
+        arrivals = {}
     if builder.sequential:
-        for layer in builder.layers:
-            await stored[layer.digest].wait()
-            await in_thread_to_the_end(builder.prepare_layer, layer)
+        await _apply_in_order(builder, stored, arrivals)
         return
     limit = asyncio.Semaphore(UNPACK_CONCURRENCY)
 
     async def one(layer: oci.Layer) -> None:
-        await stored[layer.digest].wait()
+        done = stored[layer.digest]
+        arrival = arrivals.get(layer.digest)
+        await _first_set(done, arrival.started if arrival is not None else None)
         async with limit:
+            if arrival is not None and not done.is_set():
+                await _from_arriving(arrival, done, layer, _ensure_from_arriving,
+                                     builder.store, builder.runner, layer, arrival)
+            await done.wait()
             await in_thread_to_the_end(builder.prepare_layer, layer)
 
     await _all_or_nothing([one(layer) for layer in builder.layers])
+
+
+async def _apply_in_order(
+    builder: BundleBuilder, stored: dict[str, asyncio.Event], arrivals: dict[str, _Arrival]
+) -> None:
+    """Copy mode: apply the layers in order, each from its arriving blob when it can.
+
+    A layer applied from a download attempt that was then abandoned (a broken connection
+    restarts the download in a new file) leaves half a layer from unverified bytes in the
+    rootfs: the rootfs is emptied and every layer so far applied again from the stored blobs.
+    """
+    for index, layer in enumerate(builder.layers):
+        done = stored[layer.digest]
+        arrival = arrivals.get(layer.digest)
+        await _first_set(done, arrival.started if arrival is not None else None)
+        if arrival is not None and not done.is_set():
+            if await _from_arriving(arrival, done, layer, builder.prepare_layer, layer):
+                continue
+            await in_thread_to_the_end(builder.restart_copy)
+            for lower in builder.layers[:index]:
+                await in_thread_to_the_end(builder.prepare_layer, lower)
+        await done.wait()
+        await in_thread_to_the_end(builder.prepare_layer, layer)
+
+
+class _Arrival:
+    """A missing blob on its way into the store, so that its layer can unpack meanwhile.
+
+    ``path`` is the ingest file of the current download attempt (a retry opens another);
+    ``committed`` resolves, for threads too, to the ingest path whose content the store
+    committed (digest and size verified), or to the download's failure.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.started = asyncio.Event()
+        self.path: str | None = None
+        self.committed: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+
+    def opened(self, path: Path) -> None:
+        self.path = str(path)
+        self.started.set()
+
+    def ended(self, error: BaseException | None) -> None:
+        if self.committed.done():
+            return
+        if error is None:
+            self.committed.set_result(self.path)
+        else:
+            self.committed.set_exception(error)
+
+
+async def _first_set(first: asyncio.Event, second: asyncio.Event | None) -> None:
+    """Wait until either event is set."""
+    if second is None:
+        await first.wait()
+        return
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+async def _from_arriving(arrival: _Arrival, stored: asyncio.Event, layer: oci.Layer,
+                         fn: Callable[..., Any], *args: Any) -> bool:
+    """Run ``fn(*args, path)`` in a thread, ``path`` being the ingest file the layer's blob is
+    still downloading into; then wait until the blob is stored.
+
+    True when the work read the very file the store then committed (digest and size
+    verified): its result stands, and its failure is the layer's (raised).  False when the
+    download was restarted under it: what it did came from an abandoned attempt, and the
+    caller does it again from the stored blob.  A download that fails fails the pull
+    through its own task (this one is then cancelled while it waits).
+    """
+    path = arrival.path
+    assert path is not None
+    try:
+        await in_thread_to_the_end(fn, *args, path)
+    except GuestpullError as err:
+        await stored.wait()
+        if arrival.committed.result() == path:
+            raise
+        log.info("layer %s: unpacking while it downloaded failed (%s); using the stored blob",
+                 layer.digest, err)
+        return False
+    await stored.wait()
+    return arrival.committed.result() == path
+
+
+def _ensure_from_arriving(store: Store, runner: Callable[..., Any], layer: oci.Layer,
+                          arrival: _Arrival, path: str) -> None:
+    """Overlay: the layer's directory in the store, unpacked from its arriving blob, and
+    renamed into place only once the store has committed that very file (fail closed)."""
+    def fill(tmp: Path) -> None:
+        unpack_blob(store, layer, tmp, mode="overlay", privileged=True, runner=runner, arriving_from=path)
+        # Raises the download's own error if it failed: then nothing is kept.
+        if arrival.committed.result() != path:
+            raise UnpackError(f"layer {layer.digest}: its download started again after the unpack began")
+
+    store.layers.ensure(layer.diff_id, fill)
 
 
 async def _all_or_nothing(coroutines: list[Any]) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import os
 import ssl
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -127,7 +128,10 @@ def _memfd(name: str, data: bytes) -> Iterator[str]:
 class TrustConfig:
     """The SSL contexts for one pull: one shared context, plus one per registry with a client cert.
 
-    Contexts are built once and reused, because loading the system roots costs milliseconds.
+    Contexts are built once and reused, because loading the system roots costs ~20 ms.  The
+    shared one is built on first use (:meth:`prepare`, or the first HTTPS request): a pull from
+    plain-HTTP registries never loads the system bundle.  The extra roots are still checked
+    here, so a bad one refuses every pull, HTTP or not, as it always did.
     """
 
     def __init__(
@@ -139,7 +143,9 @@ class TrustConfig:
     ) -> None:
         self._roots = list(extra_root_certificates)
         self._source = source
-        self._default = new_ssl_context(self._roots, source=source)
+        check_roots(self._roots, source)
+        self._default: ssl.SSLContext | None = None
+        self._building = threading.Lock()  # prepare() runs in a thread, context_for() on the loop
         self._per_registry: Mapping[str, ssl.SSLContext] = {
             c.registry: new_ssl_context(self._roots, client_certificate=c, source=source)
             for c in client_certificates
@@ -150,7 +156,22 @@ class TrustConfig:
 
     def context_for(self, registry: str) -> ssl.SSLContext:
         """The context for ``registry`` (``host[:port]`` as in the image reference)."""
-        return self._per_registry.get(registry, self._default)
+        return self._per_registry.get(registry) or self.prepare()
+
+    def prepare(self) -> ssl.SSLContext:
+        """The shared context, built now if it is not yet (blocking: call it in a thread)."""
+        with self._building:
+            if self._default is None:
+                self._default = new_ssl_context(self._roots, source=self._source)
+            return self._default
+
+
+def check_roots(extra_root_certificates: Sequence[str], source: str | None = None) -> None:
+    """The ConfigError :func:`new_ssl_context` would raise for these roots, without loading the
+    system bundle."""
+    bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for index, pem in enumerate(extra_root_certificates):
+        _add_root(bare, pem, index, source)
 
 
 # --- naming failures -----------------------------------------------------------------------

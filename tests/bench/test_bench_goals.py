@@ -85,7 +85,7 @@ def test_absolute_and_memory_goals_not_met() -> None:
     rss = by_goal(goals, "peak RSS")
     assert rss.status == "not met" and rss.value == pytest.approx(150.0)
     assert rss.margin == "+30.0 MiB (25% over)"
-    assert by_goal(goals, "big (4 × 64 MiB), cold, (overlay)").status == "not measured"
+    assert by_goal(goals, "big (4 × 64 MiB), cold, overlay").status == "not measured"
 
 
 def test_missing_or_failed_evidence_is_not_measured_never_met() -> None:
@@ -101,8 +101,8 @@ def test_missing_or_failed_evidence_is_not_measured_never_met() -> None:
     assert (deep.status, deep.value, deep.detail) == ("not measured", None, "many-deep not run")
     assert deep.margin == "—"
     assert by_goal(goals, "`guestpull --version`").status == "not measured"
-    assert by_goal(goals, "big (4 × 64 MiB), cold, (copy)").status == "met"
-    overlay = by_goal(goals, "big (4 × 64 MiB), cold, (overlay)")
+    assert by_goal(goals, "big (4 × 64 MiB), cold, copy").status == "met"
+    overlay = by_goal(goals, "big (4 × 64 MiB), cold, overlay")
     assert overlay.status == "not measured" and "failed" in overlay.detail
     small = by_goal(goals, "small (2")
     assert small.status == "not measured" and "no successful peer" in small.detail

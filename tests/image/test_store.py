@@ -42,6 +42,20 @@ def test_writer_abort_leaves_nothing(store: Store) -> None:
     assert list(store.content.ingest_dir.iterdir()) == []
 
 
+def test_written_bytes_are_in_the_ingest_file_at_once(store: Store) -> None:
+    """A layer unpacking while its blob arrives reads the ingest file: no buffer may hold
+    bytes back until commit."""
+    data = os.urandom(3000)
+    with store.content.writer(sha(data), len(data)) as w:
+        w.write(data[:1000])
+        assert w.ingest_path.parent == store.content.ingest_dir
+        assert w.ingest_path.read_bytes() == data[:1000]
+        w.write(data[1000:])
+        assert w.ingest_path.read_bytes() == data
+        final = w.commit()
+    assert final.read_bytes() == data and not w.ingest_path.exists()
+
+
 def test_digest_mismatch_leaves_nothing(store: Store) -> None:
     w = store.content.writer(sha(b"expected"), 8)
     w.write(b"tampered")

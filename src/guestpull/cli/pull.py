@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from guestpull.cli.common import emit_json, handles_errors, json_option
+from guestpull.cli.common import emit_json, handles_errors, imports_without_gc, json_option
 
 if TYPE_CHECKING:
     from guestpull.pull import PullEvent, PullResult
@@ -92,10 +92,11 @@ def pull_command(
     """
     # The pull machinery (aiohttp, pydantic config models, the store) only when a pull runs:
     # ``guestpull pull --help`` stays a click-only start-up (issue 15).
-    import asyncio
+    with imports_without_gc():
+        import asyncio
 
-    from guestpull.image.fsops import raise_open_file_limit
-    from guestpull.pull import Puller, load_cdh
+        from guestpull.image.fsops import raise_open_file_limit
+        from guestpull.pull import Puller, load_cdh
 
     cdh = load_cdh(initdata, config)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from guestpull.cli.common import handles_errors
+from guestpull.cli.common import handles_errors, imports_without_gc
 
 
 @click.command("serve")
@@ -23,11 +23,14 @@ def serve_command(config: Path | None, initdata: Path | None, socket_address: st
 
     Runs until SIGTERM or SIGINT; running pulls get 30 s to finish.
     """
-    from guestpull.config import CdhConfig, KbcConfig
-    from guestpull.image.fsops import raise_open_file_limit
-    from guestpull.pull import load_cdh
-    from guestpull.resources import OFFLINE_FS_KBC
-    from guestpull.service.server import ServeOptions, configure_logging, serve
+    # A long-lived process: frozen imports are never walked by the collector again (the
+    # pauses would otherwise land inside PullImage calls).
+    with imports_without_gc():
+        from guestpull.config import CdhConfig, KbcConfig
+        from guestpull.image.fsops import raise_open_file_limit
+        from guestpull.pull import load_cdh
+        from guestpull.resources import OFFLINE_FS_KBC
+        from guestpull.service.server import ServeOptions, configure_logging, serve
 
     # Neither file, or an Init-Data without a cdh.toml: the CDH's defaults (offline_fs KBC).
     cdh = load_cdh(initdata, config) or CdhConfig(kbc=KbcConfig(name=OFFLINE_FS_KBC))

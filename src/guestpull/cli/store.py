@@ -75,14 +75,15 @@ def rm_command(image: str, work_dir: Path, as_json: bool) -> None:
 @json_option
 @handles_errors
 def prune_command(work_dir: Path, as_json: bool) -> None:
-    """Remove blobs and unpacked layers that no image or mounted bundle uses."""
+    """Remove blobs, unpacked layers and flat rootfs caches that no image or mounted bundle uses."""
     result = _open(work_dir).prune()
     if as_json:
         emit_json({"ok": True, "blobs_removed": result.blobs_removed,
-                   "layers_removed": result.layers_removed, "bytes_freed": result.bytes_freed})
+                   "layers_removed": result.layers_removed, "flats_removed": result.flats_removed,
+                   "bytes_freed": result.bytes_freed})
     else:
         click.echo(f"removed {result.blobs_removed} blobs and {result.layers_removed} layers,"
-                   f" {result.bytes_freed} bytes freed")
+                   f" {result.flats_removed} flat rootfs caches; {result.bytes_freed} bytes freed")
 
 
 @click.command("umount")
@@ -123,7 +124,8 @@ def check_command(repair: bool, work_dir: Path, as_json: bool) -> None:
         for problem in report.problems:
             state = "repaired" if problem.repaired else "found"
             click.echo(f"{state}: {problem.kind}: {problem.path}: {problem.detail}")
-        click.echo(f"{report.blobs} blobs, {report.layers} layers, {report.images} images fine;"
+        click.echo(f"{report.blobs} blobs, {report.layers} layers, {report.images} images,"
+                   f" {report.flats} flat rootfs caches fine;"
                    f" {len(report.problems)} problems, {len(report.unrepaired)} left")
     if report.unrepaired:
         sys.exit(EXIT_CODES[StoreError.category])

@@ -468,9 +468,10 @@ async def _stream_into(
                 received += len(chunk)
                 if received > blob.size:
                     raise DigestError(f"{what}: more than the {blob.size} bytes the descriptor says")
-                # The sink hashes as it writes (both release the GIL): off the event loop,
-                # other layers go on meanwhile.
-                await asyncio.to_thread(sink.write, chunk)
+                # The sink hashes and writes on the event loop (~1 ms a MiB on tmpfs): a
+                # thread hop per chunk cost more than it overlapped, 0.12 s of CPU and 9 MiB
+                # of peak RSS (thread arenas) for 4 × 44 MiB blobs (issue 15).
+                sink.write(chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as err:
             raise _PayloadBroken(f"{type(err).__name__}: {err}") from None
         if received != blob.size:

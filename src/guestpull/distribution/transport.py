@@ -26,11 +26,10 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import aiohttp
 from yarl import URL
 
 from guestpull import __version__, tls
@@ -38,6 +37,32 @@ from guestpull.errors import GuestpullError, NetworkError, PullTimeoutError, TLS
 
 if TYPE_CHECKING:
     from cryptography import x509  # only to explain a TLS failure; imported lazily by tls
+
+
+@contextlib.contextmanager
+def _system_roots_not_loaded() -> Iterator[None]:
+    """While active, no SSLContext loads the system CA bundle (``set_default_verify_paths``).
+
+    aiohttp builds two default contexts when ``aiohttp.connector`` is imported, each parsing
+    the system bundle (~20 ms apiece, issue 15).  Every request here passes a context of its
+    own (:meth:`Transport._ssl_for`, tls.py), so they are never used; built without roots,
+    aiohttp's *verified* default stays CERT_REQUIRED with hostname checks and trusts nothing:
+    were it ever used, the handshake would fail, never pass unverified.  Its unverified default
+    is CERT_NONE either way (the roots play no part in it).  A context another thread built in
+    this window would trust nothing too: it fails closed.
+    """
+    ssl.SSLContext.set_default_verify_paths = lambda self: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del ssl.SSLContext.set_default_verify_paths  # the inherited C method again
+
+
+# After everything else: the package's __init__ imports this module before client.py, so
+# this is the process's first aiohttp import on the pull path (an earlier one, e.g. a test
+# server's, just means aiohttp's contexts were built as usual).
+with _system_roots_not_loaded():
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -335,17 +360,24 @@ class Transport:
                     hop,
                     headers=headers,
                     allow_redirects=False,
-                    proxy=self.proxies.proxy_for(hop),
-                    ssl=self._ssl_for(hop),
+                    proxy=(proxy := self.proxies.proxy_for(hop)),
+                    ssl=self._ssl_for(hop, proxy),
                 )
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             # ValueError: aiohttp refuses to send, e.g. a header value holding CR/LF.
             raise _HopFailed(hop, err) from None
 
-    def _ssl_for(self, url: URL) -> ssl.SSLContext | bool:
-        if url.scheme != "https":
-            return False
-        return self.trust.context_for(authority(url))
+    def _ssl_for(self, url: URL, proxy: str | None) -> ssl.SSLContext | bool:
+        """The TLS context for ``url``; aiohttp also uses it for the TLS to an ``https://`` proxy.
+
+        A plain-HTTP registry through an ``https://`` proxy gets the proxy's context: with
+        ``False`` aiohttp would talk to that proxy over unverified TLS.
+        """
+        if url.scheme == "https":
+            return self.trust.context_for(authority(url))
+        if proxy is not None and proxy.lower().startswith("https://"):
+            return self.trust.context_for(authority(URL(proxy)))
+        return False
 
     async def _check_tls_port(self, response: aiohttp.ClientResponse, url: URL) -> None:
         if response.url.scheme != "http" or response.status != 400:

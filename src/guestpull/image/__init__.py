@@ -10,6 +10,7 @@ in :mod:`guestpull.oci`, which ``distribution`` uses too.  Modules (each owns on
 * :mod:`.unpack` — the one layer applier (overlay and copy whiteout modes)
 * :mod:`.rootfs` — verified blob unpack, layer store fill, overlay mount, copy flattening
 * :mod:`.worker` — unpack worker processes (the other cores)
+* :mod:`.flat` — the flattened copy-mode rootfs cache and its copier (re-pulls)
 * :mod:`.bundle` — ``rootfs`` + ``config.json``
 """
 

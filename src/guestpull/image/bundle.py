@@ -22,9 +22,12 @@ from guestpull.errors import (
     ExistsError,
     GuestpullError,
     Location,
+    NoSpaceError,
+    UnpackError,
     UnsupportedError,
     from_os_error,
 )
+from guestpull.image.flat import FLAT_ROOTFS, FLAT_WARNINGS, copy_tree
 from guestpull.image.fsops import read_in_root
 from guestpull.image.rootfs import (
     ensure_layer,
@@ -38,7 +41,7 @@ from guestpull.image.rootfs import (
     unmount,
     unpack_blob,
 )
-from guestpull.image.store import ImageRecord, Store, open_store
+from guestpull.image.store import ImageRecord, Store, flat_key, open_store
 from guestpull.oci import ConfigFile, Layer
 
 log = logging.getLogger(__name__)
@@ -93,7 +96,9 @@ class BundleBuilder:
     ``layers`` are what :meth:`prepare_layer` must be given once each blob is stored: in order
     when :attr:`sequential` (copy mode flattens bottom to top), in any order otherwise
     (overlay mode unpacks each layer into its own directory).  Then :meth:`finish`, or
-    :meth:`abort` on any failure.
+    :meth:`abort` on any failure.  A copy-mode re-pull goes through the store's flat rootfs
+    cache (:meth:`_plan_flat_cache`): ``layers`` is then empty when the cache exists, and
+    :meth:`finish` copies it.
     """
 
     def __init__(
@@ -132,6 +137,13 @@ class BundleBuilder:
         self.mode_used = _choose_mode(mode, self.privileged, len(layers))
         self.all_layers = tuple(layers)
         self.warnings: list[str] = []
+        # Copy mode from the store's flat rootfs cache of this chain (None: apply the blobs
+        # onto the rootfs); ``_flat_build``: the cache is missing and this bundle builds it.
+        self._flat_key: str | None = None
+        self._flat_build = False
+        self._flat_ready = False
+        if self.mode_used == "copy":
+            self._plan_flat_cache()
         try:
             _prepare_bundle_dir(self.bundle, force)
             if self.mode_used == "copy":
@@ -145,19 +157,85 @@ class BundleBuilder:
 
     @property
     def layers(self) -> list[Layer]:
+        if self._flat_key is not None and not self._flat_build:
+            return []  # the cache is there: finish() copies it, no layer needs work
         return list(self.all_layers) if self.sequential else unique_top_most(self.all_layers)
 
-    def prepare_layer(self, layer: Layer) -> None:
-        """Apply (copy) or unpack (overlay) one layer whose blob is in the content store."""
-        if self.mode_used == "copy":
-            stats = unpack_blob(self.store, layer, self.rootfs, mode="copy",
-                                privileged=self.privileged, runner=self.runner)
-            self.warnings.extend(stats.warnings)
+    def _plan_flat_cache(self) -> None:
+        """Use the flat rootfs cache when it exists; build it on a re-pull.
+
+        A first pull (some blob not yet stored) applies the blobs straight onto the rootfs, as
+        before: an image pulled once never pays for a second copy of its rootfs in memory.
+        When every blob was already stored (a re-pull), the layers are applied into the cache
+        instead and the rootfs is copied from it; later pulls of the chain only copy.
+        """
+        if not self.all_layers:
+            return
+        key = flat_key([layer.diff_id for layer in self.all_layers], self.privileged)
+        if self.store.flats.has(key):
+            self._flat_key = key
+        elif all(self.store.content.has(layer.digest) for layer in self.all_layers):
+            self._flat_key, self._flat_build = key, True
+
+    def prepare_layer(self, layer: Layer, arriving_from: str | None = None) -> None:
+        """Apply (copy) or unpack (overlay) one layer whose blob is in the content store.
+
+        Copy mode only: ``arriving_from``, the ingest file its blob is still downloading into
+        (see :func:`~guestpull.image.rootfs.unpack_blob`); the caller must see that file
+        committed before the rootfs counts, and call :meth:`restart_copy` if it was not.
+        The flat cache is only used when every blob was stored before the pull, so nothing
+        arrives then.
+        """
+        if self._flat_key is not None:
+            # Every blob is stored: the first call (the bottom layer; copy mode goes in order)
+            # builds the whole cache, under its lock.
+            if not self._flat_ready:
+                try:
+                    self.store.flats.ensure(self._flat_key, self._fill_flat_cache)
+                    self._flat_ready = True
+                except NoSpaceError as exc:
+                    self._without_flat_cache(exc, drop=False)
+                    self._apply(layer)
+        elif self.mode_used == "copy":
+            self._apply(layer, arriving_from)
         else:
             ensure_layer(self.store, layer, self.runner)
 
+    def _apply(self, layer: Layer, arriving_from: str | None = None) -> None:
+        stats = unpack_blob(self.store, layer, self.rootfs, mode="copy",
+                            privileged=self.privileged, runner=self.runner,
+                            arriving_from=arriving_from)
+        self.warnings.extend(stats.warnings)
+
+    def restart_copy(self) -> None:
+        """Empty the copy rootfs, to apply its layers again from the stored blobs (a layer was
+        applied from a download attempt that was then abandoned)."""
+        remove_tree(self.rootfs)
+        _start_copy_rootfs(self.rootfs)
+        self.warnings.clear()
+
+    def _without_flat_cache(self, exc: NoSpaceError, *, drop: bool) -> None:
+        """Memory is short: go on as a first pull does, straight from the blobs (``drop``: and
+        free the cache, which this guest cannot afford next to its bundles)."""
+        assert self._flat_key is not None
+        message = f"no space for the flat rootfs cache ({exc}); applying the layers directly"
+        log.warning("%s", message)
+        self.warnings.append(message)
+        if drop:
+            self.store.flats.remove(self._flat_key)
+        self._flat_key = None
+
     def finish(self, reference: str) -> BundleResult:
-        """Mount the overlay (if that mode) and write config.json."""
+        """Copy the rootfs from the cache or mount the overlay (if so planned), write config.json."""
+        if self._flat_key is not None:
+            try:
+                self._copy_flat_cache(self._flat_key)
+            except NoSpaceError as exc:
+                self._without_flat_cache(exc, drop=True)
+                remove_tree(self.rootfs)
+                _start_copy_rootfs(self.rootfs)
+                for layer in self.all_layers:
+                    self._apply(layer)
         if self.mode_used == "overlay":
             try:
                 _overlay_rootfs(self.store, reference, self.layers, self.bundle)
@@ -176,15 +254,44 @@ class BundleBuilder:
     def abort(self) -> None:
         _undo_rootfs(self.store, self.bundle)
 
+    def _fill_flat_cache(self, tmp: Path) -> None:
+        """Build a cache in ``tmp``: the rootfs (every blob applied and its diff_id checked)
+        and the applier's warnings, which each bundle copied from it reports again."""
+        warnings: list[str] = []
+        rootfs = tmp / FLAT_ROOTFS
+        _start_copy_rootfs(rootfs)
+        for layer in self.all_layers:
+            stats = unpack_blob(self.store, layer, rootfs, mode="copy",
+                                privileged=self.privileged, runner=self.runner)
+            warnings.extend(stats.warnings)
+        _write_json_atomically(tmp / FLAT_WARNINGS, {"warnings": warnings})
+
+    def _copy_flat_cache(self, key: str) -> None:
+        # Built in prepare_layer (a re-pull), or there when this bundle began: if a prune
+        # removed it since, reading() builds it again in this thread.
+        with self.store.flats.reading(key, self._fill_flat_cache) as cache:
+            try:
+                warnings = json.loads((cache / FLAT_WARNINGS).read_bytes())["warnings"]
+                if not (cache / FLAT_ROOTFS).is_dir():
+                    raise FileNotFoundError(f"no {FLAT_ROOTFS}/ in it")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise UnpackError(
+                    f"flat rootfs cache {cache} is unusable: {exc}",
+                    hint=f"run `guestpull store check --repair --work-dir {self.store.work_dir}`",
+                ) from exc
+            copy_tree(cache / FLAT_ROOTFS, self.rootfs, privileged=self.privileged)
+        self.warnings.extend(str(w) for w in warnings)
+
     def _fall_back_to_copy(self, exc: GuestpullError) -> None:
         message = f"overlay rootfs failed ({exc}); falling back to copy"
         log.warning("%s", message)
         self.warnings.append(message)
         _undo_rootfs(self.store, self.bundle)
         self.mode_used = "copy"
+        self._flat_key = None
         _start_copy_rootfs(self.rootfs)
         for layer in self.all_layers:
-            self.prepare_layer(layer)
+            self._apply(layer)
 
 
 def remove_bundle(bundle_dir: str | os.PathLike[str], store: Store) -> None:

@@ -9,7 +9,8 @@
   running ``mount`` from there, so even a few hundred layers fit the one-page option limit.
 * :func:`start_copy_rootfs` + :func:`unpack_blob` with ``mode="copy"`` per layer, in order —
   re-apply every layer tar into a plain directory, with whiteouts as deletions: exactly
-  umoci's flattening, and it needs no privileges.
+  umoci's flattening, and it needs no privileges.  A re-pull flattens into the store's
+  cache instead and copies that (:mod:`guestpull.image.flat`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from guestpull.errors import NotFoundError, UnpackError, UnsupportedError
+from guestpull.image.decode import Arriving
 from guestpull.image.fsops import remove_path
 from guestpull.image.store import Store
 from guestpull.image.unpack import LayerStats, Mode, unpack_file
@@ -37,19 +39,25 @@ UnpackRunner = Callable[..., LayerStats]
 
 def unpack_blob(
     store: Store, layer: Layer, dest: Path, *, mode: Mode, privileged: bool | None = None,
-    runner: UnpackRunner | None = None,
+    runner: UnpackRunner | None = None, arriving_from: str | None = None,
 ) -> LayerStats:
     """Apply the stored blob of ``layer`` onto ``dest`` and verify its diff_id.
 
     DigestError on a diff_id mismatch, UnpackError for bad content; ``dest`` may then hold a
     partial layer, which the caller discards.  ``runner`` chooses where the work happens.
+    ``arriving_from``: the ingest file the blob is still downloading into; the result counts
+    only once the store has committed that very file (the caller waits for it: pull.py).
     """
-    if not store.content.has(layer.digest):
+    stored = str(store.content.path(layer.digest))
+    arriving = None
+    if arriving_from is not None:
+        arriving = Arriving(layer.size, stored)
+    elif not store.content.has(layer.digest):
         raise NotFoundError(f"layer blob {layer.digest} is not in the content store")
-    args = (str(store.content.path(layer.digest)), layer.media_type, layer.diff_id, str(dest))
+    args = (arriving_from or stored, layer.media_type, layer.diff_id, str(dest))
     if runner is None:
-        return unpack_file(*args, mode=mode, privileged=privileged)
-    return runner(unpack_file, *args, mode=mode, privileged=privileged)
+        return unpack_file(*args, mode=mode, privileged=privileged, arriving=arriving)
+    return runner(unpack_file, *args, mode=mode, privileged=privileged, arriving=arriving)
 
 
 def ensure_layer(store: Store, layer: Layer, runner: UnpackRunner | None = None) -> Path:

@@ -7,11 +7,14 @@ Layout::
       ingest/                     blobs being written (temporary names, flock-held)
       layers/<n>                  unpacked layers; <n> is a small integer so that overlay
                                   lowerdir lists stay short; layers/tmp.* are in progress
+      flat/<chain>                flattened copy-mode rootfs per layer chain (ChainID hex,
+                                  ``-rootless`` when built unprivileged); flat/tmp.* in progress
       locks/<key>                 flock files (threads and processes)
       meta.db                     SQLite: images, layers (complete or not), bundles
 
 Rules: a blob becomes visible only by ``rename`` after its digest and size matched; a layer
-becomes visible only when its SQLite row is marked complete after a verified unpack.  A
+becomes visible only when its SQLite row is marked complete after a verified unpack; a flat
+rootfs cache only by ``rename`` once every layer of its chain is applied and verified.  A
 killed pull leaves temporaries that :meth:`Store.recover` (run by :func:`open_store`) removes;
 temporaries still locked by a live process are left alone.
 
@@ -33,6 +36,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +46,7 @@ from typing import BinaryIO, NoReturn
 
 from guestpull.config import DEFAULT_WORK_DIR
 from guestpull.errors import DigestError, NoSpaceError, NotFoundError, StoreError, from_os_error
+from guestpull.image.flat import chain_id
 from guestpull.image.fsops import remove_path
 from guestpull.oci import Layer, split_digest
 
@@ -85,7 +90,8 @@ class ImageRecord:
 class PruneResult:
     blobs_removed: int
     layers_removed: int
-    bytes_freed: int
+    bytes_freed: int  # by the blobs (layer dirs and caches are not measured)
+    flats_removed: int = 0
 
 
 def _lock_name(key: str) -> str:
@@ -121,7 +127,10 @@ class BlobWriter:
         # Held until commit/abort so recover() in another process leaves it alone.
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._tmp = Path(tmp)
-        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        # Unbuffered: the download hands over chunks of up to 1 MiB (a buffer would only copy
+        # them once more), and a layer unpacking while its blob arrives reads the file as it
+        # grows (see decode.ArrivingBlob).
+        self._file = os.fdopen(fd, "wb", buffering=0)
         self._hash = hashlib.new(algorithm)
         self._written = 0
         self._closed = False
@@ -129,6 +138,11 @@ class BlobWriter:
     @property
     def written(self) -> int:
         return self._written
+
+    @property
+    def ingest_path(self) -> Path:
+        """Where the bytes land until commit: readable while they arrive (unverified!)."""
+        return self._tmp
 
     def write(self, data: bytes) -> None:
         if self._closed:
@@ -139,7 +153,9 @@ class BlobWriter:
                 f"blob {self.digest}: more data than the declared size {self.size} bytes"
             )
         try:
-            self._file.write(data)
+            view = memoryview(data)
+            while view:
+                view = view[self._file.write(view):]
         except OSError as exc:
             self._fail(exc)
         self._hash.update(data)
@@ -247,6 +263,27 @@ class ContentStore:
 # --- layers ----------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def building_dir(root: Path) -> Iterator[Path]:
+    """A fresh ``root/tmp.*`` directory (0755) to fill and rename into place.
+
+    Its flock is held until the block ends, so :meth:`Store.recover` in another process
+    leaves it alone; it is removed if the block raises (after a rename there is nothing left).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="tmp.", dir=root))
+    dir_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        os.chmod(tmp, 0o755)
+        yield tmp
+    except BaseException:
+        _discard(tmp)
+        raise
+    finally:
+        os.close(dir_fd)
+
+
 class LayerStore:
     """Unpacked layer directories keyed by diff_id, shared by every image."""
 
@@ -282,35 +319,28 @@ class LayerStore:
             if existing is not None:
                 return existing
             self._drop_stale(diff_id)
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix="tmp.", dir=self.root))
-            dir_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             layer_id: int | None = None
             try:
-                fcntl.flock(dir_fd, fcntl.LOCK_EX)
-                os.chmod(tmp, 0o755)
-                fill(tmp)
-                with self._store._db() as db:
-                    cur = db.execute(
-                        "INSERT INTO layers (diff_id, complete, created) VALUES (?, 0, ?)",
-                        (diff_id, time.time()),
-                    )
-                    layer_id = int(cur.lastrowid or 0)
-                final = self.root / str(layer_id)
-                _discard(final)  # an orphan with our fresh id can only be debris
-                os.rename(tmp, final)
-                with self._store._db() as db:
-                    db.execute("UPDATE layers SET complete = 1 WHERE id = ?", (layer_id,))
+                with building_dir(self.root) as tmp:
+                    fill(tmp)
+                    with self._store._db() as db:
+                        cur = db.execute(
+                            "INSERT INTO layers (diff_id, complete, created) VALUES (?, 0, ?)",
+                            (diff_id, time.time()),
+                        )
+                        layer_id = int(cur.lastrowid or 0)
+                    final = self.root / str(layer_id)
+                    _discard(final)  # an orphan with our fresh id can only be debris
+                    os.rename(tmp, final)
+                    with self._store._db() as db:
+                        db.execute("UPDATE layers SET complete = 1 WHERE id = ?", (layer_id,))
                 return final
             except BaseException:
-                _discard(tmp)
                 if layer_id is not None:
                     _discard(self.root / str(layer_id))
                     with self._store._db() as db:
                         db.execute("DELETE FROM layers WHERE id = ?", (layer_id,))
                 raise
-            finally:
-                os.close(dir_fd)
 
     def _drop_stale(self, diff_id: str) -> None:
         """Forget a row that :meth:`get` did not accept (unfinished, or its dir is gone).
@@ -339,6 +369,84 @@ class LayerStore:
             return [r[0] for r in db.execute("SELECT diff_id FROM layers WHERE complete = 1")]
 
 
+# --- flattened rootfs caches -------------------------------------------------------------------
+
+#: A cache's name: the hex of its layer chain's ChainID, plus a suffix when built without
+#: privileges (every file then belongs to the builder, and there are no device nodes).
+_FLAT_NAME = re.compile(r"[0-9a-f]{64}(-rootless)?")
+_FLAT_ATTEMPTS = 3
+
+
+def flat_key(diff_ids: Sequence[str], privileged: bool) -> str:
+    """The cache name of the copy-mode rootfs of layers ``diff_ids`` (bottom first)."""
+    hexpart = split_digest(chain_id(diff_ids))[1]
+    return hexpart if privileged else f"{hexpart}-rootless"
+
+
+class FlatStore:
+    """Flattened copy-mode rootfs caches, ``flat/<key>`` (see :mod:`guestpull.image.flat`).
+
+    A cache is built in ``flat/tmp.*`` and renamed into place only when every layer is applied
+    and its diff_id verified: the directory is the record (no row).  It is never handed out:
+    bundles get a copy.  Building and removing hold the key's lock exclusively, copying out
+    holds it shared, so a prune never removes a cache while a bundle is being copied from it.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.root = store.work_dir / "flat"
+
+    def path(self, key: str) -> Path:
+        if not _FLAT_NAME.fullmatch(key):
+            raise ValueError(f"not a flat rootfs cache name: {key!r}")
+        return self.root / key
+
+    def has(self, key: str) -> bool:
+        try:
+            return stat.S_ISDIR(os.lstat(self.path(key)).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def keys(self) -> list[str]:
+        """The complete caches (debris with other names is for ``store check``)."""
+        return [p.name for p in list_dir(self.root) if _FLAT_NAME.fullmatch(p.name)]
+
+    def ensure(self, key: str, fill: Callable[[Path], object]) -> Path:
+        """The cache ``key``, calling ``fill(tmpdir)`` to build it if it is missing.
+
+        Concurrent callers (threads or processes) serialise on the key's lock: one builds, the
+        others wait and reuse it.  ``fill`` must raise if the content is wrong; then nothing
+        is kept.
+        """
+        final = self.path(key)
+        with self._store.lock(f"flat-{key}"):
+            if not self.has(key):
+                _discard(final)  # not a directory: debris
+                with building_dir(self.root) as tmp:
+                    fill(tmp)
+                    os.rename(tmp, final)
+        return final
+
+    @contextlib.contextmanager
+    def reading(self, key: str, fill: Callable[[Path], object]) -> Iterator[Path]:
+        """The cache ``key`` (built with ``fill`` if missing), kept while the block runs."""
+        for _ in range(_FLAT_ATTEMPTS):
+            with self._store.lock(f"flat-{key}", shared=True):
+                if self.has(key):
+                    yield self.path(key)
+                    return
+            # Gone (pruned) or never built: build it, then take the shared lock again.
+            self.ensure(key, fill)
+        raise StoreError(f"flat rootfs cache {self.path(key)} keeps disappearing (concurrent prunes?)")
+
+    def remove(self, key: str) -> bool:
+        with self._store.lock(f"flat-{key}"):
+            if not self.has(key):
+                return False
+            _discard(self.path(key))
+            return True
+
+
 # --- the store -------------------------------------------------------------------------------
 
 
@@ -347,6 +455,7 @@ class Store:
         self.work_dir = work_dir
         self.content = ContentStore(work_dir)
         self.layers = LayerStore(self)
+        self.flats = FlatStore(self)
         self.locks_dir = work_dir / "locks"
         self.db_path = work_dir / "meta.db"
 
@@ -380,7 +489,7 @@ class Store:
             ) from exc
 
     def _init(self) -> None:
-        for sub in ("content", "ingest", "layers", "locks"):
+        for sub in ("content", "ingest", "layers", "flat", "locks"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
         with self._db_errors():
             conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
@@ -473,7 +582,8 @@ class Store:
     # --- maintenance ---------------------------------------------------------------------
 
     def prune(self) -> PruneResult:
-        """Remove blobs and layers that no recorded image (or mounted bundle) references."""
+        """Remove blobs, layers and flat rootfs caches that no recorded image (or mounted
+        bundle) references."""
         with self.lock("prune"):
             with self._db() as db:
                 images = [_image_from_row(r) for r in db.execute(_IMAGE_SELECT)]
@@ -492,10 +602,15 @@ class Store:
             for diff_id in self.layers.diff_ids():
                 if diff_id not in diff_ids and self.layers.remove(diff_id):
                     removed_layers += 1
-            return PruneResult(removed_blobs, removed_layers, freed)
+            flats = {flat_key([layer.diff_id for layer in i.layers], privileged)
+                     for i in images if i.layers for privileged in (True, False)}
+            removed_flats = sum(1 for key in self.flats.keys()
+                                if key not in flats and self.flats.remove(key))
+            return PruneResult(removed_blobs, removed_layers, freed, removed_flats)
 
     def recover(self) -> list[str]:
-        """Remove what killed pulls left: ingest temps, unfinished layer dirs and rows.
+        """Remove what killed pulls left: ingest temps, unfinished layer dirs and rows, and
+        half-built flat rootfs caches.
 
         Anything a live process still holds (its flock) is left alone.  Never raises for
         debris it cannot remove (a later pull does not need it gone): it logs it and returns
@@ -505,7 +620,7 @@ class Store:
         left: list[str] = []
         for tmp in list_dir(self.content.ingest_dir):
             _remove_if_unlocked(tmp, left)
-        for entry in list_dir(self.layers.root):
+        for entry in list_dir(self.layers.root) + list_dir(self.flats.root):
             if entry.name.startswith("tmp."):
                 _remove_if_unlocked(entry, left)
         self._recover_rows(left)

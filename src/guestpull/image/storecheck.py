@@ -11,15 +11,20 @@ kind                   what                                                repai
 ``blob-corrupt``       a blob whose bytes do not hash to its name          removed
 ``blob-unexpected``    a name in content/ that is no blob (bad digest,     removed
                        a directory or symlink where a file belongs)
-``temporary``          an ingest file or ``layers/tmp.*`` nobody holds     removed
+``temporary``          an ingest file, ``layers/tmp.*`` or ``flat/tmp.*``  removed
+                       (a half-built rootfs cache) nobody holds
 ``layer-incomplete``   a layer row never marked complete                   row and dir removed
 ``layer-missing``      a complete layer row whose directory is gone        row removed
 ``layer-orphan``       a directory in layers/ that no row names            removed
 ``image-broken``       an image record whose blobs are gone or unreadable  record removed
+``flat-unexpected``    a name in flat/ that is no rootfs cache (not a      removed
+                       chain name, or not a directory)
+``flat-broken``        a rootfs cache without its rootfs/ or warnings      removed
 =====================  ==================================================  ====================
 
-An unpacked layer's files are not re-verified (that would mean re-hashing a tar of them);
-a removed record or layer is fetched or unpacked again by the next pull.
+An unpacked layer's files are not re-verified (that would mean re-hashing a tar of them), nor
+is a flat rootfs cache's; a cache no image uses is for ``guestpull prune``, not a problem.  A
+removed record, layer or cache is fetched, unpacked or built again by a later pull.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from guestpull.errors import GuestpullError, NotFoundError, StoreError
+from guestpull.image.flat import FLAT_ROOTFS, FLAT_WARNINGS
 from guestpull.image.fsops import remove_path
 from guestpull.oci import split_digest
 from guestpull.image.store import Store, is_unlocked, list_dir
@@ -57,6 +63,7 @@ class CheckReport:
     blobs: int = 0
     layers: int = 0
     images: int = 0
+    flats: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -65,7 +72,8 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"work_dir": str(self.work_dir), "blobs": self.blobs, "layers": self.layers,
-                "images": self.images, "problems": [p.to_dict() for p in self.problems]}
+                "images": self.images, "flats": self.flats,
+                "problems": [p.to_dict() for p in self.problems]}
 
 
 def check_store(work_dir: Path, *, repair: bool = False) -> CheckReport:
@@ -103,6 +111,7 @@ class _Checker:
             self._temporaries()
             self._layers()
             self._images()
+            self._flats()
 
     # --- meta.db -------------------------------------------------------------------------
 
@@ -170,7 +179,8 @@ class _Checker:
 
     def _temporaries(self) -> None:
         candidates = list_dir(self.store.content.ingest_dir)
-        candidates += [p for p in list_dir(self.store.layers.root) if p.name.startswith("tmp.")]
+        candidates += [p for p in list_dir(self.store.layers.root) + list_dir(self.store.flats.root)
+                       if p.name.startswith("tmp.")]
         for path in candidates:
             if is_unlocked(path):
                 self.found("temporary", path, "left by a pull that did not finish",
@@ -219,6 +229,23 @@ class _Checker:
         except (ValueError, TypeError, KeyError, GuestpullError) as exc:
             return f"unreadable record ({exc})"
         return f"blobs missing or corrupt: {', '.join(absent)}" if absent else ""
+
+
+    # --- flat rootfs caches ------------------------------------------------------------
+
+    def _flats(self) -> None:
+        complete = set(self.store.flats.keys())
+        for path in list_dir(self.store.flats.root):
+            if path.name.startswith("tmp."):
+                continue  # a temporary (above)
+            if path.name not in complete or not _is_real_dir(path):
+                self.found("flat-unexpected", path, "not a flat rootfs cache",
+                           lambda p=path: remove_path(p))
+            elif not _is_real_dir(path / FLAT_ROOTFS) or not (path / FLAT_WARNINGS).is_file():
+                self.found("flat-broken", path, f"no {FLAT_ROOTFS}/ or no {FLAT_WARNINGS}",
+                           lambda k=path.name: self.store.flats.remove(k))
+            else:
+                self.report.flats += 1
 
 
 def _is_real_dir(path: Path) -> bool:

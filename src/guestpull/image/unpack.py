@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from guestpull.errors import GuestpullError, NoSpaceError, UnpackError, shown
-from guestpull.image.decode import LayerReader
+from guestpull.image.decode import Arriving, LayerReader, open_blob
 from guestpull.image.fseval import FsEval, fseval_for
 from guestpull.image.fsops import (
     DEFAULT_ACL_XATTR,
@@ -663,13 +663,15 @@ class _DirJournal:
 
 
 def unpack_file(
-    blob: str, media_type: str, diff_id: str, dest: str, *, mode: Mode, privileged: bool | None
+    blob: str, media_type: str, diff_id: str, dest: str, *, mode: Mode, privileged: bool | None,
+    arriving: Arriving | None = None,
 ) -> LayerStats:
     """Decode the blob file, apply it onto ``dest``, verify the diff_id.
 
-    Module-level and given only strings, so a worker process can run it.
+    Module-level and given only strings, so a worker process can run it.  ``arriving``: the
+    blob is still being downloaded into ``blob`` (:class:`~guestpull.image.decode.ArrivingBlob`).
     """
-    with open(blob, "rb") as raw, LayerReader(
+    with open_blob(blob, arriving) as raw, LayerReader(
         raw, media_type, diff_id, name=f"layer {os.path.basename(blob)}"
     ) as reader:
         stats = apply_layer(reader, dest, mode=mode, privileged=privileged)

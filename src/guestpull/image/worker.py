@@ -113,7 +113,8 @@ class UnpackWorkers:
 class OnDemandWorkers:
     """An unpack runner that decides per layer where it unpacks (issue 15).
 
-    A layer smaller than ``min_layer_bytes`` uncompressed unpacks in the calling thread:
+    A layer smaller than ``min_layer_bytes`` uncompressed unpacks in the calling thread (never
+    one whose blob is still ``arriving``):
     starting a worker (a Python process and its imports) would cost more than it saves.
     The first bigger layer starts the workers (``start``); from then on every layer goes to
     them.  ``start_now`` starts them at once, while the downloads begin.
@@ -135,7 +136,9 @@ class OnDemandWorkers:
         from guestpull.image.decode import uncompressed_size_hint
 
         blob, media_type = args[0], args[1]
-        if self._pool is None and uncompressed_size_hint(blob, media_type) < self.min_layer_bytes:
+        # A blob still arriving has no trailer to read yet; it only ever streams into a worker.
+        if (self._pool is None and kwargs.get("arriving") is None
+                and uncompressed_size_hint(blob, media_type) < self.min_layer_bytes):
             return fn(*args, **kwargs)
         return self._workers()(fn, *args, **kwargs)
 
