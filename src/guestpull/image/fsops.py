@@ -159,10 +159,10 @@ _MAX_SYMLINKS = 40
 #: Directory fds a Tree keeps open at most, as a share of the process's open-file limit.
 _CACHE_SHARE_OF_FD_LIMIT = 0.5
 #: Most directory fds a Tree keeps, whatever the limit: each cached path costs ~800 bytes of
-#: Python objects, and past a few thousand the hit rate gains nothing measurable (a
-#: 55,000-entry layer of deep directories: 4,096 → 5 MiB less RSS per unpacking process for
-#: +3 % CPU; issue 15's memory goal counts every worker).
-_MAX_CACHED_DIRS = 4096
+#: Python objects, and past a couple of thousand the hit rate gains nothing measurable (a
+#: 55,000-entry layer of deep directories: 10,000 → 2,048 gives 7 MiB less RSS per unpacking
+#: process, CPU within noise; issue 15's memory goal counts every worker).
+_MAX_CACHED_DIRS = 2048
 
 
 def raise_open_file_limit() -> int:
