@@ -162,3 +162,26 @@ async def test_a_pull_cancelled_while_waiting_for_a_file_lock_does_not_keep_it(s
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if it was kept
     finally:
         os.close(fd)
+
+
+async def test_warm_up_loads_the_settings_and_builds_the_tls_context_once(shm_path: Path) -> None:
+    async with Puller(cdh_for("127.0.0.1:9"), work_dir=shm_path / "w") as puller:
+        assert puller._loaded is None
+        await puller.warm_up()
+        loaded = puller._loaded
+        assert loaded is not None and loaded.transport.trust._default is not None
+        await puller.warm_up()
+        assert puller._loaded is loaded  # once: a second warm-up or a pull reuses it
+
+
+async def test_warm_up_that_fails_only_logs_and_the_pull_retries(shm_path: Path, caplog) -> None:
+    auth = shm_path / "auth.json"
+    built = image("warm", layers=1)
+    async with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", built)
+        config = cdh_for(fake.host, authenticated_registry_credentials_uri=str(auth))
+        async with Puller(config, work_dir=shm_path / "w") as puller:
+            await puller.warm_up()
+            assert puller._loaded is None and "auth.json" in caplog.text
+            auth.write_text('{"auths": {}}')
+            assert (await puller.pull(f"{fake.host}/team/app:v1")).manifest_digest == built.digest

@@ -218,6 +218,17 @@ class Puller:
         if self._session is None:
             self._session = new_session(self.settings)
 
+    async def warm_up(self) -> None:
+        """Load the settings and build the TLS context now, so a long-lived service's first
+        pull does not pay for them.  A failure is only logged: the first pull retries the load
+        and reports what is wrong."""
+        await self.open()
+        try:
+            loaded = await self._load()
+            await asyncio.to_thread(loaded.transport.trust.prepare)
+        except GuestpullError as err:
+            log.warning("loading the image settings failed (the next pull retries): %s", err)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -50,6 +50,10 @@ class StubPuller:
         self.pulls: list[tuple[str, Path | None]] = []
         self.removed: list[Path] = []
         self.resources = {"kbs:///default/key/one": b"\x00secret\xff"}
+        self.warmed_up = 0
+
+    async def warm_up(self) -> None:
+        self.warmed_up += 1
 
     async def pull(self, image: str, *, bundle: Path | None = None) -> Pulled:
         self.pulls.append((image, bundle))
@@ -333,3 +337,28 @@ async def test_serve_does_not_start_when_a_credential_cannot_be_fetched(shm_path
     with pytest.raises(NotFoundError, match="kbs:///default/key/absent"):
         await serve(cdh, ServeOptions(), puller_factory=stub_factory, stop=asyncio.Event())
     assert not socket.exists()
+
+
+async def test_serve_warms_the_puller_up_before_it_listens(shm_path: Path) -> None:
+    socket = shm_path / "cdh.sock"
+    cdh = CdhConfig(socket=f"unix://{socket}", kbc=KbcConfig(name="offline_fs_kbc"))
+    stub, listening_at_warm_up = StubPuller(), []
+
+    async def warm_up() -> None:
+        listening_at_warm_up.append(socket.exists())
+
+    stub.warm_up = warm_up  # type: ignore[method-assign]
+
+    @contextlib.asynccontextmanager
+    async def stub_factory(config: CdhConfig, work_dir: Path | None) -> AsyncIterator[StubPuller]:
+        yield stub
+
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(cdh, ServeOptions(), puller_factory=stub_factory, stop=stop))
+    for _ in range(200):  # bounded: 10 s
+        if socket.exists():
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await server
+    assert listening_at_warm_up == [False]

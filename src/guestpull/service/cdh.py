@@ -59,6 +59,8 @@ class ImagePuller(Protocol):
 
     async def remove_bundle(self, bundle: Path) -> None: ...
 
+    async def warm_up(self) -> None: ...
+
 
 # --- start-up ---------------------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ async def serve(cdh: CdhConfig, options: ServeOptions, *, puller_factory: Puller
     measurer = RuntimeMeasurer(cdh.aa.aa_socket)
     async with puller_factory(cdh, options.work_dir) as puller:
         await write_kbs_credentials(cdh.credentials, puller)
+        await puller.warm_up()  # settings and TLS before the first call, not during it
         server = TtrpcServer(ConfidentialDataHub(puller, measurer).services(), on_call=log_call)
         async with _listening(server, path), _stop_on_signals(stop):
             log.info("serving the CDH API on %s", address)
