@@ -115,14 +115,20 @@ async def test_cancelled_pull_leaves_the_bundle_dir_empty(shm_path: Path) -> Non
     assert again.manifest_digest == built.digest
 
 
+def _puller_needing(auth: Path, fake: FakeRegistry, built, shm_path: Path) -> Puller:
+    """A puller whose settings name ``auth`` (missing until the test writes it), for ``built``
+    served by ``fake`` as team/app:v1."""
+    fake.add_image("team/app", "v1", built)
+    return Puller(cdh_for(fake.host, authenticated_registry_credentials_uri=str(auth)),
+                  work_dir=shm_path / "w")
+
+
 async def test_settings_that_failed_to_load_are_retried_on_the_next_pull(shm_path: Path) -> None:
     """As the CDH builds its image client on the first PullImage and again if that failed."""
     auth = shm_path / "auth.json"
     built = image("retry", layers=1)
     async with FakeRegistry() as fake:
-        fake.add_image("team/app", "v1", built)
-        config = cdh_for(fake.host, authenticated_registry_credentials_uri=str(auth))
-        async with Puller(config, work_dir=shm_path / "w") as puller:
+        async with _puller_needing(auth, fake, built, shm_path) as puller:
             with pytest.raises(NotFoundError, match="auth.json"):
                 await puller.pull(f"{fake.host}/team/app:v1")
             auth.write_text('{"auths": {}}')
@@ -178,9 +184,7 @@ async def test_warm_up_that_fails_only_logs_and_the_pull_retries(shm_path: Path,
     auth = shm_path / "auth.json"
     built = image("warm", layers=1)
     async with FakeRegistry() as fake:
-        fake.add_image("team/app", "v1", built)
-        config = cdh_for(fake.host, authenticated_registry_credentials_uri=str(auth))
-        async with Puller(config, work_dir=shm_path / "w") as puller:
+        async with _puller_needing(auth, fake, built, shm_path) as puller:
             await puller.warm_up()
             assert puller._loaded is None and "auth.json" in caplog.text
             auth.write_text('{"auths": {}}')
