@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -59,8 +60,19 @@ def shm_path(request: pytest.FixtureRequest) -> Iterator[Path]:
     try:
         yield path
     finally:
+        _unmount_below(path)  # overlay bundles a test pulled as root and left mounted
         with contextlib.suppress(OSError):
             remove_path(path)  # shutil.rmtree recurses: a hostile-layer test may leave depth
+
+
+def _unmount_below(path: Path) -> None:
+    """Unmount every mount at or below ``path``, deepest first (a mount point cannot be removed)."""
+    prefix = str(path.resolve())
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        points = [line.split()[4] for line in f]
+    below = [p for p in points if p == prefix or p.startswith(prefix + "/")]
+    for point in sorted(set(below), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=60, check=False)
 
 
 @pytest.fixture
