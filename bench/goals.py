@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from bench.report import Metric, WorkloadResult, ratio
 
@@ -19,6 +19,14 @@ COLD_MODES = ("guestpull (copy)", "guestpull (overlay)")
 #: workloads whose tree RSS is not one pull's (several pulls at once)
 _NOT_ONE_PULL = ("burst",)
 KIB_PER_MIB = 1024
+
+
+class Measured(NamedTuple):
+    """One row's value for a goal; ``row`` is its (workload, tool), when it is one row."""
+
+    value: float
+    what: str
+    row: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class GoalResult:
     detail: str = ""
     #: what the profile of the deciding row says bounds it (bench.phases.verdict)
     limit_note: str = ""
+    #: the deciding row (workload, tool), when one row decides
+    row: tuple[str, str] | None = None
 
     @property
     def target(self) -> str:
@@ -58,15 +68,15 @@ def _number(value: float, unit: str) -> str:
 
 
 def _judge(goal: str, limit: float, unit: Literal["×", "s", "MiB"],
-           values: Sequence[tuple[float, str]], missing: Sequence[str]) -> GoalResult:
-    """``values``: (value, what it is) per row measured; ``missing``: why a row has none."""
-    worst = max(values, default=None)
-    if worst is not None and worst[0] > limit:  # one row over the limit decides, whatever else
-        return GoalResult(goal, limit, unit, "not met", worst[0], worst[1])
+           values: Sequence[Measured], missing: Sequence[str]) -> GoalResult:
+    """``values``: one per row measured; ``missing``: why a row has none."""
+    worst = max(values, default=None, key=lambda m: (m.value, m.what))
+    if worst is not None and worst.value > limit:  # one row over the limit decides, whatever else
+        return GoalResult(goal, limit, unit, "not met", worst.value, worst.what, row=worst.row)
     if missing or worst is None:
         reasons = "; ".join(dict.fromkeys(missing)) or "no result"  # each reason once
         return GoalResult(goal, limit, unit, "not measured", None, reasons)
-    return GoalResult(goal, limit, unit, "met", worst[0], worst[1])
+    return GoalResult(goal, limit, unit, "met", worst.value, worst.what, row=worst.row)
 
 
 def _workload(workloads: Sequence[WorkloadResult], name: str) -> WorkloadResult | None:
@@ -91,7 +101,7 @@ def _median(workloads: Sequence[WorkloadResult], name: str, tool: str,
 def peer_ratio_goal(workloads: Sequence[WorkloadResult], goal: str, name: str,
                     tools: Sequence[str], limit: float) -> GoalResult:
     """Wall-time ratio of each of ``tools`` to the best peer in workload ``name``."""
-    values: list[tuple[float, str]] = []
+    values: list[Measured] = []
     missing: list[str] = []
     workload = _workload(workloads, name)
     for tool in tools:
@@ -104,14 +114,14 @@ def peer_ratio_goal(workloads: Sequence[WorkloadResult], goal: str, name: str,
         if found is None:
             missing.append(f"{name}: no successful peer")
         else:
-            values.append((found.value, f"{tool} vs {found.peer} ({name})"))
+            values.append(Measured(found.value, f"{tool} vs {found.peer} ({name})", (name, tool)))
     return _judge(goal, limit, "×", values, missing)
 
 
 def seconds_goal(workloads: Sequence[WorkloadResult], goal: str, name: str, tool: str,
                  limit: float) -> GoalResult:
     median, why = _median(workloads, name, tool)
-    values = [] if median is None else [(median, f"{tool} ({name})")]
+    values = [] if median is None else [Measured(median, f"{tool} ({name})", (name, tool))]
     return _judge(goal, limit, "s", values, [why] if why else [])
 
 
@@ -123,13 +133,13 @@ def warm_copy_goal(workloads: Sequence[WorkloadResult], limit: float = 0.5) -> G
     if warm is None or cold is None or cold <= 0:
         return _judge(goal, limit, "×", [], [why for why in (why_warm, why_cold) if why] or
                       ["cold pull took no time"])
-    return _judge(goal, limit, "×", [(warm / cold, "guestpull warm (copy) ÷ guestpull (copy) (big)")], [])
+    return _judge(goal, limit, "×", [Measured(warm / cold, "guestpull warm (copy) ÷ guestpull (copy) (big)")], [])
 
 
 def tree_rss_goal(workloads: Sequence[WorkloadResult], limit_mib: float = 120.0) -> GoalResult:
     """The largest median whole-tree RSS of any single guestpull pull, any workload."""
     values = [
-        (stats.median / KIB_PER_MIB, f"{row.tool} ({workload.name})")
+        Measured(stats.median / KIB_PER_MIB, f"{row.tool} ({workload.name})", (workload.name, row.tool))
         for workload in workloads if workload.name not in _NOT_ONE_PULL
         for row in workload.rows
         if not row.peer and (stats := row.stats("tree_rss_kib")) is not None and stats.median > 0
@@ -144,17 +154,20 @@ def evaluate(workloads: Sequence[WorkloadResult]) -> list[GoalResult]:
 
 
 def _with_limit_note(goal: GoalResult, workloads: Sequence[WorkloadResult]) -> GoalResult:
-    """The profile verdict of the row named first in ``goal.detail`` (``tool (workload)``)."""
+    """The profile verdict of the row that decided ``goal``, if that row was profiled."""
     from dataclasses import replace
 
     from bench.phases import verdict
 
-    for workload in workloads:
-        for tool, profile in workload.profiles.items():
-            if goal.detail.startswith(f"{tool} ") and goal.detail.rstrip(")").endswith(f"({workload.name}"):
-                note = f"profile failed: {profile['error']}" if "error" in profile else verdict(profile)
-                return replace(goal, limit_note=note)
-    return goal
+    if goal.row is None:
+        return goal
+    name, tool = goal.row
+    workload = _workload(workloads, name)
+    profile = workload.profiles.get(tool) if workload is not None else None
+    if profile is None:
+        return goal
+    note = f"profile failed: {profile['error']}" if "error" in profile else verdict(profile)
+    return replace(goal, limit_note=note)
 
 
 def _evaluate(workloads: Sequence[WorkloadResult]) -> list[GoalResult]:
