@@ -3,8 +3,13 @@ and tinyproxy: the behaviours issue 3 says must be shown."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import ssl
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,7 @@ from guestpull.cli import main
 from guestpull.errors import EXIT_CODES, Category
 from guestpull.image.store import open_store
 from guestpull_testkit import TEST_PASSWORD
+from guestpull_testkit.certs import make_ca_chain
 from guestpull_testkit.images import File, ImageSpec, LayerSpec, LayoutDigests, push, write_layout
 
 pytestmark = pytest.mark.registry
@@ -257,6 +263,54 @@ def test_http_candidate_uses_http_proxy(http_registry, forward_proxy, repo_name,
     result, _ = pull(shm_path, f"{http_registry.host}/{repo_name}:v1", cdh)
     assert result.exit_code == 0, result.output
     assert any(f"http://{http_registry.host}/v2/{repo_name}/manifests/v1" in r for r in forward_proxy.requests())
+
+
+@contextlib.contextmanager
+def tls_connect_proxy(workdir: Path) -> Iterator[tuple[str, bytes, list[bytes]]]:
+    """An ``https://`` CONNECT proxy on 127.0.0.1 (its own CA): URL, CA PEM, request heads seen."""
+    chain = make_ca_chain()
+    paths = chain.write(workdir / "tls-proxy")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(paths.cert, paths.key)
+    heads: list[bytes] = []
+    loop = asyncio.new_event_loop()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head)
+        host, _, port = head.split()[1].decode().rpartition(":")
+        assert host == "127.0.0.1"  # tests reach 127.0.0.1 only
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0, ssl=context))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}", chain.ca_cert_pem, heads
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+
+
+def test_https_registry_through_an_https_proxy(https_registry, ca_chain, repo_name, shm_path) -> None:
+    # TLS to the proxy (verified with its own CA) and, inside the CONNECT tunnel, TLS to the
+    # registry (verified with the registry's): TLS in TLS.
+    push_image(shm_path, https_registry, repo_name, spec())
+    with tls_connect_proxy(shm_path) as (proxy, proxy_ca, heads):
+        cdh = cdh_toml(roots=[ca_chain.ca_cert_pem, proxy_ca], proxy={"https_proxy": proxy})
+        result, _ = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh)
+    assert result.exit_code == 0, result.output
+    assert heads and all(h.startswith(f"CONNECT {https_registry.host} HTTP/1.1".encode()) for h in heads)
 
 
 def _write(path: Path, text: str) -> Path:

@@ -67,7 +67,7 @@ from guestpull.registries import PullCandidate, Scheme, resolve_candidates
 from guestpull.resources import ResourceResolver
 
 if TYPE_CHECKING:
-    import aiohttp  # through guestpull.distribution (see transport.py), which imports it first
+    from guestpull.httpclient import Session
 
     from guestpull.signature import PolicyDecision, Verifier
 
@@ -199,7 +199,7 @@ class Puller:
         self._parallel = asyncio.Semaphore(max(1, max_parallel_pulls))
         self._tokens = TokenCache()
         self._blob_locks = KeyedLocks()
-        self._session: aiohttp.ClientSession | None = None
+        self._session: Session | None = None
         self._store: Store | None = None
         self._loaded: _Loaded | None = None
         self._loading = asyncio.Lock()

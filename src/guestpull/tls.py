@@ -344,7 +344,7 @@ async def client_certificate_problem(
 ) -> TLSError | None:
     """Explain a server that hung up after the handshake: did it refuse our client certificate?
 
-    With TLS 1.3 the server checks the client certificate after the handshake, and aiohttp
+    With TLS 1.3 the server checks the client certificate after the handshake, and the client
     may report only "server disconnected".  This handshakes again with the same (verifying)
     context and reads the server's alert.  No request is sent.
     """

@@ -31,7 +31,7 @@ _imports_frozen = False
 def imports_without_gc() -> Iterator[None]:
     """Import a command's machinery with the cyclic GC paused, then freeze what was imported.
 
-    Importing aiohttp, pydantic and the pull modules leaves ~10^5 long-lived objects that every
+    Importing the pull modules (and pydantic, when a config needs it) leaves ~10^5 long-lived objects that every
     full collection during the pull would walk again (~50 ms of CPU on a warm overlay pull,
     issue 15).  ``gc.freeze`` moves them out of the collector's sight for good; once per
     process, so that a process running many commands (the tests) does not also freeze the

@@ -90,7 +90,7 @@ def pull_command(
 
     With --bundle, also unpack it into an OCI bundle (rootfs + config.json).
     """
-    # The pull machinery (aiohttp, pydantic config models, the store) only when a pull runs:
+    # The pull machinery (HTTP client, config models, the store) only when a pull runs:
     # ``guestpull pull --help`` stays a click-only start-up (issue 15).
     with imports_without_gc():
         import asyncio

@@ -1,9 +1,6 @@
-"""The OCI distribution client on aiohttp: transport (session, retries, redirects, proxies),
-auth (Basic, Bearer tokens) and the registry API (ping, manifests, verified blobs)."""
+"""The OCI distribution client: transport (session, retries, redirects, proxies), auth (Basic,
+Bearer tokens) and the registry API (ping, manifests, verified blobs)."""
 
-# transport first: it imports aiohttp without aiohttp's import-time CA loading (client.py imports
-# aiohttp too, and would otherwise be first).
-from guestpull.distribution import transport as _transport  # noqa: F401
 from guestpull.distribution.auth import Challenge, TokenCache, parse_challenges
 from guestpull.distribution.client import (
     MANIFEST_ACCEPT,

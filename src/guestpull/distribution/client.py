@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import aiohttp
 from yarl import URL
 
-from guestpull import oci
+from guestpull import httpclient, oci
 from guestpull.distribution import auth
 from guestpull.distribution.transport import Transport, deadline, read_body, safe_url
 from guestpull.errors import (
@@ -334,7 +333,7 @@ class RegistryClient:
         url: URL,
         headers: Mapping[str, str],
         what: str,
-        read: Callable[[aiohttp.ClientResponse], Any],
+        read: Callable[[httpclient.Response], Any],
     ) -> Any:
         async def attempt(authorization: str | None) -> Any:
             async with self.transport.request(url, headers=headers, authorization=authorization) as r:
@@ -444,7 +443,7 @@ def _status_error(status: int, what: str) -> GuestpullError:
     return HTTPStatusError(f"{what}: HTTP {status}", status=status)
 
 
-async def _read_manifest(response: aiohttp.ClientResponse, what: str) -> bytes:
+async def _read_manifest(response: httpclient.Response, what: str) -> bytes:
     length = response.content_length
     if length is not None and length > MAX_MANIFEST_SIZE:
         raise UnsupportedError(f"{what} is {length} bytes; manifests are limited to 4 MiB")
@@ -455,7 +454,7 @@ async def _read_manifest(response: aiohttp.ClientResponse, what: str) -> bytes:
 
 
 async def _stream_into(
-    response: aiohttp.ClientResponse, blob: oci.Descriptor, open_sink: Callable[[], BlobSink], what: str
+    response: httpclient.Response, blob: oci.Descriptor, open_sink: Callable[[], BlobSink], what: str
 ) -> Any:
     length = response.content_length
     if length is not None and length != blob.size:
@@ -464,7 +463,7 @@ async def _stream_into(
     sink = open_sink()
     try:
         try:
-            async for chunk in response.content.iter_chunked(BLOB_CHUNK):
+            async for chunk in response.chunks(BLOB_CHUNK):
                 received += len(chunk)
                 if received > blob.size:
                     raise DigestError(f"{what}: more than the {blob.size} bytes the descriptor says")
@@ -472,7 +471,7 @@ async def _stream_into(
                 # thread hop per chunk cost more than it overlapped, 0.12 s of CPU and 9 MiB
                 # of peak RSS (thread arenas) for 4 × 44 MiB blobs (issue 15).
                 sink.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as err:
+        except (httpclient.BodyError, TimeoutError) as err:
             raise _PayloadBroken(f"{type(err).__name__}: {err}") from None
         if received != blob.size:
             raise _PayloadBroken(f"got {received} of {blob.size} bytes")

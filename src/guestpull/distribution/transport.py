@@ -1,6 +1,7 @@
-"""HTTP for the registry client: one aiohttp session per pull, retries, redirects and proxies.
+"""HTTP for the registry client: one keep-alive session per pull, retries, redirects and proxies.
 
-Everything about *how* bytes move lives here; *what* is asked for lives in client.py.
+Everything about *how* bytes move lives here (on :mod:`guestpull.httpclient`); *what* is asked
+for lives in client.py.
 
 - Timeouts bound connecting, each read (a stall), and the response-header phase (status line,
   headers and any number of ``1xx`` responses); whole documents and whole blobs get their own
@@ -10,11 +11,10 @@ Everything about *how* bytes move lives here; *what* is asked for lives in clien
 - Redirects are followed here, hop by hop, so that each hop gets its own proxy decision and
   TLS context, an ``Authorization`` header only on the origin it was meant for, and no
   HTTPS → HTTP downgrade.
-- aiohttp failures become :mod:`guestpull.errors` classes with messages that name the cause
-  (an unknown CA, a plain-HTTP server on an HTTPS candidate, a malformed response, ...) and the
-  hop that failed; nothing from aiohttp or yarl leaves this module (httpx's rule).
-- Bodies read whole (:func:`read_body`) are read to EOF under a cap: ``content.read(n)``
-  returns what happens to be buffered, not ``n`` bytes.
+- HTTP client failures become :mod:`guestpull.errors` classes with messages that name the
+  cause (an unknown CA, a plain-HTTP server on an HTTPS candidate, a malformed response, ...)
+  and the hop that failed; nothing from the HTTP client or yarl leaves this module.
+- Bodies read whole (:func:`read_body`) are read to EOF under a cap.
 """
 
 from __future__ import annotations
@@ -26,52 +26,23 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from yarl import URL
 
-from guestpull import __version__, tls
+from guestpull import __version__, httpclient, tls
 from guestpull.errors import GuestpullError, NetworkError, PullTimeoutError, TLSError, clip, shown
+from guestpull.httpclient import Response
 
 if TYPE_CHECKING:
     from cryptography import x509  # only to explain a TLS failure; imported lazily by tls
 
 
-@contextlib.contextmanager
-def _system_roots_not_loaded() -> Iterator[None]:
-    """While active, no SSLContext loads the system CA bundle (``set_default_verify_paths``).
-
-    aiohttp builds two default contexts when ``aiohttp.connector`` is imported, each parsing
-    the system bundle (~20 ms apiece, issue 15).  Every request here passes a context of its
-    own (:meth:`Transport._ssl_for`, tls.py), so they are never used; built without roots,
-    aiohttp's *verified* default stays CERT_REQUIRED with hostname checks and trusts nothing:
-    were it ever used, the handshake would fail, never pass unverified.  Its unverified default
-    is CERT_NONE either way (the roots play no part in it).  A context another thread built in
-    this window would trust nothing too: it fails closed.
-    """
-    ssl.SSLContext.set_default_verify_paths = lambda self: None  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del ssl.SSLContext.set_default_verify_paths  # the inherited C method again
-
-
-# After everything else: the package's __init__ imports this module before client.py, so
-# this is the process's first aiohttp import on the pull path (an earlier one, e.g. a test
-# server's, just means aiohttp's contexts were built as usual).
-with _system_roots_not_loaded():
-    import aiohttp
-
 log = logging.getLogger(__name__)
 
 _REDIRECTS = {301, 302, 303, 307, 308}
-#: Response status line and each header: 8 KiB, as nginx's default large_client_header_buffers
-#: and aiohttp's own default (set here so the limit is ours, not an accident of a version).
-MAX_HEADER_LINE = 8190
-#: Response headers per response: a registry sends about a dozen.
-MAX_HEADERS = 128
 # Go's net/http answers a plain request on a TLS port with this 400 body.
 _GO_TLS_PORT_BODY = b"client sent an http request to an https server"
 
@@ -98,7 +69,7 @@ class TransportSettings:
     connect_timeout: float = 30.0
     #: A stall: no byte at all for this long.
     read_timeout: float = 120.0
-    #: Status line and headers of one hop, ``1xx`` responses included (aiohttp skips any
+    #: Status line and headers of one hop, ``1xx`` responses included (the client skips any
     #: number of them, so an endless ``100 Continue`` stream would otherwise never end).
     response_timeout: float = 30.0
     #: A whole small document (ping, manifest, index, token), retries and redirects included.
@@ -126,28 +97,24 @@ async def deadline(seconds: float, what: str) -> AsyncIterator[None]:
         raise PullTimeoutError(f"{what}: not done within {seconds:g} s") from None
 
 
-async def read_body(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+async def read_body(response: Response, limit: int, what: str) -> bytes:
     """The whole body, read to EOF under a cap; NetworkError if the connection breaks or lies.
 
     Returns at most ``limit + 1`` bytes, so the caller can tell "too large" from "exactly
     the limit".  A body shorter than its ``Content-Length`` is a NetworkError.
     """
     try:
-        data = await read_at_most(response.content, limit + 1)
-    except (aiohttp.ClientError, TimeoutError) as err:
+        return await read_at_most(response, limit + 1)
+    except (httpclient.HTTPError, TimeoutError) as err:
         raise NetworkError(f"{what}: the connection broke while reading: {_error_text(err)}") from None
-    length = response.content_length
-    if length is not None and len(data) <= limit and len(data) != length:
-        raise NetworkError(f"{what}: got {len(data)} of the {length} bytes announced")
-    return data
 
 
-async def read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
-    """Up to ``limit`` bytes from ``stream``: fewer only at EOF."""
+async def read_at_most(response: Response, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body: fewer only at its end."""
     chunks: list[bytes] = []
     received = 0
     while received < limit:
-        chunk = await stream.read(limit - received)
+        chunk = await response.read(limit - received)
         if not chunk:
             break
         chunks.append(chunk)
@@ -254,25 +221,19 @@ def authority(url: URL) -> str:
     return f"{host}:{url.explicit_port}" if url.explicit_port is not None else host
 
 
-def new_session(settings: TransportSettings) -> aiohttp.ClientSession:
-    """The one ClientSession a pull uses, with the settings registry blobs need."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=settings.connection_limit),
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
-        ),
-        # The bytes we hash must be the bytes on the wire.
-        auto_decompress=False,
-        # Re-quoting breaks presigned blob-storage redirect URLs.
-        requote_redirect_url=False,
-        # Proxies come from image_pull_proxy only, never the environment or ~/.netrc.
-        trust_env=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": settings.user_agent},
-        max_line_size=MAX_HEADER_LINE,
-        max_field_size=MAX_HEADER_LINE,
-        max_headers=MAX_HEADERS,
-    )
+def new_session(settings: TransportSettings) -> httpclient.Session:
+    """The one HTTP session a pull uses (its connections are kept alive between requests).
+
+    The client sends ``Accept-Encoding: identity`` (the bytes hashed are the bytes on the
+    wire), never reads proxies from the environment or ``~/.netrc``, keeps no cookies and
+    sends redirect URLs exactly as the server wrote them (presigned URLs break if re-quoted).
+    """
+    return httpclient.Session(httpclient.SessionSettings(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        connection_limit=settings.connection_limit,
+        user_agent=settings.user_agent,
+    ))
 
 
 class Transport:
@@ -280,7 +241,7 @@ class Transport:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: httpclient.Session,
         trust: tls.TrustConfig,
         proxies: ProxySettings | None = None,
         settings: TransportSettings | None = None,
@@ -299,7 +260,7 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         authorization: str | None = None,
         retry: bool = True,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AsyncIterator[Response]:
         """Send a request (following redirects, retrying transient failures); yield the response.
 
         ``authorization`` is sent to ``url``'s origin only.  The response is yielded whatever
@@ -324,9 +285,9 @@ class Transport:
                 await asyncio.sleep(delay)
                 continue
             try:
-                await self._check_tls_port(response, url)
+                await self._check_tls_port(response)
                 yield response
-            except (aiohttp.ClientError, TimeoutError) as err:
+            except (httpclient.HTTPError, TimeoutError) as err:
                 # A body read by the caller broke in a way it did not handle itself.
                 raise await self.describe(err, response.url, origin=url) from None
             finally:
@@ -335,7 +296,7 @@ class Transport:
 
     async def _follow(
         self, url: URL, method: str, headers: Mapping[str, str], authorization: str | None
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         origin = url.origin()
         hop = url
         for _ in range(self.settings.max_redirects + 1):
@@ -350,44 +311,48 @@ class Transport:
             hop = _redirect_target(hop, location)
         raise NetworkError(f"too many redirects (more than {self.settings.max_redirects}) fetching {_safe(url)}")
 
-    async def _send(self, method: str, hop: URL, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+    async def _send(self, method: str, hop: URL, headers: Mapping[str, str]) -> Response:
         """One hop; its failure is tagged with the hop so the message blames the right server."""
         try:
+            proxy = self._proxy_for(hop)
             # Status line and headers, however many 1xx responses come first, in bounded time.
             async with asyncio.timeout(self.settings.response_timeout):
                 return await self.session.request(
-                    method,
-                    hop,
-                    headers=headers,
-                    allow_redirects=False,
-                    proxy=(proxy := self.proxies.proxy_for(hop)),
-                    ssl=self._ssl_for(hop, proxy),
+                    method, hop, headers=headers,
+                    ssl_context=self._ssl_for(hop),
+                    proxy=proxy,
+                    proxy_ssl=self._ssl_for(proxy) if proxy is not None else None,
                 )
-        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-            # ValueError: aiohttp refuses to send, e.g. a header value holding CR/LF.
+        except (httpclient.HTTPError, TimeoutError) as err:
             raise _HopFailed(hop, err) from None
 
-    def _ssl_for(self, url: URL, proxy: str | None) -> ssl.SSLContext | bool:
-        """The TLS context for ``url``; aiohttp also uses it for the TLS to an ``https://`` proxy.
+    def _proxy_for(self, hop: URL) -> URL | None:
+        proxy = self.proxies.proxy_for(hop)
+        if proxy is None:
+            return None
+        try:
+            url = URL(proxy)
+            usable = url.scheme in ("http", "https") and bool(url.host) and url.port is not None
+        except ValueError:
+            usable = False
+        if not usable:
+            raise httpclient.InvalidRequest("the image_pull_proxy for it is not an http:// or https:// URL")
+        return url
 
-        A plain-HTTP registry through an ``https://`` proxy gets the proxy's context: with
-        ``False`` aiohttp would talk to that proxy over unverified TLS.
-        """
-        if url.scheme == "https":
-            return self.trust.context_for(authority(url))
-        if proxy is not None and proxy.lower().startswith("https://"):
-            return self.trust.context_for(authority(URL(proxy)))
-        return False
+    def _ssl_for(self, url: URL) -> ssl.SSLContext | None:
+        """The TLS context for an ``https`` server or ``https://`` proxy: each gets its own, so a
+        client certificate configured for a registry is never offered to the proxy in front of it."""
+        return self.trust.context_for(authority(url)) if url.scheme == "https" else None
 
-    async def _check_tls_port(self, response: aiohttp.ClientResponse, url: URL) -> None:
+    async def _check_tls_port(self, response: Response) -> None:
         if response.url.scheme != "http" or response.status != 400:
             return
-        body = await read_at_most(response.content, 4096)
+        body = await read_at_most(response, 4096)
         if _GO_TLS_PORT_BODY in body.lower():
             raise tls.tls_server_error(authority(response.url))
 
     async def describe(self, err: BaseException, url: URL, *, origin: URL | None = None) -> GuestpullError:
-        """Turn an aiohttp/OS failure at ``url`` into a GuestpullError naming the cause.
+        """Turn an HTTP client/OS failure at ``url`` into a GuestpullError naming the cause.
 
         ``origin``: the URL first asked for, named too when ``url`` is a redirect target.
         """
@@ -398,51 +363,62 @@ class Transport:
 
     async def _describe(self, err: BaseException, url: URL) -> GuestpullError:
         host = authority(url)
-        if isinstance(err, ValueError) and not isinstance(err, aiohttp.ClientError):
+        if isinstance(err, httpclient.InvalidRequest):
             return NetworkError(f"cannot send the request to {host}: {clip(err)}")
-        if isinstance(err, aiohttp.ClientResponseError):
-            # aiohttp's parser refused the response: header too long, too many headers, bad
-            # status line (the "status" is aiohttp's 400, not the server's).
-            return NetworkError(f"malformed HTTP response from {host}: {clip(' '.join(str(err.message).split()))}")
-        if isinstance(err, aiohttp.ClientPayloadError):
-            return NetworkError(f"malformed HTTP body from {host}: {_error_text(err)}")
-        if isinstance(err, aiohttp.ClientConnectorCertificateError):
-            cert_error = err.certificate_error
-            if isinstance(cert_error, ssl.SSLCertVerificationError):
-                peer = await self._peer_certificate(url)
-                return tls.verification_error(cert_error, host, peer)
-            return TLSError(f"TLS: certificate verification failed for {host}: {cert_error}")
-        if isinstance(err, aiohttp.ClientSSLError):
-            os_error = getattr(err, "os_error", None) or err
-            if isinstance(os_error, ssl.SSLError):
-                return tls.handshake_error(os_error, host)
-            return TLSError(f"TLS handshake with {host} failed: {os_error}")
+        if isinstance(err, httpclient.TLSFailed):
+            return await self._tls_failure(err, url)
         if url.scheme == "http" and isinstance(
-            err, (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError, aiohttp.ClientPayloadError)
+            err, (httpclient.Disconnected, httpclient.MalformedResponse, httpclient.BodyError)
         ) and await self._speaks_tls(url):
             return tls.tls_server_error(host)
-        if url.scheme == "https" and isinstance(err, aiohttp.ClientOSError) and "[SSL:" in str(err):
-            alert = tls.client_certificate_alert(
-                str(err), host, have_certificate=self.trust.has_client_certificate(host)
-            )
-            return alert or TLSError(f"TLS connection to {host} failed: {err}")
-        if url.scheme == "https" and isinstance(err, aiohttp.ServerDisconnectedError):
-            problem = await self._client_certificate_problem(url)
+        if isinstance(err, httpclient.MalformedResponse):
+            return NetworkError(f"malformed HTTP response from {host}: {clip(' '.join(str(err).split()))}")
+        if isinstance(err, httpclient.BodyError) and err.malformed:
+            return NetworkError(f"malformed HTTP body from {host}: {clip(err)}")
+        if url.scheme == "https" and isinstance(err, httpclient.Disconnected):
+            problem = await self._after_handshake(err, url)
             if problem is not None:
                 return problem
         if isinstance(err, TimeoutError):
             return NetworkError(f"timed out talking to {host} ({_safe(url)})")
-        if isinstance(err, aiohttp.ClientProxyConnectionError):
-            return NetworkError(f"cannot connect to the proxy for {host}: {_os_reason(err)}")
-        if isinstance(err, aiohttp.ClientConnectorError):
-            return NetworkError(f"cannot connect to {host}: {_os_reason(err)}")
-        if isinstance(err, aiohttp.ClientHttpProxyError):
+        if isinstance(err, httpclient.ConnectFailed):
+            if err.proxy:
+                return NetworkError(f"cannot connect to the proxy for {host}: {clip(err)}")
+            return NetworkError(f"cannot connect to {host}: {clip(err)}")
+        if isinstance(err, httpclient.ProxyRefused):
             return NetworkError(f"the proxy refused the connection to {host}: HTTP {err.status}")
         return NetworkError(f"connection to {host} failed: {_error_text(err)}")
 
-    async def _peer_certificate(self, url: URL) -> x509.Certificate | None:
+    async def _tls_failure(self, err: httpclient.TLSFailed, url: URL) -> TLSError:
+        proxy = self._proxy_for(url) if err.proxy else None
+        peer_url = proxy or url
+        host = authority(peer_url)
+        cause = err.ssl_error
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            peer = await self._peer_certificate(peer_url, through_proxy=proxy is None)
+            failure = tls.verification_error(cause, host, peer)
+        else:
+            failure = tls.client_certificate_alert(
+                str(cause), host, have_certificate=self.trust.has_client_certificate(host)
+            ) or tls.handshake_error(cause, host)
+        if proxy is not None:
+            failure.message += f" (the image_pull_proxy in front of {authority(url)})"
+        return failure
+
+    async def _after_handshake(self, err: httpclient.Disconnected, url: URL) -> GuestpullError | None:
+        """A TLS 1.3 server checks our client certificate after the handshake: its refusal
+        arrives as an alert on the first read, or just as a closed connection."""
+        host = authority(url)
+        if isinstance(err.cause, ssl.SSLError):
+            alert = tls.client_certificate_alert(
+                str(err.cause), host, have_certificate=self.trust.has_client_certificate(host)
+            )
+            return alert or TLSError(f"TLS connection to {host} failed: {err.cause}")
+        return await self._client_certificate_problem(url)
+
+    async def _peer_certificate(self, url: URL, *, through_proxy: bool = True) -> x509.Certificate | None:
         # Through a proxy we would have to CONNECT again just for a better message: skip it.
-        if self.proxies.proxy_for(url) is not None or url.host is None:
+        if (through_proxy and self.proxies.proxy_for(url) is not None) or url.host is None:
             return None
         return await tls.fetch_peer_certificate(url.host, url.port or 443)
 
@@ -474,7 +450,7 @@ def _redirect_target(hop: URL, location: str) -> URL:
     """The URL a redirect points at, refused unless it is HTTP(S) and keeps HTTPS."""
     try:
         target = hop.join(URL(location, encoded=True))
-        # yarl parses lazily: touch every part aiohttp will use, so a bad port fails here.
+        # yarl parses lazily: touch every part the request will use, so a bad port fails here.
         scheme, host, _ = target.scheme, target.host, target.port
     except ValueError:
         raise NetworkError(f"refused a redirect from {_safe(hop)} to an invalid URL {shown(location)}") from None
@@ -491,14 +467,12 @@ def _redirect_target(hop: URL, location: str) -> URL:
 
 
 def _retryable_exception(err: BaseException) -> bool:
-    # A response aiohttp could not parse is the server's doing, not the weather.
-    if isinstance(err, (aiohttp.ClientResponseError, ValueError)):
+    # A response that cannot be parsed is the server's doing, not the weather; a request
+    # that cannot be sent, TLS and certificate failures are configuration: retrying cannot help.
+    if isinstance(err, (httpclient.MalformedResponse, httpclient.InvalidRequest, httpclient.TLSFailed)):
         return False
-    # TLS and certificate failures are configuration, not weather: retrying cannot help.
-    if isinstance(err, (aiohttp.ClientSSLError, aiohttp.ClientConnectorCertificateError)):
-        return False
-    # A TLS alert (e.g. a refused client certificate) arrives as a plain ClientOSError.
-    return not (isinstance(err, aiohttp.ClientOSError) and "[SSL:" in str(err))
+    # A TLS alert after the handshake (e.g. a refused client certificate).
+    return not (isinstance(err, httpclient.Disconnected) and isinstance(err.cause, ssl.SSLError))
 
 
 def _retryable_status(status: int) -> bool:
@@ -516,11 +490,6 @@ def _retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
         return max(when.timestamp() - time.time(), 0.0)
     return None
-
-
-def _os_reason(err: aiohttp.ClientConnectorError) -> str:
-    os_error = err.os_error
-    return os_error.strerror or str(os_error) if os_error else str(err)
 
 
 def _safe(url: URL) -> str:

@@ -30,10 +30,9 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from yarl import URL
 
-from guestpull import __version__, tls
+from guestpull import __version__, httpclient, tls
 from guestpull.errors import (
     AuthError,
     ConfigError,
@@ -181,33 +180,45 @@ class CcKbc:
         for attempt in range(retries + 1):
             last = attempt == retries
             try:
-                async with _session(self.settings.timeout) as session, session.get(
-                    url, headers={"Authorization": f"Bearer {token.text}"},
-                    allow_redirects=False, ssl=self._ssl_for(url),
-                ) as response:
-                    if response.status in _RETRY_STATUSES and not last:
-                        await asyncio.sleep(self.settings.retry_delay * (attempt + 1))
-                        continue
-                    return response.status, await self._read(response, uri)
+                async with asyncio.timeout(self.settings.timeout):
+                    status, body = await self._get_once(url, token, uri, read=last)
+                if status not in _RETRY_STATUSES or last:
+                    return status, body
             except TimeoutError:
                 raise PullTimeoutError(
                     f"the KBS at {_origin(url)} did not answer {uri} within "
                     f"{self.settings.timeout:g} s") from None
-            except aiohttp.ClientError as err:
+            except httpclient.HTTPError as err:
                 failure = await _connection_error(err, url)
                 if last or isinstance(failure, TLSError):
                     raise failure from None
-                await asyncio.sleep(self.settings.retry_delay * (attempt + 1))
+            await asyncio.sleep(self.settings.retry_delay * (attempt + 1))
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
-    def _ssl_for(self, url: URL) -> ssl.SSLContext | bool:
+    async def _get_once(self, url: URL, token: KbsToken, uri: str, *, read: bool) -> tuple[int, bytes]:
+        """The status, and the body unless it is a transient failure that will be retried.
+
+        Redirects are not followed: they would carry the token elsewhere.
+        """
+        async with _session(self.settings.timeout) as session:
+            response = await session.request(
+                "GET", url, headers={"Authorization": f"Bearer {token.text}"},
+                ssl_context=self._ssl_for(url))
+            try:
+                if response.status in _RETRY_STATUSES and not read:
+                    return response.status, b""
+                return response.status, await self._read(response, uri)
+            finally:
+                response.release()
+
+    def _ssl_for(self, url: URL) -> ssl.SSLContext | None:
         if url.scheme != "https":
-            return False
+            return None
         if self._ssl is None:
             self._ssl = self.settings.ssl_context()
         return self._ssl
 
-    async def _read(self, response: aiohttp.ClientResponse, uri: str) -> bytes:
+    async def _read(self, response: httpclient.Response, uri: str) -> bytes:
         limit = self.settings.max_response
         length = response.content_length
         if length is not None and length > limit:
@@ -217,7 +228,7 @@ class CcKbc:
         body = bytearray()
         # read(n) returns what has arrived, up to n: loop until EOF or one byte past the limit.
         while len(body) <= limit:
-            chunk = await response.content.read(limit + 1 - len(body))
+            chunk = await response.read(limit + 1 - len(body))
             if not chunk:
                 break
             body += chunk
@@ -235,35 +246,27 @@ def _for_uri(err: GuestpullError, uri: str) -> GuestpullError:
     return named
 
 
-def _session(timeout: float) -> aiohttp.ClientSession:
+def _session(timeout: float) -> httpclient.Session:
     # A session per request: the resolver may be used from several event loops (the sync
-    # adapter runs one per call), and a session belongs to one.
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=timeout),
-        trust_env=False,  # no proxy or ~/.netrc from the environment for the KBS
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": f"guestpull/{__version__} cc_kbc"},
-    )
+    # adapter runs one per call), and a session belongs to one.  No proxy, no cookies.
+    return httpclient.Session(httpclient.SessionSettings(
+        connect_timeout=timeout, read_timeout=timeout, user_agent=f"guestpull/{__version__} cc_kbc"))
 
 
-async def _connection_error(err: aiohttp.ClientError, url: URL) -> GuestpullError:
+async def _connection_error(err: httpclient.HTTPError, url: URL) -> GuestpullError:
     host = f"{url.host}:{url.port}"  # as the TLS messages name a server
-    if isinstance(err, aiohttp.ClientConnectorCertificateError):
-        cert_error = err.certificate_error
-        if isinstance(cert_error, ssl.SSLCertVerificationError) and url.host:
+    if isinstance(err, httpclient.TLSFailed):
+        cause = err.ssl_error
+        if isinstance(cause, ssl.SSLCertVerificationError) and url.host:
             peer = await tls.fetch_peer_certificate(url.host, url.port or 443)
-            explained = tls.verification_error(cert_error, host, peer)
+            explained = tls.verification_error(cause, host, peer)
             return TLSError(f"{explained.message} (the KBS)", hint=_KBS_CERT_HINT)
-        return TLSError(f"TLS: cannot verify the KBS certificate of {host}: {cert_error}",
-                        hint=_KBS_CERT_HINT)
-    if isinstance(err, aiohttp.ClientSSLError):
-        if tls.looks_like_plain_http(err):
+        if tls.looks_like_plain_http(cause):
             return TLSError(f"TLS: the KBS at {host} speaks plain HTTP, not HTTPS",
                             hint="use an http:// [kbc] url only if that is really intended")
-        return TLSError(f"TLS handshake with the KBS at {host} failed: {err}")
-    if isinstance(err, aiohttp.ClientConnectorError):
-        reason = err.os_error.strerror if err.os_error and err.os_error.strerror else str(err)
-        return NetworkError(f"cannot connect to the KBS at {_origin(url)}: {reason}",
+        return TLSError(f"TLS handshake with the KBS at {host} failed: {cause}")
+    if isinstance(err, httpclient.ConnectFailed):
+        return NetworkError(f"cannot connect to the KBS at {_origin(url)}: {err}",
                             hint="check cdh.toml [kbc] url")
     return NetworkError(f"the connection to the KBS at {_origin(url)} failed: {type(err).__name__}: {err}")
 
