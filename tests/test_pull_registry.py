@@ -207,6 +207,33 @@ def test_digest_pull_skips_a_tag_only_mirror(https_registry, http_registry, ca_c
     assert (out["result"]["kind"], out["result"]["manifest_digest"]) == ("mirror", primary.manifest_digest)
 
 
+def test_a_mirror_pull_is_judged_by_the_name_asked_for(https_registry, http_registry, ca_chain, repo_name, shm_path) -> None:
+    (shm_path / "p").mkdir()
+    (shm_path / "m").mkdir()
+    primary = push_image(shm_path / "p", https_registry, repo_name, spec("primary"))
+    push_image(shm_path / "m", http_registry, repo_name, spec("primary"))
+    pinned = f"{https_registry.host}/{repo_name}@{primary.manifest_digest}"
+    limited = Mirror(http_registry.host, insecure=True, pull_from_mirror="digest-only")
+
+    def rejecting(scope: str) -> str:
+        policy = shm_path / f"policy-{len(list(shm_path.glob('policy-*')))}.json"
+        policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}],
+                                      "transports": {"docker": {scope: [{"type": "reject"}]}}}))
+        return cdh_toml(roots=[ca_chain.ca_cert_pem], policy_file=policy,
+                        rules=[Rule(https_registry.host, mirrors=(limited,))])
+
+    # A scope for the mirror's name does not apply: the mirror served it, the primary was asked for.
+    result, out = _pull_in(shm_path, "mirror-scope", pinned, rejecting(f"{http_registry.host}/{repo_name}"))
+    assert result.exit_code == 0, result.output
+    assert out["result"]["kind"] == "mirror"
+    assert out["result"]["policy"]["scope"] == "default"
+    # A scope for the name asked for applies to what the mirror serves.
+    result, out = _pull_in(shm_path, "asked-scope", pinned, rejecting(f"{https_registry.host}/{repo_name}"))
+    assert result.exit_code == EXIT_CODES[Category.POLICY], result.output
+    attempts = out["error"]["attempts"]
+    assert [(a["kind"], a["error"]["category"]) for a in attempts] == [("mirror", "policy"), ("original", "policy")]
+
+
 def test_bad_pull_from_mirror_refuses_the_pull_naming_the_field(https_registry, ca_chain, repo_name, shm_path) -> None:
     result, out = _pull_in(shm_path, "bad", f"{https_registry.host}/{repo_name}:v1",
                            _mirrored(https_registry, https_registry, ca_chain, "digests-only"))
