@@ -443,3 +443,28 @@ def test_self_rule_scheme_follows_insecure(image: str, with_location: bool, inse
     assert candidates == [
         PullCandidate(ref, Scheme.HTTP if insecure else Scheme.HTTPS, CandidateKind.ORIGINAL, rule)
     ]
+
+
+limits = st.sampled_from(["", "all", "digest-only", "tag-only"])
+
+
+@given(references(), st.booleans(), st.booleans(), st.lists(limits, max_size=4))
+def test_mirror_limits_only_remove_mirrors(
+    image: str, by_digest: bool, by_digest_only: bool, mirror_limits: list[str]
+) -> None:
+    ref = parse_reference(image + (f"@{DIGEST}" if by_digest else ""))
+    mirrors = [{"location": f"m{n}.local", "pull-from-mirror": limit} for n, limit in enumerate(mirror_limits)]
+    raw = {"registry": [{"prefix": ref.registry, "mirror": mirrors, "mirror-by-digest-only": by_digest_only}]}
+    limited = resolve_candidates(ref, RegistriesConfig.model_validate(raw))
+    for mirror in mirrors:
+        mirror.pop("pull-from-mirror")
+    raw["registry"][0].pop("mirror-by-digest-only")
+    unlimited = resolve_candidates(ref, RegistriesConfig.model_validate(raw))
+    # the same candidates in the same order, some mirrors left out; the primary always last
+    assert [c for c in unlimited if c in limited] == limited
+    assert limited[-1] == unlimited[-1] and limited[-1].kind is CandidateKind.ORIGINAL
+    kept = {c.reference.registry for c in limited if c.kind is CandidateKind.MIRROR}
+    for number, limit in enumerate(mirror_limits):
+        forbidden = (limit == "digest-only" and not by_digest) or (limit == "tag-only" and by_digest)
+        forbidden = forbidden or (by_digest_only and not by_digest)
+        assert (f"m{number}.local" in kept) is not forbidden

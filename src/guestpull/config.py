@@ -53,7 +53,7 @@ class Mirror(_Model):
     insecure: bool = False
     # Which pulls may use this mirror: a tag pull never asks a "digest-only" mirror to resolve
     # the tag (upstream image-rs ignores the key; registries.py implements it).
-    pull_from_mirror: PullFromMirror = Field("", key="pull-from-mirror")
+    pull_from_mirror: PullFromMirror = Field(default="", key="pull-from-mirror")
 
 
 class RegistryRule(_Model):
@@ -65,7 +65,7 @@ class RegistryRule(_Model):
     blocked: bool = False
     mirror: list[Mirror] = Field(default_factory=list)
     # Legacy form of ``pull-from-mirror = "digest-only"`` for every mirror of the rule.
-    mirror_by_digest_only: bool = Field(False, key="mirror-by-digest-only")
+    mirror_by_digest_only: bool = Field(default=False, key="mirror-by-digest-only")
 
     @model_validator(mode="after")
     def _validate_and_tidy(self) -> RegistryRule:
