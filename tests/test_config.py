@@ -169,7 +169,7 @@ location = "r.local"
 aliases = ["x"]
 [[image.registry_config.registry.mirror]]
 location = "m.local"
-pull-from-mirror = "all"
+pull_from_mirror = "digest-only"
 [registries.insecure]
 registries = ["r.local"]
 """
@@ -177,12 +177,13 @@ registries = ["r.local"]
     assert cfg.image is not None and cfg.image.registry_config is not None
     # the underscore spelling is not upstream's key: ignored, default kept
     assert cfg.image.registry_config.unqualified_search_registries == ["docker.io"]
+    assert cfg.image.registry_config.registry[0].mirror[0].pull_from_mirror == ""
     assert unknown_keys(tomllib.loads(text), CdhConfig) == [
         "top_level_typo",
         "image.some_undefined_field",
         "image.registry_config.unqualified_search_registries",
         "image.registry_config.registry[0].aliases",
-        "image.registry_config.registry[0].mirror[0].pull-from-mirror",
+        "image.registry_config.registry[0].mirror[0].pull_from_mirror",
         "registries",
     ]
 

@@ -146,7 +146,7 @@ def test_python_api_construction_copy_equality_and_repr() -> None:
     assert copy != image and image == ImageConfig(registry_config=RegistriesConfig(
         registry=[RegistryRule(location="a.io", mirror=[Mirror(location="m.io")])]))
     assert ImageConfig.model_validate(image) is image
-    assert repr(Mirror(location="m.io")) == "Mirror(location='m.io', insecure=False)"
+    assert repr(Mirror(location="m.io")) == "Mirror(location='m.io', insecure=False, pull_from_mirror='')"
     with pytest.raises(TypeError):
         hash(image)
     assert ImageConfig().extra_root_certificates is not ImageConfig().extra_root_certificates  # factories

@@ -191,6 +191,72 @@ def test_anchored_prefixes_do_not_warn() -> None:
     assert "upstream-substring-match" not in codes(lint(document(cdh_with_rules(rules)), "x").findings)
 
 
+def outer_line(raw: bytes, finding: Finding) -> str:
+    assert finding.location.line is not None
+    return raw.decode().splitlines()[finding.location.line - 1].strip()
+
+
+MIRROR_HEADER = "[[image.registry_config.registry.mirror]]\n"
+
+
+def mirror_rules(*limits: str | None, by_digest_only: bool = False) -> str:
+    rules = RULES_HEADER + 'location = "r.test:5000"\n'
+    if by_digest_only:
+        rules += "mirror-by-digest-only = true\n"
+    for number, limit in enumerate(limits):
+        rules += MIRROR_HEADER + f'location = "m{number}.test"\n'
+        if limit is not None:
+            rules += f'pull-from-mirror = "{limit}"\n'
+    return rules
+
+
+def test_digest_only_mirror_warns_that_upstream_resolves_tags_there() -> None:
+    raw = document(cdh_with_rules(mirror_rules(None, "digest-only")))
+    findings = lint(raw, "x").findings
+    finding = only(findings, "upstream-ignores-mirror-limit")
+    assert finding.severity == "warning"
+    assert "'m1.test'" in finding.message and "resolve tags" in finding.message
+    assert finding.location.field == 'data."cdh.toml".image.registry_config.registry[0].mirror[1].pull-from-mirror'
+    assert outer_line(raw, finding) == 'pull-from-mirror = "digest-only"'
+    assert "unknown-key" not in codes(findings)  # a key guestpull reads
+
+
+def test_tag_only_mirror_is_info() -> None:
+    finding = only(lint(document(cdh_with_rules(mirror_rules("tag-only"))), "x").findings,
+                   "upstream-ignores-mirror-limit")
+    assert finding.severity == "info" and "'m0.test'" in finding.message
+
+
+def test_mirror_by_digest_only_warns_once_per_rule() -> None:
+    findings = lint(document(cdh_with_rules(mirror_rules(None, None, by_digest_only=True))), "x").findings
+    finding = only(findings, "upstream-ignores-mirror-limit")
+    assert finding.severity == "warning" and "'m0.test', 'm1.test'" in finding.message
+    assert finding.location.field.endswith("registry[0].mirror-by-digest-only")
+    # without mirrors it changes nothing
+    no_mirrors = RULES_HEADER + 'location = "r.test:5000"\nmirror-by-digest-only = true\n'
+    assert lint(document(cdh_with_rules(no_mirrors)), "x").findings == []
+
+
+def test_both_mirror_limits_conflict() -> None:
+    findings = lint(document(cdh_with_rules(mirror_rules("tag-only", by_digest_only=True))), "x").findings
+    conflict = only(findings, "mirror-limit-conflict")
+    assert conflict.severity == "warning" and "containers/image refuses" in conflict.message
+    assert conflict.location.field.endswith("registry[0].mirror[0].pull-from-mirror")
+
+
+@pytest.mark.parametrize("limit", [None, "all", ""])
+def test_unlimited_mirrors_are_fine(limit: str | None) -> None:
+    assert lint(document(cdh_with_rules(mirror_rules(limit))), "x").findings == []
+
+
+def test_bad_pull_from_mirror_is_an_error_naming_the_field() -> None:
+    raw = document(cdh_with_rules(mirror_rules("digests")))
+    finding = only(lint(raw, "x").findings, "invalid-cdh-toml")
+    assert finding.severity == "error" and "'digests'" in finding.message
+    assert finding.location.field == 'data."cdh.toml".image.registry_config.registry[0].mirror[0].pull-from-mirror'
+    assert outer_line(raw, finding) == 'pull-from-mirror = "digests"'
+
+
 def test_unknown_keys_in_embedded_files() -> None:
     cdh = '[kbc]\nname = "offline_fs_kbc"\n\n[image]\nskip_proxy_ips = "1.2.3.4"\n'
     aa = '[token_configs.kbs]\nurl = "http://k"\nurll = "x"\n'

@@ -155,6 +155,100 @@ def test_mirror_and_original_both_fail_lists_both(https_registry, repo_name, shm
     assert dead in plain.stderr and https_registry.host in plain.stderr
 
 
+def _pull_in(tmp: Path, name: str, image: str, cdh: str):
+    where = tmp / name
+    where.mkdir()
+    return pull(where, image, cdh)
+
+
+def _mirrored(primary, mirror, ca_chain, pull_from_mirror: str) -> str:
+    limited = Mirror(mirror.host, insecure=True, pull_from_mirror=pull_from_mirror)
+    return cdh_toml(roots=[ca_chain.ca_cert_pem], rules=[Rule(primary.host, mirrors=(limited,))])
+
+
+def test_tag_pull_never_asks_a_digest_only_mirror(https_registry, http_registry, ca_chain, repo_name, shm_path) -> None:
+    # The mirror's tag points at another image (stale, or hostile): only the primary may say
+    # what v1 is.  The mirror holds the primary's image too, under another tag.
+    (shm_path / "p").mkdir()
+    (shm_path / "m").mkdir()
+    (shm_path / "m2").mkdir()
+    primary = push_image(shm_path / "p", https_registry, repo_name, spec("primary"))
+    other = push_image(shm_path / "m", http_registry, repo_name, spec("other"))
+    push_image(shm_path / "m2", http_registry, repo_name, spec("primary"), tag="copy")
+    image = f"{https_registry.host}/{repo_name}:v1"
+
+    log_before = http_registry.log_path.read_text(errors="replace")
+    result, out = _pull_in(shm_path, "tag", image, _mirrored(https_registry, http_registry, ca_chain, "digest-only"))
+    assert result.exit_code == 0, result.output
+    served = out["result"]
+    assert (served["reference"], served["kind"], served["manifest_digest"]) == (image, "original", primary.manifest_digest)
+    assert served["failed_attempts"] == []
+    assert repo_name not in http_registry.log_path.read_text(errors="replace")[len(log_before):]
+
+    # By digest, the same mirror serves the pull (the digest is checked, whoever serves it).
+    pinned = f"{https_registry.host}/{repo_name}@{primary.manifest_digest}"
+    result, out = _pull_in(shm_path, "digest", pinned, _mirrored(https_registry, http_registry, ca_chain, "digest-only"))
+    assert result.exit_code == 0, result.output
+    assert (out["result"]["reference"], out["result"]["kind"]) == (
+        f"{http_registry.host}/{repo_name}@{primary.manifest_digest}", "mirror")
+
+    # The same configuration with "all" (what upstream does with any value): the mirror's v1.
+    result, out = _pull_in(shm_path, "all", image, _mirrored(https_registry, http_registry, ca_chain, "all"))
+    assert result.exit_code == 0, result.output
+    assert (out["result"]["kind"], out["result"]["manifest_digest"]) == ("mirror", other.manifest_digest)
+
+
+def test_digest_pull_skips_a_tag_only_mirror(https_registry, http_registry, ca_chain, repo_name, shm_path) -> None:
+    (shm_path / "p").mkdir()
+    (shm_path / "m").mkdir()
+    primary = push_image(shm_path / "p", https_registry, repo_name, spec("primary"))
+    push_image(shm_path / "m", http_registry, repo_name, spec("primary"))
+    pinned = f"{https_registry.host}/{repo_name}@{primary.manifest_digest}"
+    cdh = _mirrored(https_registry, http_registry, ca_chain, "tag-only")
+    result, out = _pull_in(shm_path, "digest", pinned, cdh)
+    assert result.exit_code == 0, result.output
+    assert (out["result"]["reference"], out["result"]["kind"], out["result"]["failed_attempts"]) == (pinned, "original", [])
+    result, out = _pull_in(shm_path, "tag", f"{https_registry.host}/{repo_name}:v1", cdh)
+    assert result.exit_code == 0, result.output
+    assert (out["result"]["kind"], out["result"]["manifest_digest"]) == ("mirror", primary.manifest_digest)
+
+
+def test_a_mirror_pull_is_judged_by_the_name_asked_for(https_registry, http_registry, ca_chain, repo_name, shm_path) -> None:
+    (shm_path / "p").mkdir()
+    (shm_path / "m").mkdir()
+    primary = push_image(shm_path / "p", https_registry, repo_name, spec("primary"))
+    push_image(shm_path / "m", http_registry, repo_name, spec("primary"))
+    pinned = f"{https_registry.host}/{repo_name}@{primary.manifest_digest}"
+    limited = Mirror(http_registry.host, insecure=True, pull_from_mirror="digest-only")
+
+    def rejecting(scope: str) -> str:
+        policy = shm_path / f"policy-{len(list(shm_path.glob('policy-*')))}.json"
+        policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}],
+                                      "transports": {"docker": {scope: [{"type": "reject"}]}}}))
+        return cdh_toml(roots=[ca_chain.ca_cert_pem], policy_file=policy,
+                        rules=[Rule(https_registry.host, mirrors=(limited,))])
+
+    # A scope for the mirror's name does not apply: the mirror served it, the primary was asked for.
+    result, out = _pull_in(shm_path, "mirror-scope", pinned, rejecting(f"{http_registry.host}/{repo_name}"))
+    assert result.exit_code == 0, result.output
+    assert out["result"]["kind"] == "mirror"
+    assert out["result"]["policy"]["scope"] == "default"
+    # A scope for the name asked for applies to what the mirror serves.
+    result, out = _pull_in(shm_path, "asked-scope", pinned, rejecting(f"{https_registry.host}/{repo_name}"))
+    assert result.exit_code == EXIT_CODES[Category.POLICY], result.output
+    attempts = out["error"]["attempts"]
+    assert [(a["kind"], a["error"]["category"]) for a in attempts] == [("mirror", "policy"), ("original", "policy")]
+
+
+def test_bad_pull_from_mirror_refuses_the_pull_naming_the_field(https_registry, ca_chain, repo_name, shm_path) -> None:
+    result, out = _pull_in(shm_path, "bad", f"{https_registry.host}/{repo_name}:v1",
+                           _mirrored(https_registry, https_registry, ca_chain, "digests-only"))
+    assert result.exit_code == EXIT_CODES[Category.CONFIG], result.output
+    error = out["error"]
+    assert error["category"] == "config"
+    assert "pull-from-mirror" in json.dumps(error["location"]) and "'digests-only'" in error["message"]
+
+
 # --- 5: auth ---------------------------------------------------------------------------------
 
 

@@ -262,6 +262,136 @@ def test_matching_rule_none() -> None:
     assert matching_rule("a.io/x:1", [RegistryRule(prefix="b.io", location="c.io")]) is None
 
 
+# --- mirror limits: pull-from-mirror, mirror-by-digest-only (containers-registries.conf(5)) ---
+
+DIGEST = "sha256:" + "d" * 64
+LIMITS = """
+[[registry]]
+prefix = "quay.io/org"
+location = "internal.local/org"
+[[registry.mirror]]
+location = "any.local/org"
+[[registry.mirror]]
+location = "digests.local/org"
+pull-from-mirror = "digest-only"
+[[registry.mirror]]
+location = "tags.local/org"
+pull-from-mirror = "tag-only"
+[[registry.mirror]]
+location = "all.local/org"
+pull-from-mirror = "all"
+[[registry.mirror]]
+location = "empty.local/org"
+pull-from-mirror = ""
+"""
+
+
+def hosts_of(image: str, text: str) -> list[str]:
+    return [ref.split("/")[0] for ref, _, _ in resolve(image, text)]
+
+
+def test_tag_pull_skips_digest_only_mirrors() -> None:
+    assert hosts_of("quay.io/org/app:1", LIMITS) == [
+        "any.local", "tags.local", "all.local", "empty.local", "internal.local"
+    ]
+
+
+def test_digest_pull_skips_tag_only_mirrors() -> None:
+    expected = ["any.local", "digests.local", "all.local", "empty.local", "internal.local"]
+    assert hosts_of(f"quay.io/org/app@{DIGEST}", LIMITS) == expected
+    # tag and digest: a pull by digest (the digest is checked whichever tag it came under)
+    assert hosts_of(f"quay.io/org/app:1@{DIGEST}", LIMITS) == expected
+    assert resolve(f"quay.io/org/app:1@{DIGEST}", LIMITS)[1] == (
+        f"digests.local/org/app:1@{DIGEST}", "https", "mirror"
+    )
+
+
+def test_mirror_by_digest_only_limits_every_mirror() -> None:
+    text = """
+[[registry]]
+prefix = "quay.io"
+mirror-by-digest-only = true
+[[registry.mirror]]
+location = "m1.local"
+[[registry.mirror]]
+location = "m2.local:5000"
+insecure = true
+"""
+    # by tag: only the primary location (here the original reference)
+    assert resolve("quay.io/a/b:1", text) == [("quay.io/a/b:1", "https", "original")]
+    assert resolve(f"quay.io/a/b@{DIGEST}", text) == [
+        (f"m1.local/a/b@{DIGEST}", "https", "mirror"),
+        (f"m2.local:5000/a/b@{DIGEST}", "http", "mirror"),
+        (f"quay.io/a/b@{DIGEST}", "https", "original"),
+    ]
+    assert hosts_of("quay.io/a/b:1", text.replace("true", "false", 1)) == [
+        "m1.local", "m2.local:5000", "quay.io"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pull_from_mirror", "by_tag", "by_digest"),
+    [
+        # containers/image refuses both keys together; guestpull uses a mirror only for the
+        # pulls both allow (never more than either alone).
+        ("all", False, True),
+        ("digest-only", False, True),
+        ("tag-only", False, False),
+    ],
+)
+def test_both_limits_take_the_stricter(pull_from_mirror: str, by_tag: bool, by_digest: bool) -> None:
+    text = f"""
+[[registry]]
+prefix = "quay.io"
+mirror-by-digest-only = true
+[[registry.mirror]]
+location = "m.local"
+pull-from-mirror = "{pull_from_mirror}"
+"""
+    assert ("m.local" in hosts_of("quay.io/a/b:1", text)) is by_tag
+    assert ("m.local" in hosts_of(f"quay.io/a/b@{DIGEST}", text)) is by_digest
+
+
+def test_limits_apply_to_unqualified_search_seeds() -> None:
+    text = """
+unqualified-search-registries = ["r.local", "docker.io"]
+[[registry]]
+prefix = "r.local"
+[[registry.mirror]]
+location = "m.local"
+pull-from-mirror = "digest-only"
+[[registry]]
+prefix = "docker.io"
+[[registry.mirror]]
+location = "hub-mirror.local"
+pull-from-mirror = "tag-only"
+"""
+    assert hosts_of("busybox:1", text) == ["r.local", "hub-mirror.local", "docker.io"]
+    assert hosts_of(f"busybox@{DIGEST}", text) == ["m.local", "r.local", "docker.io"]
+
+
+@pytest.mark.parametrize("value", ["digestonly", "Digest-Only", "none"])
+def test_bad_pull_from_mirror_is_config_error_naming_field_and_line(value: str) -> None:
+    text = f'[[registry]]\nprefix = "quay.io"\n[[registry.mirror]]\nlocation = "m.local"\npull-from-mirror = "{value}"\n'
+    with pytest.raises(ConfigError) as info:
+        conf(text)
+    location = info.value.location
+    assert location is not None
+    assert (location.file, location.field, location.line) == (
+        "registries.conf", "registry[0].mirror[0].pull-from-mirror", 5
+    )
+    assert "'digest-only'" in info.value.message and repr(value) in info.value.message
+
+
+@pytest.mark.parametrize("value", ['"maybe"', "[true]", "2"])
+def test_bad_mirror_by_digest_only_is_config_error(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        conf(f'[[registry]]\nprefix = "quay.io"\nmirror-by-digest-only = {value}\n')
+    assert info.value.location is not None
+    assert info.value.location.field == "registry[0].mirror-by-digest-only"
+    assert info.value.location.line == 3
+
+
 # --- property tests ---------------------------------------------------------------------
 
 label = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=5)
@@ -313,3 +443,28 @@ def test_self_rule_scheme_follows_insecure(image: str, with_location: bool, inse
     assert candidates == [
         PullCandidate(ref, Scheme.HTTP if insecure else Scheme.HTTPS, CandidateKind.ORIGINAL, rule)
     ]
+
+
+limits = st.sampled_from(["", "all", "digest-only", "tag-only"])
+
+
+@given(references(), st.booleans(), st.booleans(), st.lists(limits, max_size=4))
+def test_mirror_limits_only_remove_mirrors(
+    image: str, by_digest: bool, by_digest_only: bool, mirror_limits: list[str]
+) -> None:
+    ref = parse_reference(image + (f"@{DIGEST}" if by_digest else ""))
+    mirrors = [{"location": f"m{n}.local", "pull-from-mirror": limit} for n, limit in enumerate(mirror_limits)]
+    raw = {"registry": [{"prefix": ref.registry, "mirror": mirrors, "mirror-by-digest-only": by_digest_only}]}
+    limited = resolve_candidates(ref, RegistriesConfig.model_validate(raw))
+    for mirror in mirrors:
+        mirror.pop("pull-from-mirror")
+    raw["registry"][0].pop("mirror-by-digest-only")
+    unlimited = resolve_candidates(ref, RegistriesConfig.model_validate(raw))
+    # the same candidates in the same order, some mirrors left out; the primary always last
+    assert [c for c in unlimited if c in limited] == limited
+    assert limited[-1] == unlimited[-1] and limited[-1].kind is CandidateKind.ORIGINAL
+    kept = {c.reference.registry for c in limited if c.kind is CandidateKind.MIRROR}
+    for number, limit in enumerate(mirror_limits):
+        forbidden = (limit == "digest-only" and not by_digest) or (limit == "tag-only" and by_digest)
+        forbidden = forbidden or (by_digest_only and not by_digest)
+        assert (f"m{number}.local" in kept) is not forbidden

@@ -44,9 +44,16 @@ class _Model(Model):
 # --- registries.conf (§3.1, §3.2) ---------------------------------------------------------
 
 
+#: ``pull-from-mirror`` values (containers-registries.conf(5)); "" is "all", as there.
+PullFromMirror = Literal["", "all", "digest-only", "tag-only"]
+
+
 class Mirror(_Model):
     location: str
     insecure: bool = False
+    # Which pulls may use this mirror: a tag pull never asks a "digest-only" mirror to resolve
+    # the tag (upstream image-rs ignores the key; registries.py implements it).
+    pull_from_mirror: PullFromMirror = Field(default="", key="pull-from-mirror")
 
 
 class RegistryRule(_Model):
@@ -57,6 +64,8 @@ class RegistryRule(_Model):
     insecure: bool = False
     blocked: bool = False
     mirror: list[Mirror] = Field(default_factory=list)
+    # Legacy form of ``pull-from-mirror = "digest-only"`` for every mirror of the rule.
+    mirror_by_digest_only: bool = Field(default=False, key="mirror-by-digest-only")
 
     @model_validator(mode="after")
     def _validate_and_tidy(self) -> RegistryRule:

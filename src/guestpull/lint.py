@@ -26,6 +26,7 @@ from guestpull.config import (
     CdhConfig,
     ImageConfig,
     RegistriesConfig,
+    RegistryRule,
     field_line,
     unknown_keys,
 )
@@ -422,6 +423,7 @@ def _check_registry_rules(context: _Context, config: RegistriesConfig) -> None:
                 where,
             )
         first_by_prefix.setdefault(rule.prefix, index)
+        _check_mirror_limits(context, rule, where)
         if rule.insecure and not raw.get("location"):
             context.add_in(
                 WARNING,
@@ -432,6 +434,49 @@ def _check_registry_rules(context: _Context, config: RegistriesConfig) -> None:
                 where,
             )
     _check_substring_matches(context, config)
+
+
+def _check_mirror_limits(context: _Context, rule: RegistryRule, where: str) -> None:
+    """Mirror limits guestpull honours and upstream ignores (it uses every mirror for every pull)."""
+    if rule.mirror_by_digest_only and rule.mirror:
+        names = ", ".join(repr(m.location) for m in rule.mirror)
+        context.add_in(
+            WARNING,
+            "upstream-ignores-mirror-limit",
+            f"mirror-by-digest-only = true (prefix {rule.prefix!r}): upstream guests ignore it"
+            f" and also resolve tags on {names}; guestpull pulls a tag from the primary"
+            " location only",
+            f"{where}.mirror-by-digest-only",
+        )
+    for number, mirror in enumerate(rule.mirror):
+        limit = mirror.pull_from_mirror
+        inner = f"{where}.mirror[{number}].pull-from-mirror"
+        if rule.mirror_by_digest_only and limit:
+            context.add_in(
+                WARNING,
+                "mirror-limit-conflict",
+                f"pull-from-mirror = {limit!r} on mirror {mirror.location!r} of a rule with"
+                " mirror-by-digest-only = true: containers/image refuses the pair; guestpull"
+                " uses the mirror only for the pulls both allow",
+                inner,
+            )
+        elif limit == "digest-only":
+            context.add_in(
+                WARNING,
+                "upstream-ignores-mirror-limit",
+                f"pull-from-mirror = 'digest-only' on mirror {mirror.location!r}: upstream guests"
+                " ignore it and also resolve tags on this mirror; guestpull asks it for pulls by"
+                " digest only",
+                inner,
+            )
+        elif limit == "tag-only":
+            context.add_in(
+                INFO,
+                "upstream-ignores-mirror-limit",
+                f"pull-from-mirror = 'tag-only' on mirror {mirror.location!r}: upstream guests"
+                " ignore it and also pull by digest from this mirror; guestpull does not",
+                inner,
+            )
 
 
 def _check_substring_matches(context: _Context, config: RegistriesConfig) -> None:

@@ -10,7 +10,13 @@ differences (DESIGN.md §2):
 - ``insecure = true`` on a rule without ``location`` means the original reference over HTTP
   (upstream ignores it);
 - an unqualified-search candidate keeps both tag and digest (upstream keeps only the tag when
-  both are given, losing the digest pin).
+  both are given, losing the digest pin);
+- ``pull-from-mirror`` and the legacy ``mirror-by-digest-only`` limit which pulls a mirror may
+  serve (containers-registries.conf(5); upstream ignores both): a pull by tag skips
+  digest-only mirrors, a pull by digest skips tag-only ones, and the pull falls through to the
+  next candidate.  A reference with both a tag and a digest is a pull by digest, as in
+  containers/image.  Given both keys (containers/image refuses that), a mirror serves only
+  the pulls both allow.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from guestpull.config import RegistriesConfig, RegistryRule
+from guestpull.config import Mirror, RegistriesConfig, RegistryRule
 from guestpull.errors import BlockedError, ConfigError, InvalidReferenceError
 from guestpull.reference import DOCKER_HUB, Reference, parse_reference
 
@@ -105,8 +111,11 @@ def apply_rule(seed: PullCandidate, rule: RegistryRule) -> list[PullCandidate]:
     length = prefix_match(rule.prefix, ref_text)
     assert length is not None, "apply_rule needs a rule that matches"
     rest = ref_text[length:]
+    by_digest = seed.reference.digest is not None
     out = []
     for mirror in rule.mirror:
+        if not mirror_serves(rule, mirror, by_digest=by_digest):
+            continue
         origin = f"mirror {mirror.location!r} of rule {rule.prefix!r}"
         ref = _compose(mirror.location + rest, origin)
         out.append(PullCandidate(ref, _scheme(mirror.insecure), CandidateKind.MIRROR, rule))
@@ -120,6 +129,17 @@ def apply_rule(seed: PullCandidate, rule: RegistryRule) -> list[PullCandidate]:
     else:
         out.append(PullCandidate(seed.reference, _scheme(rule.insecure), seed.kind, rule))
     return out
+
+
+def mirror_serves(rule: RegistryRule, mirror: Mirror, *, by_digest: bool) -> bool:
+    """May ``mirror`` of ``rule`` serve a pull by digest (``by_digest``), or by tag?"""
+    if rule.mirror_by_digest_only and not by_digest:
+        return False
+    if mirror.pull_from_mirror == "digest-only":
+        return by_digest
+    if mirror.pull_from_mirror == "tag-only":
+        return not by_digest
+    return True
 
 
 def prefix_match(prefix: str, ref_text: str) -> int | None:

@@ -24,6 +24,13 @@ class Mirror:
 
     location: str
     insecure: bool = False
+    pull_from_mirror: str | None = None  # "all" | "digest-only" | "tag-only"; None: not written
+
+    def table(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"location": self.location, "insecure": self.insecure}
+        if self.pull_from_mirror is not None:
+            out["pull-from-mirror"] = self.pull_from_mirror
+        return out
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class Rule:
             out["blocked"] = self.blocked
         out.update(self.extra)
         if self.mirrors:
-            out["mirror"] = [{"location": m.location, "insecure": m.insecure} for m in self.mirrors]
+            out["mirror"] = [m.table() for m in self.mirrors]
         return out
 
 
