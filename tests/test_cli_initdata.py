@@ -278,7 +278,8 @@ def test_failed_build_leaves_the_existing_file_untouched(built: Path, shm_path: 
 
 def test_build_with_registry_config_and_policy(shm_path: Path) -> None:
     conf = shm_path / "registries.conf"
-    conf.write_text('[[registry]]\nprefix = "docker.io"\nlocation = "127.0.0.1:5000"\ninsecure = true\n')
+    conf.write_text('[[registry]]\nprefix = "docker.io"\nlocation = "127.0.0.1:5000"\ninsecure = true\n'
+                    '[[registry.mirror]]\nlocation = "127.0.0.1:5001"\npull-from-mirror = "digest-only"\n')
     policy = shm_path / "policy.rego"
     policy.write_text("package agent_policy\n\ndefault PullImageRequest := true\n")
     result = run("build", "--registry-config", conf, "--agent-policy", policy, "--insecure-registry", "[::1]:5000")
@@ -287,6 +288,8 @@ def test_build_with_registry_config_and_policy(shm_path: Path) -> None:
     rules = json.loads(show.stdout)["registry_rules"]
     assert [(r["prefix"], r["location"], r["insecure"]) for r in rules] == [
         ("docker.io", "127.0.0.1:5000", True), ("[::1]:5000", "[::1]:5000", True)]
+    assert rules[0]["mirrors"] == [{"location": "127.0.0.1:5001", "insecure": False, "pull_from_mirror": "digest-only"}]
+    assert [r["mirror_by_digest_only"] for r in rules] == [False, False]
     expected_policy = policy.read_text()
     assert f'"policy.rego" = {QUOTES}\n{expected_policy}{QUOTES}' in result.stdout
 

@@ -254,7 +254,9 @@ def summarize(document: InitData) -> dict[str, Any]:
             "location": rule.location,
             "insecure": rule.insecure,
             "blocked": rule.blocked,
-            "mirrors": [{"location": m.location, "insecure": m.insecure} for m in rule.mirror],
+            "mirror_by_digest_only": rule.mirror_by_digest_only,
+            "mirrors": [{"location": m.location, "insecure": m.insecure,
+                         "pull_from_mirror": m.pull_from_mirror or "all"} for m in rule.mirror],
         }
         for rule in rules
     ]
@@ -315,7 +317,9 @@ def _summary_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(text)
             for mirror in rule["mirrors"]:
                 http = " (HTTP)" if mirror["insecure"] else ""
-                lines.append(f"    mirror {mirror['location']}{http}")
+                serves = "digest-only" if rule["mirror_by_digest_only"] else mirror["pull_from_mirror"]
+                limit = "" if serves == "all" else f" ({serves} pulls)"
+                lines.append(f"    mirror {mirror['location']}{http}{limit}")
     for key in ("proxy", "auth_uri", "policy_uri", "registry_configuration_uri"):
         if summary.get(key):
             value = summary[key]
