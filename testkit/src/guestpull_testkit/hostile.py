@@ -349,7 +349,7 @@ async def _slow_drip(registry: HostileRegistry, request: RawRequest, writer: asy
 
 
 async def _continue_flood(registry: HostileRegistry, request: RawRequest, writer: asyncio.StreamWriter) -> bool:
-    """``100 Continue`` forever, a few per second: aiohttp skips every one of them."""
+    """``100 Continue`` forever, a few per second: an HTTP client skips every one of them."""
     if not is_manifest(request):
         return False
     while True:
@@ -550,7 +550,15 @@ _ALL_SCENARIOS: list[Scenario] = [
                   + b"Content-Length: 0\r\n\r\n"),
              description="2,000 response headers"),
     Scenario("bad-status-line", _cats("network"), _raw(_TAG, b"HTTP/1.1 2x0 WHAT\r\n\r\n", close=True),
-             description="a status line aiohttp cannot parse"),
+             description="a status line that is not HTTP (HTTP/1.1 2x0)"),
+    Scenario("smuggled-framing", _cats("network"),
+             _raw(_TAG, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"0\r\n\r\n{}", close=True),
+             description="a manifest framed both by Content-Length and chunked (request smuggling)"),
+    Scenario("folded-header", _cats("network"),
+             _raw(_TAG, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n X-Folded: on\r\n"
+                  b"Content-Length: 2\r\n\r\n{}", close=True),
+             description="an obsolete folded header line (RFC 9112 lets a client refuse it)"),
     Scenario("bad-chunk-size", _cats("network"), _raw(is_blob, _chunked_garbage()),
              description="a chunked blob whose chunk size is 'zz'"),
     Scenario("garbage-after-content-length", _cats("ok", "network"), _garbage_after_body,
