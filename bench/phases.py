@@ -62,7 +62,9 @@ def main(argv: list[str]) -> int:
     from pathlib import Path
 
     from guestpull.cli.common import imports_without_gc
+    from guestpull.tls import preload_system_roots
 
+    preload_system_roots()
     with imports_without_gc():
         import asyncio
 

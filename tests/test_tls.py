@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ssl
+import threading
 
 import pytest
 from cryptography import x509
@@ -196,3 +197,28 @@ def test_the_shared_context_is_built_on_first_use_and_bad_roots_still_refuse_at_
     garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
     with pytest.raises(ConfigError, match=r"extra_root_certificates\[0\]: cannot load the certificate"):
         tls.TrustConfig([garbled])
+
+
+def test_preloaded_system_roots_are_the_roots_a_context_would_load_and_serve_one_taker(monkeypatch) -> None:
+    # cli/pull.py loads the system bundle in a thread while it imports (issue 15): the context
+    # that takes it trusts exactly what one built on the spot trusts, plus the extra roots.
+    chain = make_ca_chain()
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    assert system > 0
+    built_in: list[str] = []
+    create = ssl.create_default_context
+
+    def counted(*args, **kwargs):
+        built_in.append(threading.current_thread().name)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    tls.preload_system_roots()
+    tls.preload_system_roots()  # a second call starts no second load
+    preloaded = tls.new_ssl_context([chain.ca_cert_pem.decode()])
+    assert preloaded.cert_store_stats()["x509_ca"] == system + 1
+    assert preloaded.verify_mode == ssl.CERT_REQUIRED and preloaded.check_hostname
+    assert not preloaded.hostname_checks_common_name
+    again = tls.new_ssl_context()  # nothing preloaded any more: built on the spot, not shared
+    assert again is not preloaded and again.cert_store_stats()["x509_ca"] == system
+    assert built_in == ["guestpull-system-roots", threading.current_thread().name]

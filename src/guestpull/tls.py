@@ -65,6 +65,50 @@ class ClientCertificate:
     key_pem: bytes = field(repr=False)
 
 
+class _Preload:
+    """A context with the system roots, being built in a background thread for the next taker."""
+
+    def __init__(self) -> None:
+        self.context: ssl.SSLContext | None = None
+        # Not a daemon: the interpreter joins it before it finalizes, so OpenSSL is never
+        # torn down under a thread still parsing certificates.
+        self.thread = threading.Thread(target=self._build, name="guestpull-system-roots")
+
+    def _build(self) -> None:
+        with contextlib.suppress(ssl.SSLError, OSError, ValueError):  # the taker builds again, and reports
+            self.context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+
+
+_preload: _Preload | None = None
+_preload_lock = threading.Lock()
+
+
+def preload_system_roots() -> None:
+    """Start loading the system CA bundle now, in a thread, for a process about to speak HTTPS.
+
+    OpenSSL parses the bundle (~20 ms) with the GIL released, so a CLI pull imports its
+    machinery and reads its configuration meanwhile (issue 15).  The next shared context
+    :func:`new_ssl_context` builds takes it; the roots it trusts are exactly those it would
+    have loaded itself.
+    """
+    global _preload
+    with _preload_lock:
+        if _preload is None:
+            _preload = _Preload()
+            _preload.thread.start()
+
+
+def _system_roots_context() -> ssl.SSLContext:
+    global _preload
+    with _preload_lock:
+        preload, _preload = _preload, None
+    if preload is not None:
+        preload.thread.join()
+        if preload.context is not None:
+            return preload.context
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+
+
 def new_ssl_context(
     extra_root_certificates: Sequence[str] = (),
     *,
@@ -75,7 +119,7 @@ def new_ssl_context(
 
     ``source`` names the file the roots came from, for error messages.
     """
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx = _system_roots_context()
     ctx.hostname_checks_common_name = False
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     for index, pem in enumerate(extra_root_certificates):

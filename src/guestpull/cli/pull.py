@@ -91,7 +91,11 @@ def pull_command(
     With --bundle, also unpack it into an OCI bundle (rootfs + config.json).
     """
     # The pull machinery (HTTP client, config models, the store) only when a pull runs:
-    # ``guestpull pull --help`` stays a click-only start-up (issue 15).
+    # ``guestpull pull --help`` stays a click-only start-up (issue 15).  The system CA bundle
+    # loads in a thread meanwhile (OpenSSL releases the GIL): ~20 ms off an HTTPS pull.
+    from guestpull.tls import preload_system_roots
+
+    preload_system_roots()
     with imports_without_gc():
         import asyncio
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import ipaddress
 import logging
 import ssl
@@ -486,6 +485,8 @@ def _retry_after(value: str | None) -> float | None:
     value = value.strip()
     if value.isascii() and value.isdigit():  # "²".isdigit() too, but float("²") fails
         return float(value)
+    import email.utils  # only for an HTTP-date, which registries rarely send (~4 ms of imports)
+
     with contextlib.suppress(TypeError, ValueError, OverflowError):
         when = email.utils.parsedate_to_datetime(value)
         return max(when.timestamp() - time.time(), 0.0)
