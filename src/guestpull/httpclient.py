@@ -21,7 +21,7 @@ import asyncio
 import base64
 import collections
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -120,7 +120,7 @@ class Headers(Mapping[str, str]):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._first
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._first)
 
     def __len__(self) -> int:
@@ -228,7 +228,10 @@ class _Received(asyncio.Protocol):
                 self.unread(data[end + 1 :])
                 parts.append(data[:end])
                 line = b"".join(parts)
-                return line[:-1] if line.endswith(b"\r") else line
+                line = line[:-1] if line.endswith(b"\r") else line
+                if len(line) > limit:
+                    raise MalformedResponse(f"{what} longer than {limit} bytes")
+                return line
             parts.append(data)
             size += len(data)
             if size > limit + 1:
@@ -718,7 +721,9 @@ def _header_field(line: bytes) -> tuple[str, str]:
     value = value.strip(b" \t")
     if any(c < 0x20 and c != 0x09 or c == 0x7F for c in value):
         raise MalformedResponse(f"control character in header {_shown(name)}")
-    return name.decode("ascii"), value.decode("latin-1")
+    # UTF-8 where it is (a Location or realm with non-ASCII bytes keeps them when re-quoted);
+    # anything else survives as surrogates, to be refused by whoever reads the value.
+    return name.decode("ascii"), value.decode("utf-8", "surrogateescape")
 
 
 def _framing(method: str, status: int, headers: Headers) -> int | str | None:
