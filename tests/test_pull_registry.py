@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from distribution.helpers import server_context
 from support.cli import write_auth_json
 from support.config import ClientCert, Mirror, Rule, cdh_toml, write_initdata
 from guestpull.cli import main
@@ -360,12 +360,10 @@ def test_http_candidate_uses_http_proxy(http_registry, forward_proxy, repo_name,
 
 
 @contextlib.contextmanager
-def tls_connect_proxy(workdir: Path) -> Iterator[tuple[str, bytes, list[bytes]]]:
+def tls_connect_proxy() -> Iterator[tuple[str, bytes, list[bytes]]]:
     """An ``https://`` CONNECT proxy on 127.0.0.1 (its own CA): URL, CA PEM, request heads seen."""
     chain = make_ca_chain()
-    paths = chain.write(workdir / "tls-proxy")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(paths.cert, paths.key)
+    context = server_context(chain)
     heads: list[bytes] = []
     loop = asyncio.new_event_loop()
 
@@ -400,7 +398,7 @@ def test_https_registry_through_an_https_proxy(https_registry, ca_chain, repo_na
     # TLS to the proxy (verified with its own CA) and, inside the CONNECT tunnel, TLS to the
     # registry (verified with the registry's): TLS in TLS.
     push_image(shm_path, https_registry, repo_name, spec())
-    with tls_connect_proxy(shm_path) as (proxy, proxy_ca, heads):
+    with tls_connect_proxy() as (proxy, proxy_ca, heads):
         cdh = cdh_toml(roots=[ca_chain.ca_cert_pem, proxy_ca], proxy={"https_proxy": proxy})
         result, _ = pull(shm_path, f"{https_registry.host}/{repo_name}:v1", cdh)
     assert result.exit_code == 0, result.output

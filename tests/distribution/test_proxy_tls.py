@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from distribution.helpers import server_context
 from support.config import Rule, cdh_toml
 
 from guestpull.cli import main
@@ -21,12 +22,10 @@ BAD_GATEWAY = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: clo
 
 
 @pytest.fixture
-def tls_proxy(shm_path: Path) -> Iterator[tuple[str, CertChain, list[bytes]]]:
+def tls_proxy() -> Iterator[tuple[str, CertChain, list[bytes]]]:
     """A TLS listener on 127.0.0.1 that answers every request 502 (a proxy that reaches nothing)."""
     chain = make_ca_chain()
-    paths = chain.write(shm_path / "proxy-tls")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(paths.cert, paths.key)
+    context = server_context(chain)
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.2)
     seen: list[bytes] = []
