@@ -243,3 +243,15 @@ async def test_https_through_a_proxy_tunnels_and_a_refusal_is_typed() -> None:
                                       ssl_context=ssl.create_default_context())
     assert info.value.status == 403
     assert proxy.heads[0].startswith(b"CONNECT registry.invalid:443 HTTP/1.1\r\nHost: registry.invalid:443\r\n")
+
+
+async def test_a_connection_idle_too_long_is_not_reused(monkeypatch) -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    async with serving(answer(ok, ok, ok, close=False)) as (s, url):
+        async with Session() as session:
+            assert (await get_body(url, session))[1] == b"ok"
+            assert (await get_body(url, session))[1] == b"ok"  # reused: fresh enough
+            monkeypatch.setattr(httpclient, "IDLE_TIMEOUT", 0.0)
+            await asyncio.sleep(0.01)
+            assert (await get_body(url, session))[1] == b"ok"  # stale: a new connection
+    assert s.connections == 2

@@ -21,6 +21,7 @@ import asyncio
 import base64
 import collections
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -33,6 +34,10 @@ MAX_LINE = 8190
 MAX_HEADERS = 128
 #: A connection stops reading from the socket while this much is buffered and unread.
 HIGH_WATER = 1 << 20
+#: A kept-alive connection unused this long is closed, not reused (Go's default is 90 s; a
+#: registry or load balancer may have dropped it already, and a long-lived service should
+#: not hold sockets to registries it no longer talks to).
+IDLE_TIMEOUT = 60.0
 _NO_BODY_STATUSES = frozenset({204, 304})
 _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _FORBIDDEN_IN_VALUES = frozenset(b"\r\n\x00")
@@ -285,6 +290,8 @@ class _Connection:
     route_key: tuple[object, ...]
     received: _Received
     reused: bool = False
+    #: When it was last put back in the pool (``time.monotonic()``).
+    idle_since: float = 0.0
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -530,6 +537,7 @@ class Session:
             raise
 
     def _take_idle(self, route: Route) -> _Connection | None:
+        self._close_stale()
         connections = self._idle.get(route.key)
         while connections:
             connection = connections.pop()
@@ -538,6 +546,23 @@ class Session:
                 return connection
             connection.close()
         return None
+
+    def _keep_idle(self, connection: _Connection) -> None:
+        connection.idle_since = time.monotonic()
+        self._idle.setdefault(connection.route_key, []).append(connection)
+
+    def _close_stale(self) -> None:
+        """Close the pooled connections idle for longer than IDLE_TIMEOUT, for every route."""
+        oldest = time.monotonic() - IDLE_TIMEOUT
+        for key, connections in list(self._idle.items()):
+            fresh = [c for c in connections if c.idle_since >= oldest]
+            for connection in connections:
+                if connection.idle_since < oldest:
+                    connection.close()
+            if fresh:
+                self._idle[key] = fresh
+            else:
+                del self._idle[key]
 
     def _request_head(self, method: str, url: URL, route: Route, headers: Mapping[str, str]) -> bytes:
         if route.proxy is not None and not route.tunnel:
@@ -627,7 +652,7 @@ class Session:
             self._in_use.discard(connection)
             self._slots.release()
             if keep and finished and not self._closed and received.idle_clean:
-                self._idle.setdefault(connection.route_key, []).append(connection)
+                self._keep_idle(connection)
             else:
                 connection.close()
 
