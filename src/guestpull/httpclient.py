@@ -457,8 +457,6 @@ class SessionSettings:
     #: Connections in use at once; more requests wait for one.
     connection_limit: int = 16
     user_agent: str = "guestpull"
-    #: Added to every request (before the request's own headers).
-    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class Session:
@@ -571,7 +569,7 @@ class Session:
             target = url.raw_path_qs or "/"
         lines = [f"{method} {target} HTTP/1.1", f"Host: {url.host_port_subcomponent}",
                  f"User-Agent: {self.settings.user_agent}", "Accept-Encoding: identity"]
-        fields = {**self.settings.headers, **headers}
+        fields = dict(headers)
         if route.proxy is not None and not route.tunnel and (auth := _proxy_authorization(route.proxy)):
             fields["Proxy-Authorization"] = auth
         for name, value in fields.items():
