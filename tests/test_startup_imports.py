@@ -113,10 +113,12 @@ def test_pydantic_is_imported_only_to_judge_doubtful_config() -> None:
 
 @pytest.mark.parametrize("module", ["guestpull.pull", "guestpull.kbs.client", "guestpull.cli.serve",
                                     "guestpull.probe"])
-def test_the_product_speaks_http_without_aiohttp(module: str) -> None:
-    # guestpull.httpclient is the one HTTP client (issue 15: aiohttp's import was ~70 ms of a
-    # small pull); aiohttp serves the tests' in-process registries only.
-    assert "aiohttp" not in _modules_after(f"import {module}")
+def test_the_product_speaks_http_without_aiohttp_or_yarl(module: str) -> None:
+    # guestpull.httpclient and guestpull.url are our own (issue 15: aiohttp's import was ~70 ms
+    # of a small pull, yarl's with multidict and idna ~9 ms); aiohttp serves the tests'
+    # in-process registries only.
+    loaded = _modules_after(f"import {module}")
+    assert _loaded(loaded, ("aiohttp", "yarl", "multidict", "idna")) == []
 
 
 def test_a_pull_freezes_its_imports_once_and_leaves_the_gc_enabled(shm_path: Path) -> None:

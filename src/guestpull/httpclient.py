@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from yarl import URL
+from guestpull.url import URL
 
 #: Status line and each header line, as nginx's large_client_header_buffers (8 KiB).
 MAX_LINE = 8190
@@ -564,10 +564,10 @@ class Session:
 
     def _request_head(self, method: str, url: URL, route: Route, headers: Mapping[str, str]) -> bytes:
         if route.proxy is not None and not route.tunnel:
-            target = str(url.with_user(None).with_fragment(None))  # absolute-form, to the proxy
+            target = str(url.without_userinfo().without_fragment())  # absolute-form, to the proxy
         else:
-            target = url.raw_path_qs or "/"
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {url.host_port_subcomponent}",
+            target = url.path_qs
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {url.authority}",
                  f"User-Agent: {self.settings.user_agent}", "Accept-Encoding: identity"]
         fields = dict(headers)
         if route.proxy is not None and not route.tunnel and (auth := _proxy_authorization(route.proxy)):
@@ -784,9 +784,9 @@ def _check_field(name: str, value: str) -> None:
 
 
 def _proxy_authorization(proxy: URL) -> str | None:
-    if proxy.raw_user is None:
+    if proxy.user is None:
         return None
-    credentials = f"{unquote(proxy.raw_user)}:{unquote(proxy.raw_password or '')}"
+    credentials = f"{unquote(proxy.user)}:{unquote(proxy.password or '')}"
     return "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from yarl import URL
+from guestpull.url import URL
 
 from guestpull import certs, tls
 from guestpull.authfile import AuthFile

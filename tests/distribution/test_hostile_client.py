@@ -131,7 +131,7 @@ async def test_redirect_to_other_port_keeps_credentials_home() -> None:
 
 
 async def test_unusable_foreign_urls_are_skipped_not_raised() -> None:
-    """Descriptor ``urls`` come from the manifest: yarl's ValueError must not escape."""
+    """Descriptor ``urls`` come from the manifest: the URL parser's ValueError must not escape."""
     image = _image()
     async with HostileRegistry(image, SCENARIOS["honest"]) as registry:
         blob = b"not on this registry: the foreign URLs are tried next"

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from yarl import URL
+from guestpull.url import URL
 
 from guestpull import oci
 from guestpull.distribution import auth, transport

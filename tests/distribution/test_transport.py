@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from yarl import URL
+from guestpull.url import URL
 
 from guestpull.distribution import auth
 from guestpull.distribution.transport import (

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from yarl import URL
+from guestpull.url import URL
 
 from guestpull.errors import AuthError, GuestpullError, clip, shown
 from guestpull.strictjson import load_json
@@ -208,7 +208,7 @@ def realm_for_message(challenge: Challenge) -> str:
     """The realm without userinfo or query, safe to print."""
     try:
         realm = URL(challenge.realm)
-        return clip(str(realm.with_user(None).with_query(None)) if realm.host else challenge.realm)
+        return clip(str(realm.without_userinfo().with_query(None)) if realm.host else challenge.realm)
     except ValueError:
         return shown(challenge.realm)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from yarl import URL
+from guestpull.url import URL
 
 from guestpull import httpclient, oci
 from guestpull.distribution import auth

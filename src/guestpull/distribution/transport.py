@@ -13,7 +13,7 @@ for lives in client.py.
   HTTPS → HTTP downgrade.
 - HTTP client failures become :mod:`guestpull.errors` classes with messages that name the
   cause (an unknown CA, a plain-HTTP server on an HTTPS candidate, a malformed response, ...)
-  and the hop that failed; nothing from the HTTP client or yarl leaves this module.
+  and the hop that failed; nothing from the HTTP client or the URL parser leaves this module.
 - Bodies read whole (:func:`read_body`) are read to EOF under a cap.
 """
 
@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from yarl import URL
+from guestpull.url import URL
 
 from guestpull import __version__, httpclient, tls
 from guestpull.errors import GuestpullError, NetworkError, PullTimeoutError, TLSError, clip, shown
@@ -448,9 +448,8 @@ class _HopFailed(Exception):
 def _redirect_target(hop: URL, location: str) -> URL:
     """The URL a redirect points at, refused unless it is HTTP(S) and keeps HTTPS."""
     try:
-        target = hop.join(URL(location, encoded=True))
-        # yarl parses lazily: touch every part the request will use, so a bad port fails here.
-        scheme, host, _ = target.scheme, target.host, target.port
+        target = hop.join(URL(location))  # ValueError for a bad host or port, at once
+        scheme, host = target.scheme, target.host
     except ValueError:
         raise NetworkError(f"refused a redirect from {_safe(hop)} to an invalid URL {shown(location)}") from None
     if scheme not in ("http", "https") or not host:
@@ -496,9 +495,9 @@ def _retry_after(value: str | None) -> float | None:
 def _safe(url: URL) -> str:
     """A URL fit for messages: no userinfo, no query (presigned URLs carry secrets there)."""
     try:
-        text = str(url.with_user(None).with_query(None).with_fragment(None))
+        text = str(url.without_userinfo().with_query(None).without_fragment())
     except ValueError:  # a relative or host-less URL (file:///…) has no user to drop
-        text = str(url.with_query(None).with_fragment(None)) if not url.user else "<a URL>"
+        text = str(url.with_query(None).without_fragment()) if not url.user else "<a URL>"
     return clip(text)
 
 

@@ -30,7 +30,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from yarl import URL
+from guestpull.url import URL
 
 from guestpull import __version__, httpclient, tls
 from guestpull.errors import (
@@ -127,7 +127,7 @@ class CcKbc:
         return data
 
     async def _fetch(self, resource: KbsResourceUri, uri: str) -> bytes:
-        url = URL(self.settings.url + resource.request_path, encoded=True)
+        url = URL(self.settings.url + resource.request_path)
         details: list[str] = []
         for attempt in range(1, GET_ATTEMPTS + 1):
             token, key = await self._token_for(uri, refresh_after=None)

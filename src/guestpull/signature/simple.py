@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pysequoia
-from yarl import URL
+from guestpull.url import URL
 
 from guestpull.distribution import Transport
 from guestpull.distribution.transport import deadline, read_body
@@ -86,7 +86,7 @@ async def _read_http(url: str, transport: Transport) -> bytes | None:
     what = f"signature {url}"
     # A store that drips bytes cannot hold the pull longer than a small document may take.
     async with deadline(transport.settings.document_timeout, what), \
-            transport.request(URL(url, encoded=True)) as response:
+            transport.request(URL(url)) as response:
         if response.status == 404:
             return None
         if response.status != 200:
