@@ -255,3 +255,16 @@ async def test_a_connection_idle_too_long_is_not_reused(monkeypatch) -> None:
             await asyncio.sleep(0.01)
             assert (await get_body(url, session))[1] == b"ok"  # stale: a new connection
     assert s.connections == 2
+
+
+async def test_an_unread_body_that_has_arrived_does_not_cost_the_connection() -> None:
+    # GET /v2/ and 401 answers carry small bodies nobody reads: the connection stays usable.
+    small = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    async with serving(answer(small, ok, close=False)) as (s, url):
+        async with Session() as session:
+            response = await session.request("GET", url)
+            await asyncio.sleep(0.05)  # the body arrives, unread
+            response.release()
+            assert (await get_body(url, session))[1] == b"ok"
+    assert s.connections == 1

@@ -210,10 +210,28 @@ class _Received(asyncio.Protocol):
             self._chunks.appendleft(data[limit:])
             data = data[:limit]
         self._size -= len(data)
+        self._resume_if_drained()
+        return data
+
+    def _resume_if_drained(self) -> None:
         if self._paused and self._size <= HIGH_WATER // 4 and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        return data
+
+    @property
+    def buffered_size(self) -> int:
+        return self._size
+
+    def skip(self, count: int) -> None:
+        """Drop the next ``count`` received bytes, all of which have arrived."""
+        while count:
+            data = self._chunks.popleft()
+            if len(data) > count:
+                self._chunks.appendleft(data[count:])
+                data = data[:count]
+            count -= len(data)
+            self._size -= len(data)
+        self._resume_if_drained()
 
     def unread(self, data: bytes) -> None:
         if data:
@@ -337,10 +355,11 @@ class Response:
 
     def release(self) -> None:
         """Done with this response: its connection is kept for the next request if the body
-        was read to its end, closed otherwise.  Safe to call twice."""
+        was read to its end (or the rest of it has already arrived: a ``401`` or ``GET /v2/``
+        body nobody reads), closed otherwise.  Safe to call twice."""
         if not self._released:
             self._released = True
-            self._done(self, self._body.finished)
+            self._done(self, self._body.finished or self._body.skip_arrived())
 
 
 class _Body:
@@ -352,6 +371,10 @@ class _Body:
 
     async def read(self, limit: int) -> bytes:
         raise NotImplementedError
+
+    def skip_arrived(self) -> bool:
+        """Discard the rest of the body if all of it has arrived; whether the body is done."""
+        return self.finished
 
 
 class _EmptyBody(_Body):
@@ -380,6 +403,13 @@ class _LengthBody(_Body):
         self.left -= len(data)
         self.finished = self.left == 0
         return data
+
+    def skip_arrived(self) -> bool:
+        if not self.finished and self.received.buffered_size >= self.left:
+            self.received.skip(self.left)
+            self.left = 0
+            self.finished = True
+        return self.finished
 
 
 class _UntilCloseBody(_Body):
