@@ -106,3 +106,9 @@ def test_a_relative_reference_has_no_host_even_with_double_slashes_in_its_path()
     url = URL("/v2/a//b?c=//d")
     assert url.host is None and url.path == "/v2/a//b"
     assert str(URL("https://reg/x").join(url)) == "https://reg/v2/a//b?c=//d"
+
+
+@pytest.mark.parametrize("text", ["a//b", "v2//x?y=//z", "./a//b"])
+def test_a_relative_path_with_double_slashes_has_no_authority(text: str) -> None:
+    url = URL(text)
+    assert url.host is None and url.path == text.partition("?")[0]

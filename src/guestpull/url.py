@@ -43,7 +43,9 @@ class URL:
         self._userinfo: str | None = userinfo if "@" in parts.netloc else None
         self._host: str | None = None
         self._port: int | None = None
-        if parts.netloc or text[len(parts.scheme) + 1:].startswith("//"):  # an authority, maybe empty
+        # An authority, maybe empty ("http:///x"); "//" later in a relative path ("a//b") is not one.
+        after_scheme = text[len(parts.scheme) + 1:] if parts.scheme else text
+        if parts.netloc or after_scheme.startswith("//"):
             self._host, self._port = _host_and_port(hostport)
         if self._scheme in DEFAULT_PORTS and not self._host:
             raise ValueError(f"a {self._scheme} URL needs a host: {text[:80]!r}")

@@ -210,6 +210,9 @@ def test_request_path_keeps_plugin_and_query() -> None:
     ("https://u:p@kbs.local", "user-info"),
     ("https://kbs.local/?x=1", "query or fragment"),
     ("https://kbs.local:99999", "not a URL"),
+    ("https://kbś.local", "not a URL"),  # urlsplit takes these; the request's URL would not
+    ("https://kbs.lo\tcal", "not a URL"),
+    ("https://kbs local:8080", "not a URL"),
 ])
 def test_bad_kbs_url(url: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment) as info:

@@ -45,6 +45,9 @@ def test_no_default_means_no_store() -> None:
 @pytest.mark.parametrize(("raw", "words"), [
     (b"default-docker:\n  sigstore: a\ndefault-docker:\n  sigstore: b\n", "duplicate key"),
     (b"default-docker:\n  sigstore: ftp://x\n", "file://, http:// or https://"),
+    (b"default-docker:\n  sigstore: https://sigs:99999/x\n", "not a usable URL"),
+    (b"default-docker:\n  sigstore: \"https://s\\u00efgs.example/x\"\n", "not a usable URL"),
+    (b"default-docker:\n  sigstore: \"https://sigs.example/a\\tb\"\n", "not a usable URL"),
     (b"- a\n", "must be a YAML mapping"),
     (b"docker: [1]\n", "docker must be a mapping"),
     (b"default-docker: {sigstore: [\n", "not valid YAML"),

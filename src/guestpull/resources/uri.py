@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from guestpull.errors import ConfigError
+from guestpull.url import URL
 
 #: The KBS protocol prefix of every resource request (``KBS_PREFIX`` upstream).
 KBS_PREFIX = "kbs/v0"
@@ -109,4 +110,8 @@ def check_kbs_url(url: str, *, field: str = "kbc.url") -> str:
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise ConfigError(f"the KBS URL {url!r} must not have a query or fragment", location=where)
     del port  # parsed only to reject a bad port
+    try:  # what the client will build its requests from: refuse here what urlsplit let through
+        URL(url)  # (tabs/newlines it silently drops, spaces, non-ASCII hosts)
+    except ValueError as err:
+        raise ConfigError(f"the KBS URL {url!r} is not a URL: {err}", location=where) from None
     return url.rstrip("/")

@@ -25,6 +25,7 @@ import yaml
 from guestpull.errors import ConfigError, Location
 from guestpull.reference import Reference
 from guestpull.signature.policy import policy_scopes
+from guestpull.url import URL
 
 MAX_CONFIG_SIZE = 1 << 20
 #: Upstream's directory of extra sigstore config files, below the image work_dir.
@@ -153,5 +154,15 @@ def _url(entry: Any, source: str, where: str) -> str | None:
         if not isinstance(value, str) or not value.startswith(("file://", "http://", "https://")):
             raise ConfigError(f"{key} must be a file://, http:// or https:// URL, not {value!r}",
                               location=Location(file=source, field=f"{where}.{key}"))
+        if not value.startswith("file://"):
+            _check_http_url(value, source, f"{where}.{key}")
         return value.rstrip("/")
     return None
+
+
+def _check_http_url(value: str, source: str, field: str) -> None:
+    """Refuse at load what the signature requests could not be built from (port, spaces, non-ASCII host)."""
+    try:
+        URL(value)
+    except ValueError as err:
+        raise ConfigError(f"{value!r} is not a usable URL: {err}", location=Location(file=source, field=field)) from None
