@@ -89,10 +89,6 @@ class URL:
         return self._path
 
     @property
-    def query_string(self) -> str:
-        return self._query
-
-    @property
     def query(self) -> dict[str, str]:
         """The query's parameters, decoded (the last of repeated names wins)."""
         return dict(parse_qsl(self._query, keep_blank_values=True))
